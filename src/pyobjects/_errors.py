@@ -1,0 +1,116 @@
+"""The pyobjects exception tree.
+
+::
+
+    PyObjectsError(Exception)
+    ├── InvalidIdError(PyObjectsError, ValueError)   bad hex / id from another namespace
+    ├── StorageError
+    │   ├── StorageLimitError(StorageError, ValueError)  key/value/batch over a limit
+    │   ├── SerializationError(StorageError, TypeError)  value the codec cannot encode
+    │   ├── TransactionError(StorageError, RuntimeError) misuse of a transaction
+    │   └── SqlError                                     wraps sqlite3.Error
+    ├── DurableObjectError       flags: retryable / overloaded / durable_object_reset
+    │   ├── DurableObjectResetError   the instance was reset (abort, failed commit, ...)
+    │   └── OverloadedError           overloaded = True
+    └── RuntimeClosedError(PyObjectsError, RuntimeError)  use of a closed Runtime
+
+Any exception that resets an object reaches the callers waiting on it with the
+attribute ``durable_object_reset = True`` set on it (Cloudflare's
+``durableObjectReset``), whatever its type.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DurableObjectError",
+    "DurableObjectResetError",
+    "InvalidIdError",
+    "OverloadedError",
+    "PyObjectsError",
+    "RuntimeClosedError",
+    "SerializationError",
+    "SqlError",
+    "StorageError",
+    "StorageLimitError",
+    "TransactionError",
+]
+
+
+class PyObjectsError(Exception):
+    """Root of every error raised by pyobjects itself."""
+
+
+class InvalidIdError(PyObjectsError, ValueError):
+    """A Durable Object id string is malformed or belongs to another namespace."""
+
+
+class StorageError(PyObjectsError):
+    """A storage operation failed."""
+
+
+_LIMIT_MESSAGES = {
+    "key": "Keys cannot be larger than {limit} bytes. A key of size {size} was provided.",
+    "value": (
+        "Values cannot be larger than {limit} bytes. "
+        "A value of size {size} was provided."
+    ),
+    "batch": "Maximum number of key value pairs is {limit}. {size} pairs were provided.",
+}
+
+
+class StorageLimitError(StorageError, ValueError):
+    """A key, a value or a batch is over one of the storage limits.
+
+    The message names the limit and the size given (Cloudflare's wording);
+    ``kind`` (``"key"``, ``"value"`` or ``"batch"``), ``limit`` and ``size``
+    hold them as fields.
+    """
+
+    def __init__(self, kind: str, *, limit: int, size: int) -> None:
+        self.kind = kind
+        self.limit = limit
+        self.size = size
+        super().__init__(_LIMIT_MESSAGES[kind].format(limit=limit, size=size))
+
+
+class SerializationError(StorageError, TypeError):
+    """A value cannot be encoded by the storage codec."""
+
+
+class TransactionError(StorageError, RuntimeError):
+    """A transaction was used after it finished or was rolled back, or misused."""
+
+
+class SqlError(StorageError):
+    """SQLite rejected a statement; the original ``sqlite3.Error`` is the cause."""
+
+
+class DurableObjectError(PyObjectsError):
+    """An infrastructure error of the Durable Object runtime.
+
+    Carries Cloudflare's flags as attributes: ``retryable`` (the call may be
+    retried if it is idempotent), ``overloaded`` (do not retry) and
+    ``durable_object_reset`` (the instance was reset).
+    """
+
+    retryable: bool = False
+    overloaded: bool = False
+    durable_object_reset: bool = False
+    remote: bool = True
+
+
+class DurableObjectResetError(DurableObjectError):
+    """The Durable Object instance was reset and its in-memory state dropped."""
+
+    retryable = True
+    durable_object_reset = True
+
+
+class OverloadedError(DurableObjectError):
+    """The Durable Object is overloaded; back off instead of retrying at once."""
+
+    overloaded = True
+
+
+class RuntimeClosedError(PyObjectsError, RuntimeError):
+    """The Runtime is not running (not entered yet, or already closed)."""

@@ -1,0 +1,25 @@
+"""Pluggable storage: the backend protocol and the built-in backends."""
+
+from ._base import (
+    AlarmEntry as AlarmEntry,
+    ListQuery as ListQuery,
+    ObjectStore as ObjectStore,
+    StorageBackend as StorageBackend,
+    WriteBatch as WriteBatch,
+)
+from .memory import MemoryBackend as MemoryBackend
+from .sqlite import SQLiteBackend as SQLiteBackend
+
+__all__ = (
+    "AlarmEntry",
+    "ListQuery",
+    "MemoryBackend",
+    "ObjectStore",
+    "SQLiteBackend",
+    "StorageBackend",
+    "WriteBatch",
+)
+
+for _name in __all__:
+    globals()[_name].__module__ = __name__
+del _name
