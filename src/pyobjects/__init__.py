@@ -1,5 +1,11 @@
-"""pyobjects: Cloudflare Durable Objects for any Python async application."""
+"""pyobjects: Cloudflare Durable Objects for any Python async application.
 
+Subclass :class:`DurableObject`, bind it in a :class:`Runtime`, get ids and
+stubs from ``rt.env.<BINDING>`` and call the object. See the docs for the
+consistency model (input and output gates, write coalescing).
+"""
+
+from ._clock import Clock as Clock, SystemClock as SystemClock
 from ._errors import (
     DurableObjectError as DurableObjectError,
     DurableObjectResetError as DurableObjectResetError,
@@ -13,4 +19,49 @@ from ._errors import (
     StorageLimitError as StorageLimitError,
     TransactionError as TransactionError,
 )
+from ._http import Headers as Headers, Request as Request, Response as Response
+from ._ids import DurableObjectId as DurableObjectId
+from ._namespace import (
+    DurableObjectBinding as DurableObjectBinding,
+    DurableObjectNamespace as DurableObjectNamespace,
+)
+from ._object import DurableObject as DurableObject
+from ._runtime import Env as Env, Runtime as Runtime
+from ._state import (
+    BlockConcurrencyHandle as BlockConcurrencyHandle,
+    DurableObjectState as DurableObjectState,
+)
+from ._stub import DurableObjectStub as DurableObjectStub
 from ._version import __version__ as __version__
+
+__all__ = (
+    "BlockConcurrencyHandle",
+    "Clock",
+    "DurableObject",
+    "DurableObjectBinding",
+    "DurableObjectError",
+    "DurableObjectId",
+    "DurableObjectNamespace",
+    "DurableObjectResetError",
+    "DurableObjectState",
+    "DurableObjectStub",
+    "Env",
+    "Headers",
+    "InvalidIdError",
+    "OverloadedError",
+    "PyObjectsError",
+    "Request",
+    "Response",
+    "Runtime",
+    "RuntimeClosedError",
+    "SerializationError",
+    "SqlError",
+    "StorageError",
+    "StorageLimitError",
+    "SystemClock",
+    "TransactionError",
+)
+
+for _name in __all__:
+    globals()[_name].__module__ = __name__
+del _name

@@ -49,12 +49,16 @@ class StorageError(PyObjectsError):
 
 
 _LIMIT_MESSAGES = {
-    "key": "Keys cannot be larger than {limit} bytes. A key of size {size} was provided.",
+    "key": (
+        "Keys cannot be larger than {limit} bytes. A key of size {size} was provided."
+    ),
     "value": (
         "Values cannot be larger than {limit} bytes. "
         "A value of size {size} was provided."
     ),
-    "batch": "Maximum number of key value pairs is {limit}. {size} pairs were provided.",
+    "batch": (
+        "Maximum number of key value pairs is {limit}. {size} pairs were provided."
+    ),
 }
 
 

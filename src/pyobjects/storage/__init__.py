@@ -1,5 +1,6 @@
 """Pluggable storage: the backend protocol and the built-in backends."""
 
+from ._api import Storage as Storage, Transaction as Transaction
 from ._base import (
     AlarmEntry as AlarmEntry,
     ListQuery as ListQuery,
@@ -16,7 +17,9 @@ __all__ = (
     "MemoryBackend",
     "ObjectStore",
     "SQLiteBackend",
+    "Storage",
     "StorageBackend",
+    "Transaction",
     "WriteBatch",
 )
 

@@ -1,0 +1,279 @@
+"""Small Fetch-like ``Request``, ``Response`` and ``Headers`` types.
+
+They carry what ``stub.fetch()`` and a Durable Object's ``fetch()`` handler
+exchange: a method, an absolute URL, case-insensitive headers and a body held
+in memory. Bodies are read with ``await r.text()``, ``await r.json()`` or
+``await r.bytes()`` as in the Fetch API (async so that streamed bodies can come
+later without changing user code).
+"""
+
+from __future__ import annotations
+
+import json as _json
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Self, TypeAlias, cast, final
+from urllib.parse import urlsplit
+
+__all__ = ["Headers", "HeadersInit", "Request", "Response"]
+
+HeadersInit: TypeAlias = "Headers | Mapping[str, str] | Iterable[tuple[str, str]]"
+BodyInit: TypeAlias = "bytes | bytearray | memoryview | str | None"
+
+
+@final
+class Headers:
+    """Case-insensitive HTTP headers that keep repeated fields.
+
+    ``headers["content-type"]`` returns the values of a repeated field joined
+    by ``", "`` (like the Fetch API's ``get``); :meth:`get_all` returns them
+    one by one. Names are stored lowercase.
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self, init: HeadersInit | None = None) -> None:
+        self._items: list[tuple[str, str]] = []
+        if init is None:
+            return
+        pairs: Iterable[tuple[str, str]]
+        if isinstance(init, Headers):
+            pairs = init._items
+        elif isinstance(init, Mapping):
+            pairs = init.items()
+        else:
+            pairs = init
+        for name, value in pairs:
+            self.append(name, value)
+
+    @staticmethod
+    def _check(name: str, value: str) -> tuple[str, str]:
+        if not isinstance(cast("object", name), str) or not isinstance(
+            cast("object", value), str
+        ):
+            raise TypeError(
+                f"header names and values must be str, got {name!r}: {value!r}"
+            )
+        if not name or any(c in name for c in " \t\r\n:"):
+            raise ValueError(f"invalid header name: {name!r}")
+        if "\r" in value or "\n" in value or "\x00" in value:
+            raise ValueError(f"invalid header value for {name!r}: {value!r}")
+        return name.lower(), value.strip(" \t")
+
+    def append(self, name: str, value: str) -> None:
+        """Add a value, keeping earlier values of the same field."""
+        self._items.append(self._check(name, value))
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every value of the field with *value*."""
+        key, value = self._check(name, value)
+        self._items = [(k, v) for k, v in self._items if k != key]
+        self._items.append((key, value))
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """Return the field's values joined by ``", "``, or *default*."""
+        values = self.get_all(name)
+        return ", ".join(values) if values else default
+
+    def get_all(self, name: str) -> list[str]:
+        """Return every value of the field, in order."""
+        key = name.lower()
+        return [v for k, v in self._items if k == key]
+
+    def delete(self, name: str) -> None:
+        """Remove every value of the field."""
+        key = name.lower()
+        self._items = [(k, v) for k, v in self._items if k != key]
+
+    def items(self) -> list[tuple[str, str]]:
+        """Return ``(lowercase name, value)`` pairs in order, repeats included."""
+        return list(self._items)
+
+    def copy(self) -> Headers:
+        """Return an independent copy."""
+        new = Headers()
+        new._items = list(self._items)
+        return new
+
+    def __getitem__(self, name: str) -> str:
+        value = self.get(name)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def __setitem__(self, name: str, value: str) -> None:
+        self.set(name, value)
+
+    def __delitem__(self, name: str) -> None:
+        if name.lower() not in self:
+            raise KeyError(name)
+        self.delete(name)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and any(k == name.lower() for k, _ in self._items)
+
+    def __iter__(self) -> Iterator[str]:
+        seen: dict[str, None] = {}
+        for k, _ in self._items:
+            seen.setdefault(k)
+        return iter(seen)
+
+    def __len__(self) -> int:
+        return len({k for k, _ in self._items})
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Headers):
+            return sorted(self._items) == sorted(other._items)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        return f"Headers({self._items!r})"
+
+
+def _body_bytes(body: BodyInit) -> bytes:
+    if body is None:
+        return b""
+    if isinstance(body, str):
+        return body.encode()
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        return bytes(body)
+    raise TypeError(
+        f"body must be bytes, str or None, not {type(body).__name__}; "
+        "use Response.from_json() for JSON"
+    )
+
+
+class _Body:
+    __slots__ = ()
+    _body: bytes
+
+    async def bytes(self) -> bytes:
+        """Return the body as bytes."""
+        return self._body
+
+    async def text(self) -> str:
+        """Return the body decoded as UTF-8."""
+        return self._body.decode()
+
+    async def json(self) -> Any:
+        """Return the body parsed as JSON."""
+        return _json.loads(self._body)
+
+
+@final
+class Request(_Body):
+    """An HTTP request: ``Request(url, *, method="GET", headers=None, body=None)``.
+
+    The URL must be absolute (``https://host/path``): Durable Object fetches
+    have required that since 2021 (``durable_object_fetch_requires_full_url``);
+    the host does not need to resolve.
+    """
+
+    __slots__ = ("_body", "headers", "method", "url")
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        method: str = "GET",
+        headers: HeadersInit | None = None,
+        body: BodyInit = None,
+    ) -> None:
+        if not isinstance(url, str):
+            raise TypeError(f"url must be a str, not {type(url).__name__}")
+        parts = urlsplit(url)
+        if not parts.scheme or not parts.netloc:
+            raise ValueError(
+                f"Request URL must be absolute (scheme://host/...), got {url!r}"
+            )
+        if not isinstance(cast("object", method), str) or not method.isalpha():
+            raise ValueError(f"invalid HTTP method: {method!r}")
+        self.url = url
+        self.method = method.upper()
+        self.headers = Headers(headers)
+        self._body = _body_bytes(body)
+        if self._body and self.method in ("GET", "HEAD"):
+            raise ValueError(f"a {self.method} request cannot have a body")
+
+    @property
+    def path(self) -> str:
+        """The URL's path (``/`` when empty)."""
+        return urlsplit(self.url).path or "/"
+
+    @property
+    def query(self) -> str:
+        """The URL's query string, without ``?``."""
+        return urlsplit(self.url).query
+
+    def copy(self) -> Self:
+        """Return an independent copy (what crosses into an object)."""
+        new = object.__new__(type(self))
+        new.url = self.url
+        new.method = self.method
+        new.headers = self.headers.copy()
+        new._body = self._body
+        return new
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.url}>"
+
+
+@final
+class Response(_Body):
+    """An HTTP response with a status, headers and a body.
+
+    ``Response(body=None, *, status=200, headers=None, websocket=None)``; a
+    ``websocket`` is only allowed with status 101.
+    """
+
+    __slots__ = ("_body", "headers", "status", "websocket")
+
+    def __init__(
+        self,
+        body: BodyInit = None,
+        *,
+        status: int = 200,
+        headers: HeadersInit | None = None,
+        websocket: object | None = None,
+    ) -> None:
+        if not isinstance(cast("object", status), int) or isinstance(status, bool):
+            raise TypeError(f"status must be an int, not {type(status).__name__}")
+        if websocket is not None:
+            if status != 101:
+                raise ValueError("a Response with a websocket must have status 101")
+        elif not 200 <= status <= 599:
+            raise ValueError(f"status must be in 200..599, got {status}")
+        self.status = status
+        self.headers = Headers(headers)
+        self._body = _body_bytes(body)
+        self.websocket = websocket
+        if isinstance(body, str) and "content-type" not in self.headers:
+            self.headers.set("content-type", "text/plain;charset=UTF-8")
+
+    @classmethod
+    def from_json(
+        cls, obj: Any, *, status: int = 200, headers: HeadersInit | None = None
+    ) -> Response:
+        """Build a JSON response (``Response.json()`` in Workers)."""
+        response = cls(_json.dumps(obj).encode(), status=status, headers=headers)
+        if "content-type" not in response.headers:
+            response.headers.set("content-type", "application/json")
+        return response
+
+    @property
+    def ok(self) -> bool:
+        """True for a 2xx status."""
+        return 200 <= self.status <= 299
+
+    def copy(self) -> Response:
+        """Return an independent copy (what crosses out of an object)."""
+        new = object.__new__(Response)
+        new.status = self.status
+        new.headers = self.headers.copy()
+        new._body = self._body
+        new.websocket = self.websocket
+        return new
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status}>"

@@ -1,0 +1,362 @@
+"""``Runtime``: owns every live instance, the flusher, timers and eviction."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Coroutine, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Self, TypeVarTuple, Unpack, cast, final
+
+import anyio
+
+from ._actor import Actor
+from ._clock import Clock, SystemClock
+from ._errors import RuntimeClosedError
+from ._ids import DurableObjectId
+from ._namespace import DurableObjectBinding, DurableObjectNamespace
+from ._object import HANDLER_NAMES, DurableObject
+from ._stub import DurableObjectStub
+from ._timers import Timers
+from .storage.memory import MemoryBackend
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from anyio.abc import TaskGroup
+
+    from .storage._base import StorageBackend
+
+__all__ = ["Env", "Runtime"]
+
+logger = logging.getLogger("pyobjects")
+
+PosArgs = TypeVarTuple("PosArgs")
+
+
+@final
+class Env(Mapping[str, Any]):
+    """The bindings and vars of a runtime: ``env.COUNTER`` or ``env["COUNTER"]``.
+
+    The same object is the ``env`` every Durable Object receives.
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: dict[str, Any]) -> None:
+        object.__setattr__(self, "_items", items)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._items[name]
+        except KeyError:
+            raise AttributeError(
+                f"env has no binding or var named {name!r} "
+                f"(it has: {', '.join(sorted(self._items)) or 'nothing'})"
+            ) from None
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("env is read-only")
+
+    def __getitem__(self, name: str) -> Any:
+        return self._items[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"<Env {', '.join(sorted(self._items))}>"
+
+
+def _check_class(binding: str, cls: object) -> type[DurableObject]:
+    if not (isinstance(cls, type) and issubclass(cls, DurableObject)):
+        raise TypeError(
+            f"binding {binding!r} must be a DurableObject subclass or a "
+            f"DurableObjectBinding, not {cls!r}"
+        )
+    return cls
+
+
+@final
+class Runtime:
+    """Hosts Durable Objects: ``async with Runtime(bindings=...) as rt:``.
+
+    Owns every live instance, the write flusher, the timers and idle
+    eviction; leaving the ``async with`` flushes pending writes and stops them.
+    Two runtimes in one process share nothing.
+
+    Args:
+        bindings: Binding name -> ``DurableObject`` subclass (or a
+            :class:`DurableObjectBinding` with options).
+        storage: A storage backend; ``None`` means a fresh ``MemoryBackend``.
+        clock: The clock for eviction, timeouts and alarms (default: the
+            system clock; use ``pyobjects.testing.ManualClock`` in tests).
+        vars: Plain values added to ``env``.
+        idle_timeout: Seconds of the runtime clock after which an idle
+            instance is evicted; ``None`` disables eviction.
+        block_concurrency_timeout: Seconds a ``block_concurrency_while``
+            callback may run before the object is reset (Cloudflare: 30 s).
+        max_queued_events: Events that may wait at one object's input gate
+            before further calls fail with ``OverloadedError``; ``None``
+            means no limit.
+    """
+
+    def __init__(
+        self,
+        *,
+        bindings: Mapping[str, type[DurableObject] | DurableObjectBinding],
+        storage: StorageBackend | None = None,
+        clock: Clock | None = None,
+        vars: Mapping[str, Any] | None = None,  # noqa: A002  # Cloudflare's name
+        idle_timeout: float | None = 10.0,
+        block_concurrency_timeout: float = 30.0,
+        max_queued_events: int | None = None,
+    ) -> None:
+        if idle_timeout is not None and idle_timeout <= 0:
+            raise ValueError(
+                f"idle_timeout must be > 0 seconds or None, got {idle_timeout}"
+            )
+        if block_concurrency_timeout <= 0:
+            raise ValueError(
+                "block_concurrency_timeout must be > 0 seconds, "
+                f"got {block_concurrency_timeout}"
+            )
+        self.storage: StorageBackend = MemoryBackend() if storage is None else storage
+        self.clock: Clock = SystemClock() if clock is None else clock
+        self._idle_timeout_ms = (
+            None if idle_timeout is None else round(idle_timeout * 1000)
+        )
+        self._bcw_timeout_ms = round(block_concurrency_timeout * 1000)
+        self._max_queued_events = max_queued_events
+        self.timers = Timers(self.clock)
+        self._passthrough: tuple[type, ...] = (DurableObjectId, DurableObjectStub)
+        self._tg: TaskGroup | None = None
+        self._running = False
+        self._closed = False
+        self._dirty: list[Actor] = []
+        self._flush_wakeup: anyio.Event | None = None
+        self._idle: OrderedDict[Actor, None] = OrderedDict()
+        self._idle_armed = False
+        self._method_cache: dict[tuple[type, str], Callable[..., Any] | str] = {}
+        self._namespaces: list[DurableObjectNamespace] = []
+        items: dict[str, Any] = dict(vars or {})
+        for name, spec in bindings.items():
+            if not isinstance(cast("object", name), str) or not name:
+                raise TypeError(f"binding names must be non-empty str, got {name!r}")
+            if name in items:
+                raise ValueError(f"{name!r} is both a binding and a var")
+            if isinstance(spec, DurableObjectBinding):
+                cls = _check_class(name, spec.object_class)
+                unique_key = name if spec.unique_key is None else spec.unique_key
+            else:
+                cls = _check_class(name, spec)
+                unique_key = name
+            ns = DurableObjectNamespace(self, name, cls, unique_key)
+            self._namespaces.append(ns)
+            items[name] = ns
+        self.env = Env(items)
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._running or self._closed:
+            raise RuntimeError("a Runtime can be entered only once")
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        self._running = True
+        tg.start_soon(self._flusher)
+        tg.start_soon(self.timers.run)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        tg = self._tg
+        assert tg is not None
+        try:
+            with anyio.CancelScope(shield=True):
+                await self._flush_all()
+        finally:
+            self._running = False
+            self._closed = True
+            closed = RuntimeClosedError("the Runtime was closed")
+            for ns in self._namespaces:
+                for actor in list(ns._actors.values()):
+                    actor.break_(closed)
+            tg.cancel_scope.cancel()
+            try:
+                await tg.__aexit__(None, None, None)
+            finally:
+                await self.storage.aclose()
+
+    def _check_running(self) -> None:
+        if not self._running:
+            if self._closed:
+                raise RuntimeClosedError("the Runtime was closed")
+            raise RuntimeClosedError(
+                "the Runtime is not running; use `async with Runtime(...) as rt:`"
+            )
+
+    def _spawn(
+        self, fn: Callable[[Unpack[PosArgs]], Coroutine[Any, Any, Any]], *args: *PosArgs
+    ) -> None:
+        self._check_running()
+        assert self._tg is not None
+        self._tg.start_soon(fn, *args)
+
+    # -- instances -----------------------------------------------------------
+
+    def _actor_for(
+        self, namespace: DurableObjectNamespace, object_id: DurableObjectId
+    ) -> Actor:
+        """Return the live instance for an id, constructing it if needed."""
+        actor = namespace._actors.get(object_id)
+        if actor is not None:
+            if object_id.name is not None and actor.id.name is None:
+                actor.id = actor.ctx.id = object_id
+            return actor
+        self._check_running()
+        actor = Actor(self, namespace, object_id)
+        namespace._actors[object_id] = actor
+        try:
+            actor.construct()
+        except Exception as exc:
+            actor.break_(exc)
+            exc.add_note(
+                f"raised by the constructor of Durable Object "
+                f"{namespace.object_class.__name__} ({object_id})"
+            )
+            raise
+        return actor
+
+    def _forget(self, actor: Actor) -> None:
+        actors = actor.namespace._actors
+        if actors.get(actor.id) is actor:
+            del actors[actor.id]
+        self._idle.pop(actor, None)
+
+    def _rpc_method(self, actor: Actor, name: str) -> Callable[..., Any]:
+        cls = type(actor.instance)
+        found = self._method_cache.get((cls, name))
+        if found is None:
+            found = self._method_cache[(cls, name)] = _resolve_rpc(cls, name)
+        if isinstance(found, str):
+            raise TypeError(found)
+        return found.__get__(actor.instance, cls)  # type: ignore[no-any-return]
+
+    def _handler(self, actor: Actor, name: str) -> Callable[..., Any]:
+        instance = actor.instance
+        handler = getattr(instance, name, None)
+        if handler is None:
+            handler = getattr(instance, HANDLER_NAMES[name], None)
+        if handler is None:
+            raise TypeError(f"{type(instance).__name__} has no {name}() handler")
+        return handler  # type: ignore[no-any-return]
+
+    # -- writes --------------------------------------------------------------
+
+    def _schedule_flush(self, actor: Actor) -> None:
+        self._dirty.append(actor)
+        wakeup = self._flush_wakeup
+        if wakeup is not None:
+            self._flush_wakeup = None
+            wakeup.set()
+
+    async def _flusher(self) -> None:
+        # Woken by the first write of a batch; it cannot run before the
+        # writing task yields to the event loop, which is what makes every
+        # write of that turn land in one commit.
+        while True:
+            if not self._dirty:
+                self._flush_wakeup = anyio.Event()
+                await self._flush_wakeup.wait()
+            dirty, self._dirty = self._dirty, []
+            for actor in dirty:
+                await actor.flush()
+
+    async def _flush_all(self) -> None:
+        while self._dirty:
+            dirty, self._dirty = self._dirty, []
+            for actor in dirty:
+                await actor.flush()
+
+    # -- eviction ------------------------------------------------------------
+
+    def _became_busy(self, actor: Actor) -> None:
+        # Nothing to do: the sweeper skips busy actors and requeues them.
+        pass
+
+    def _became_idle(self, actor: Actor) -> None:
+        # Hot path (every call ends here): one clock read, and a dict insert
+        # only when the actor is not queued yet. The queue is ordered by the
+        # time an actor was (re)queued, which is never later than its
+        # idle_since, so the sweeper only ever looks at the front.
+        if self._idle_timeout_ms is None or actor.evicted:
+            return
+        now = self.clock.now_ms()
+        actor.idle_since = now
+        if actor not in self._idle:
+            actor.idle_queued_at = now
+            self._idle[actor] = None
+            if not self._idle_armed:
+                self._idle_armed = True
+                self.timers.call_at(now + self._idle_timeout_ms, self._evict_idle)
+
+    def _evict_idle(self) -> None:
+        self._idle_armed = False
+        timeout = self._idle_timeout_ms
+        assert timeout is not None
+        now = self.clock.now_ms()
+        idle = self._idle
+        requeue: list[Actor] = []
+        while idle:
+            actor = next(iter(idle))
+            if actor.idle_queued_at + timeout > now:
+                break
+            del idle[actor]
+            if actor.active == 0 and actor.idle_since + timeout <= now:
+                if actor.quiescent:
+                    actor.evict()
+                    continue
+                actor.idle_since = now  # still writing or gated: look again later
+            requeue.append(actor)
+        for actor in requeue:
+            actor.idle_queued_at = now if actor.active else actor.idle_since
+            idle[actor] = None
+        if idle:
+            self._idle_armed = True
+            first = next(iter(idle))
+            self.timers.call_at(first.idle_queued_at + timeout, self._evict_idle)
+
+    # -- introspection (used by pyobjects.testing) ---------------------------
+
+    def _live_actors(self) -> list[Actor]:
+        return [a for ns in self._namespaces for a in ns._actors.values()]
+
+
+def _resolve_rpc(cls: type, name: str) -> Callable[..., Any] | str:
+    """Find the function behind an RPC call, or the TypeError message."""
+    if name.startswith("_"):
+        return (
+            f'The RPC receiver does not implement the method "{name}": '
+            "names starting with '_' are private and cannot be called over RPC."
+        )
+    reserved: frozenset[str] = getattr(cls, "_rpc_reserved", frozenset())
+    if name in reserved:
+        return (
+            f'The RPC receiver does not implement the method "{name}": '
+            f"{name}() is an event handler or reserved name, not an RPC method."
+        )
+    attr = inspect.getattr_static(cls, name, None)
+    if isinstance(attr, (staticmethod, classmethod)):
+        return attr  # type: ignore[return-value]
+    if attr is None or not inspect.isfunction(attr):
+        return f'The RPC receiver does not implement the method "{name}".'
+    return attr

@@ -1,0 +1,85 @@
+"""One timer queue per runtime, driven by the runtime's clock.
+
+Idle eviction and the ``block_concurrency_while`` timeout (and later alarms)
+are deadlines on this queue: a heap and one sleeping task, never a sleeping
+task per object, so a million objects cost a million small heap entries at
+most.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from typing import TYPE_CHECKING
+
+import anyio
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ._clock import Clock
+
+
+class TimerHandle:
+    """A scheduled callback; :meth:`cancel` it to drop it."""
+
+    __slots__ = ("callback", "cancelled", "deadline_ms", "seq")
+
+    def __init__(
+        self, deadline_ms: int, seq: int, callback: Callable[[], None]
+    ) -> None:
+        self.deadline_ms = deadline_ms
+        self.seq = seq
+        self.callback = callback
+        self.cancelled = False
+
+    def __lt__(self, other: TimerHandle) -> bool:
+        return (self.deadline_ms, self.seq) < (other.deadline_ms, other.seq)
+
+    def cancel(self) -> None:
+        """Make sure the callback does not run."""
+        self.cancelled = True
+
+
+class Timers:
+    """A heap of deadlines served by :meth:`run` (one task per runtime)."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._heap: list[TimerHandle] = []
+        self._counter = itertools.count()
+        self._wake: anyio.Event | None = None
+        self._sleep_scope: anyio.CancelScope | None = None
+
+    def call_at(self, deadline_ms: int, callback: Callable[[], None]) -> TimerHandle:
+        """Run *callback* (synchronously, on the timer task) at *deadline_ms*."""
+        handle = TimerHandle(deadline_ms, next(self._counter), callback)
+        heapq.heappush(self._heap, handle)
+        if self._heap[0] is handle:
+            # The earliest deadline changed: make the timer task re-plan.
+            if self._wake is not None:
+                self._wake.set()
+            if self._sleep_scope is not None:
+                self._sleep_scope.cancel()
+        return handle
+
+    async def run(self) -> None:
+        """Serve deadlines forever (cancel the task to stop)."""
+        heap = self._heap
+        while True:
+            while heap and heap[0].cancelled:
+                heapq.heappop(heap)
+            if not heap:
+                self._wake = anyio.Event()
+                await self._wake.wait()
+                self._wake = None
+                continue
+            first = heap[0]
+            if first.deadline_ms <= self._clock.now_ms():
+                heapq.heappop(heap)
+                first.callback()
+                continue
+            with anyio.CancelScope() as scope:
+                self._sleep_scope = scope
+                await self._clock.sleep_until(first.deadline_ms)
+            self._sleep_scope = None

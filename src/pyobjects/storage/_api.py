@@ -1,0 +1,709 @@
+"""The storage front end: ``ctx.storage`` of one Durable Object instance.
+
+All storage policy lives here, once, for every backend: key and value limits,
+the codec, read-your-writes, write coalescing, transactions and the read
+cache. A backend only stores bytes (:mod:`pyobjects.storage._base`).
+
+Writes are recorded when called. ``put``/``delete``/``delete_all`` are plain
+functions that validate, encode and record the write in the *pending layer*,
+then return an already-finished awaitable (not a coroutine, so leaving it
+un-awaited is silent). The first write of a batch asks the owner to flush; the
+flusher cannot run before the writing task yields to the event loop, so every
+write made until then lands in one atomic backend commit.
+
+Reads look through the layers top-down: open transactions, the pending layer,
+batches being committed, then the clean cache, then the backend.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
+import builtins
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, cast, final, overload
+
+from pyobjects._errors import StorageError, StorageLimitError, TransactionError
+from pyobjects._serialization import MAX_VALUE_BYTES, decode, encode
+
+from ._base import ListQuery, WriteBatch
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from ._base import ObjectStore
+
+__all__ = ["Storage", "StorageOwner", "Transaction"]
+
+T = TypeVar("T")
+
+MAX_KEY_BYTES = 2048
+MAX_BATCH_KEYS = 128
+# Clean values kept in memory per object (Cloudflare's KV cache soft limit is
+# 16 MiB per isolate; this is per object and only saves backend reads).
+CACHE_BYTES = 8 * 1024 * 1024
+
+_MISS: Any = object()  # "not known here, ask the next level"
+
+
+class _Done(Generic[T]):
+    """An awaitable that is already finished (the result of a recorded write)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: T) -> None:
+        self._value = value
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self._value
+        yield  # type: ignore[unreachable]  # makes this a generator; never runs
+
+
+_DONE_NONE: _Done[None] = _Done(None)
+
+
+class _Layer:
+    """Writes not yet committed: a pending batch or an open transaction."""
+
+    __slots__ = ("alarm", "alarm_changed", "delete_all", "writes")
+
+    def __init__(self) -> None:
+        self.writes: dict[str, bytes | None] = {}
+        self.delete_all = False
+        self.alarm_changed = False
+        self.alarm: int | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.writes) or self.delete_all or self.alarm_changed
+
+
+class StorageOwner:
+    """What the storage needs from the object that owns it (set by the runtime)."""
+
+    __slots__ = ()
+
+    def on_write(self) -> None:
+        """A write was recorded in the pending layer: schedule a flush."""
+        raise NotImplementedError
+
+    def hold_input(self) -> None:
+        """Hold back new events (a storage wait or a transaction started)."""
+        raise NotImplementedError
+
+    def release_input(self) -> None:
+        """Undo one :meth:`hold_input`."""
+        raise NotImplementedError
+
+    def check_usable(self) -> None:
+        """Raise the reset error if the object was reset."""
+        raise NotImplementedError
+
+    async def wait_durable(self) -> None:
+        """Wait until every write recorded so far is durable."""
+        raise NotImplementedError
+
+
+def check_key(key: object, what: str = "key") -> str:
+    """Validate a storage key: a ``str`` of at most 2,048 UTF-8 bytes."""
+    if type(key) is not str and not isinstance(key, str):
+        raise TypeError(f"storage {what} must be a str, not {type(key).__name__}")
+    if key.isascii():
+        size = len(key)
+    else:
+        try:
+            size = len(key.encode())
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"storage {what} {key!r} cannot be encoded as UTF-8 (lone surrogate)"
+            ) from exc
+    if size > MAX_KEY_BYTES:
+        raise StorageLimitError("key", limit=MAX_KEY_BYTES, size=size)
+    return key
+
+
+def _check_batch(n: int) -> None:
+    if n > MAX_BATCH_KEYS:
+        raise StorageLimitError("batch", limit=MAX_BATCH_KEYS, size=n)
+
+
+def encode_value(value: object) -> bytes:
+    """Encode a value for storage, enforcing the 128 KiB limit."""
+    data = encode(value)
+    if len(data) > MAX_VALUE_BYTES:
+        raise StorageLimitError("value", limit=MAX_VALUE_BYTES, size=len(data))
+    return data
+
+
+def _prefix_end(prefix: str) -> str | None:
+    """Return the first string after every string that starts with *prefix*."""
+    chars = list(prefix)
+    while chars:
+        last = ord(chars.pop())
+        if last < 0x10FFFF:
+            nxt = last + 1
+            if 0xD800 <= nxt <= 0xDFFF:  # skip surrogates: never part of a key
+                nxt = 0xE000
+            return "".join(chars) + chr(nxt)
+    return None
+
+
+def _drive(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a backend coroutine that must finish without suspending."""
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    coro.close()
+    # TODO(#2): backends whose reads suspend (a database server) need delete()
+    # to learn existence under the input gate instead of synchronously.
+    raise StorageError(
+        "this storage backend suspended during delete(); backends used with "
+        "delete() must answer reads without suspending"
+    )
+
+
+@final
+class Storage:
+    """``ctx.storage``: transactional, strongly consistent key-value storage.
+
+    Mirrors ``DurableObjectStorage`` in Workers. Keys are ``str`` (at most
+    2,048 UTF-8 bytes) ordered by code point; values are anything the codec
+    supports (at most 131,072 encoded bytes). The constructor is private: the
+    runtime builds one per object instance.
+    """
+
+    __slots__ = (
+        "_cache",
+        "_cache_bytes",
+        "_inflight",
+        "_layers",
+        "_owner",
+        "_pending_name",
+        "_store",
+    )
+
+    def __init__(
+        self, store: ObjectStore, owner: StorageOwner, *, name: str | None = None
+    ) -> None:
+        self._store = store
+        self._owner = owner
+        self._layers: list[_Layer] = [_Layer()]
+        self._inflight: list[_Layer] = []
+        self._cache: OrderedDict[str, bytes | None] = OrderedDict()
+        self._cache_bytes = 0
+        self._pending_name = name
+
+    # -- reading -----------------------------------------------------------
+
+    def _lookup(self, key: str) -> bytes | None:
+        """Return the value known in memory, None if absent, or _MISS."""
+        for layer in reversed(self._layers):
+            value = layer.writes.get(key, _MISS)
+            if value is not _MISS:
+                return value  # type: ignore[no-any-return]
+            if layer.delete_all:
+                return None
+        for layer in reversed(self._inflight):
+            value = layer.writes.get(key, _MISS)
+            if value is not _MISS:
+                return value  # type: ignore[no-any-return]
+            if layer.delete_all:
+                return None
+        cache = self._cache
+        value = cache.get(key, _MISS)
+        if value is not _MISS:
+            cache.move_to_end(key)
+        return value  # type: ignore[no-any-return]
+
+    def _remember(self, key: str, value: bytes | None) -> None:
+        cache = self._cache
+        old = cache.pop(key, None)
+        if old is not None:
+            self._cache_bytes -= len(old)
+        cache[key] = value
+        if value is not None:
+            self._cache_bytes += len(value)
+            while self._cache_bytes > CACHE_BYTES and cache:
+                _, dropped = cache.popitem(last=False)
+                if dropped is not None:
+                    self._cache_bytes -= len(dropped)
+
+    async def _fetch(self, keys: builtins.list[str]) -> dict[str, bytes]:
+        """Read keys from the backend, holding the input gate, and cache them."""
+        owner = self._owner
+        owner.hold_input()
+        try:
+            found = await self._store.get(keys)
+        finally:
+            owner.release_input()
+        owner.check_usable()
+        for key in keys:
+            # A write recorded while a (suspending) read was in flight wins.
+            if self._lookup(key) is _MISS:
+                self._remember(key, found.get(key))
+        return found
+
+    @overload
+    async def get(self, key: str, /) -> Any: ...
+    @overload
+    async def get(
+        self, keys: builtins.list[str] | tuple[str, ...], /
+    ) -> dict[str, Any]: ...
+
+    async def get(self, key: str | builtins.list[str] | tuple[str, ...], /) -> Any:
+        """Return the value stored under *key*, or ``None``.
+
+        With a list of keys, return a dict of the keys that exist, in key
+        order (at most 128 keys). Every call returns a fresh copy. Reads see
+        this object's own writes, committed or not.
+        """
+        self._owner.check_usable()
+        if type(key) is str:
+            check_key(key)
+            data = self._lookup(key)
+            if data is _MISS:
+                data = (await self._fetch([key])).get(key)
+            return None if data is None else decode(data)
+        if not isinstance(key, (list, tuple)):
+            raise TypeError(
+                f"get() takes a str key or a list of keys, not {type(key).__name__}"
+            )
+        _check_batch(len(key))
+        keys = [check_key(k) for k in key]
+        found: dict[str, bytes | None] = {}
+        missing: builtins.list[str] = []
+        for k in keys:
+            data = self._lookup(k)
+            if data is _MISS:
+                missing.append(k)
+            else:
+                found[k] = data
+        if missing:
+            fetched = await self._fetch(missing)
+            for k in missing:
+                data = self._lookup(k)
+                found[k] = fetched.get(k) if data is _MISS else data
+        return {k: decode(found[k]) for k in sorted(found) if found[k] is not None}  # type: ignore[arg-type]
+
+    def _overlay(
+        self, lo: str | None, hi: str | None
+    ) -> tuple[bool, dict[str, bytes | None]]:
+        """Uncommitted writes in [lo, hi), and whether a delete_all hides the rest."""
+        hidden = False
+        merged: dict[str, bytes | None] = {}
+        for layer in (*self._inflight, *self._layers):
+            if layer.delete_all:
+                hidden = True
+                merged.clear()
+            merged.update(
+                (k, v)
+                for k, v in layer.writes.items()
+                if (lo is None or k >= lo) and (hi is None or k < hi)
+            )
+        return hidden, merged
+
+    async def list(
+        self,
+        *,
+        start: str | None = None,
+        start_after: str | None = None,
+        end: str | None = None,
+        prefix: str | None = None,
+        reverse: bool = False,
+        limit: int | None = None,
+    ) -> dict[str, Any]:
+        """Return the stored entries of a key range, in key order.
+
+        ``start`` is inclusive, ``start_after`` exclusive (not both), ``end``
+        exclusive; ``prefix`` narrows the range; ``reverse`` lists from the
+        largest key and ``limit`` then takes the largest keys.
+        """
+        self._owner.check_usable()
+        if start is not None and start_after is not None:
+            raise TypeError(
+                "list() cannot be called with both start and start_after values."
+            )
+        if limit is not None:
+            if not isinstance(cast("object", limit), int) or isinstance(limit, bool):
+                raise TypeError(
+                    f"list() limit must be an int, not {type(limit).__name__}"
+                )
+            if limit <= 0:
+                raise ValueError(f"List limit must be positive (got {limit}).")
+        lo = None if start is None else check_key(start, "start")
+        if start_after is not None:
+            lo = check_key(start_after, "start_after") + "\x00"
+        hi = None if end is None else check_key(end, "end")
+        if prefix is not None:
+            check_key(prefix, "prefix")
+            if lo is None or lo < prefix:
+                lo = prefix
+            prefix_hi = _prefix_end(prefix)
+            if prefix_hi is not None and (hi is None or hi > prefix_hi):
+                hi = prefix_hi
+        if lo is not None and hi is not None and hi <= lo:
+            return {}
+        hidden, overlay = self._overlay(lo, hi)
+        rows: builtins.list[tuple[str, bytes]]
+        if hidden:
+            rows = []
+        else:
+            query = ListQuery(
+                start=lo,
+                end=hi,
+                reverse=reverse,
+                limit=None if limit is None else limit + len(overlay),
+            )
+            owner = self._owner
+            owner.hold_input()
+            try:
+                rows = await self._store.list(query)
+            finally:
+                owner.release_input()
+            owner.check_usable()
+        if overlay:
+            merged = dict(rows)
+            for k, v in overlay.items():
+                if v is None:
+                    merged.pop(k, None)
+                else:
+                    merged[k] = v
+            rows = sorted(merged.items(), reverse=reverse)
+        if limit is not None:
+            rows = rows[:limit]
+        return {k: decode(v) for k, v in rows}
+
+    # -- writing -----------------------------------------------------------
+
+    def _record(self) -> _Layer:
+        """Return the layer to write into, scheduling a flush if it is pending."""
+        layers = self._layers
+        if len(layers) == 1:
+            self._owner.on_write()
+        return layers[-1]
+
+    @overload
+    def put(self, key: str, value: object, /) -> _Done[None]: ...
+    @overload
+    def put(self, entries: Mapping[str, object], /) -> _Done[None]: ...
+
+    def put(
+        self, key: str | Mapping[str, object], value: object = _MISS, /
+    ) -> _Done[None]:
+        """Store *value* under *key*, or every pair of a dict (at most 128).
+
+        The write is recorded now; the returned awaitable is already done and
+        may be left un-awaited. Writes made before the next yield to the event
+        loop commit together, all or nothing. Mirrors ``storage.put()``.
+
+        Raises:
+            StorageLimitError: A key, value or the batch is over a limit
+                (nothing of the call is written).
+            SerializationError: A value the codec cannot store.
+        """
+        self._owner.check_usable()
+        if isinstance(key, Mapping):
+            if value is not _MISS:
+                raise TypeError(
+                    "put() takes either (key, value) or a single dict of entries"
+                )
+            _check_batch(len(key))
+            encoded = [(check_key(k), encode_value(v)) for k, v in key.items()]
+            writes = self._record().writes
+            for k, data in encoded:
+                writes[k] = data
+            return _DONE_NONE
+        if value is _MISS:
+            raise TypeError("put() missing the value to store")
+        check_key(key)
+        data = encode_value(value)
+        self._record().writes[key] = data
+        return _DONE_NONE
+
+    @overload
+    def delete(self, key: str, /) -> _Done[bool]: ...
+    @overload
+    def delete(self, keys: builtins.list[str] | tuple[str, ...], /) -> _Done[int]: ...
+
+    def delete(
+        self, key: str | builtins.list[str] | tuple[str, ...], /
+    ) -> _Done[bool] | _Done[int]:
+        """Delete *key* (awaitable -> existed?) or a list of keys (-> count).
+
+        Recorded at call time like :meth:`put`. Mirrors ``storage.delete()``.
+        """
+        self._owner.check_usable()
+        if type(key) is str or isinstance(key, str):
+            keys = [check_key(key)]
+            single = True
+        elif isinstance(key, (list, tuple)):
+            _check_batch(len(key))
+            keys = [check_key(k) for k in key]
+            single = False
+        else:
+            raise TypeError(
+                f"delete() takes a str key or a list of keys, not {type(key).__name__}"
+            )
+        existed = self._exist(keys)
+        writes = self._record().writes
+        for k in keys:
+            writes[k] = None
+        if single:
+            return _Done(bool(existed))
+        return _Done(existed)
+
+    def _exist(self, keys: builtins.list[str]) -> int:
+        unknown: builtins.list[str] = []
+        count = 0
+        for k in dict.fromkeys(keys):
+            data = self._lookup(k)
+            if data is _MISS:
+                unknown.append(k)
+            elif data is not None:
+                count += 1
+        if unknown:
+            found = _drive(self._store.get(unknown))
+            for k in unknown:
+                self._remember(k, found.get(k))
+            count += len(found)
+        return count
+
+    def delete_all(self) -> _Done[None]:
+        """Delete every key of the object, atomically.
+
+        Writes not yet committed are dropped (they would be wiped anyway), and
+        the alarm is deleted too, as with Cloudflare's
+        ``delete_all_deletes_alarm`` default. Refused inside a transaction.
+        """
+        self._owner.check_usable()
+        if len(self._layers) > 1:
+            raise TransactionError("Cannot call delete_all() within a transaction")
+        layer = self._record()
+        layer.writes.clear()
+        layer.delete_all = True
+        layer.alarm_changed = True
+        layer.alarm = None
+        return _DONE_NONE
+
+    async def sync(self) -> None:
+        """Wait until every write made before this call is durable."""
+        self._owner.check_usable()
+        await self._owner.wait_durable()
+
+    # -- transactions ------------------------------------------------------
+
+    @overload
+    def transaction(self) -> _TransactionContext: ...
+    @overload
+    def transaction(
+        self, closure: Callable[[Transaction], Awaitable[T]], /
+    ) -> Coroutine[Any, Any, T]: ...
+
+    def transaction(  # mypy rejects a positional-only default here
+        self, closure: Callable[[Transaction], Awaitable[Any]] | None = None
+    ) -> _TransactionContext | Coroutine[Any, Any, Any]:
+        """Run *closure(txn)* as one serializable transaction, or open one.
+
+        ``await storage.transaction(fn)`` returns ``fn``'s result; the writes
+        commit together when it returns, and roll back (the exception
+        propagates, the object is not reset) when it raises. Also usable as
+        ``async with storage.transaction() as txn:``. Nothing else runs in the
+        object meanwhile, and ``ctx.storage`` calls inside join the
+        transaction (Cloudflare's SQLite-backed model).
+        """
+        self._owner.check_usable()
+        if closure is None:
+            return _TransactionContext(self)
+        return self._run_transaction(closure)
+
+    async def _run_transaction(
+        self, closure: Callable[[Transaction], Awaitable[T]]
+    ) -> T:
+        async with _TransactionContext(self) as txn:
+            return await closure(txn)
+
+    def _begin(self) -> tuple[Transaction, _Layer]:
+        self._owner.hold_input()
+        layer = _Layer()
+        self._layers.append(layer)
+        return Transaction(self, layer), layer
+
+    def _end(self, txn: Transaction, layer: _Layer, commit: bool) -> None:
+        txn._state = "committed"
+        self._owner.release_input()
+        layers = self._layers
+        if layers[-1] is not layer:  # pragma: no cover  # defended by rollback()
+            raise TransactionError("transactions ended out of order")
+        layers.pop()
+        if not commit or not layer:
+            return
+        below = self._record()
+        below.writes.update(layer.writes)
+        if layer.alarm_changed:
+            below.alarm_changed = True
+            below.alarm = layer.alarm
+
+    # -- used by the runtime -----------------------------------------------
+
+    def take_batch(self) -> tuple[WriteBatch, _Layer] | None:
+        """Move the pending layer to in-flight and return it as a batch."""
+        pending = self._layers[0]
+        if not pending:
+            return None
+        self._layers[0] = _Layer()
+        self._inflight.append(pending)
+        batch = WriteBatch(
+            delete_all=pending.delete_all,
+            writes=pending.writes,
+            alarm_changed=pending.alarm_changed,
+            alarm=pending.alarm,
+            name=self._pending_name,
+        )
+        return batch, pending
+
+    def batch_done(self, layer: _Layer, batch: WriteBatch) -> None:
+        """A batch is durable: move its values into the clean cache."""
+        self._inflight.remove(layer)
+        if batch.name is not None:
+            self._pending_name = None
+        if layer.delete_all:
+            self._cache.clear()
+            self._cache_bytes = 0
+        for k, v in layer.writes.items():
+            self._remember(k, v)
+
+    def discard(self) -> None:
+        """Drop everything not committed (the object was reset)."""
+        self._layers = [_Layer()]
+        self._inflight = []
+        self._cache.clear()
+        self._cache_bytes = 0
+
+    @property
+    def has_pending(self) -> bool:
+        """True while some write is not committed yet."""
+        return bool(self._layers[0]) or bool(self._inflight) or len(self._layers) > 1
+
+
+_TXN_OPS = ("get", "put", "delete", "list")
+
+
+@final
+class Transaction:
+    """The ``txn`` handed to a transaction closure (constructor is private).
+
+    Supports ``get``, ``put``, ``delete``, ``list`` and ``rollback()``. After
+    ``rollback()`` every operation raises; after the closure returns, using
+    ``txn`` raises too.
+    """
+
+    __slots__ = ("_layer", "_state", "_storage")
+
+    def __init__(self, storage: Storage, layer: _Layer) -> None:
+        self._storage = storage
+        self._layer = layer
+        self._state = "open"
+
+    def _check(self, op: str) -> Storage:
+        if self._state == "committed":
+            raise TransactionError(
+                f"Cannot call {op}() on transaction that has already committed: "
+                "did you move `txn` outside of the closure?"
+            )
+        if self._state == "rolled back":
+            raise TransactionError(f"Cannot {op}() on rolled back transaction")
+        return self._storage
+
+    @overload
+    async def get(self, key: str, /) -> Any: ...
+    @overload
+    async def get(
+        self, keys: builtins.list[str] | tuple[str, ...], /
+    ) -> dict[str, Any]: ...
+
+    async def get(self, key: str | builtins.list[str] | tuple[str, ...], /) -> Any:
+        """Like :meth:`Storage.get`, inside the transaction."""
+        return await self._check("get").get(key)
+
+    @overload
+    def put(self, key: str, value: object, /) -> _Done[None]: ...
+    @overload
+    def put(self, entries: Mapping[str, object], /) -> _Done[None]: ...
+
+    def put(
+        self, key: str | Mapping[str, object], value: object = _MISS, /
+    ) -> _Done[None]:
+        """Like :meth:`Storage.put`, inside the transaction."""
+        return self._check("put").put(key, value)  # type: ignore[arg-type]
+
+    @overload
+    def delete(self, key: str, /) -> _Done[bool]: ...
+    @overload
+    def delete(self, keys: builtins.list[str] | tuple[str, ...], /) -> _Done[int]: ...
+
+    def delete(
+        self, key: str | builtins.list[str] | tuple[str, ...], /
+    ) -> _Done[bool] | _Done[int]:
+        """Like :meth:`Storage.delete`, inside the transaction."""
+        return self._check("delete").delete(key)
+
+    async def list(self, **options: Any) -> dict[str, Any]:
+        """Like :meth:`Storage.list`, inside the transaction."""
+        return await self._check("list").list(**options)
+
+    def delete_all(self) -> _Done[None]:
+        """Always refused: ``delete_all()`` cannot run inside a transaction."""
+        self._check("delete_all")
+        raise TransactionError("Cannot call delete_all() within a transaction")
+
+    def rollback(self) -> None:
+        """Discard the transaction's writes when the closure ends.
+
+        May be called more than once. The closure's result is still returned.
+        """
+        if self._state == "committed":
+            self._check("rollback")
+        storage = self._storage
+        if storage._layers[-1] is not self._layer:
+            raise TransactionError(
+                "Cannot roll back an outer transaction while a nested transaction "
+                "is still running."
+            )
+        self._state = "rolled back"
+        self._layer.writes.clear()
+        self._layer.alarm_changed = False
+
+
+@final
+class _TransactionContext:
+    """``async with storage.transaction() as txn``."""
+
+    __slots__ = ("_layer", "_storage", "_txn")
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+        self._txn: Transaction | None = None
+        self._layer: _Layer | None = None
+
+    async def __aenter__(self) -> Transaction:
+        if self._txn is not None:
+            raise TransactionError("this transaction context was already entered")
+        self._txn, self._layer = self._storage._begin()
+        return self._txn
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._txn is not None
+        assert self._layer is not None
+        commit = exc_type is None and self._txn._state == "open"
+        self._storage._end(self._txn, self._layer, commit)
+
+    def __await__(self) -> Generator[Any, None, Self]:
+        raise TypeError(
+            "storage.transaction() without a closure must be used as "
+            "`async with storage.transaction() as txn:`"
+        )
+        yield  # type: ignore[unreachable]

@@ -1,0 +1,71 @@
+"""Shared test helpers: a backend wrapper that can delay or fail commits."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    import anyio
+
+    from pyobjects.storage import (
+        AlarmEntry,
+        ListQuery,
+        ObjectStore,
+        StorageBackend,
+        WriteBatch,
+    )
+
+
+class ControlledStore:
+    def __init__(self, inner: ObjectStore, owner: ControlledBackend) -> None:
+        self._inner = inner
+        self._owner = owner
+
+    async def get(self, keys: Sequence[str], /) -> dict[str, bytes]:
+        return await self._inner.get(keys)
+
+    async def list(self, query: ListQuery, /) -> list[tuple[str, bytes]]:
+        return await self._inner.list(query)
+
+    async def get_alarm(self) -> int | None:
+        return await self._inner.get_alarm()
+
+    async def get_name(self) -> str | None:
+        return await self._inner.get_name()
+
+    async def commit(self, batch: WriteBatch, /) -> None:
+        owner = self._owner
+        owner.commits.append(batch)
+        if owner.hold is not None:
+            await owner.hold.wait()
+        if owner.fail_next > 0:
+            owner.fail_next -= 1
+            raise OSError("injected commit failure")
+        await self._inner.commit(batch)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class ControlledBackend:
+    """Wraps a backend; records commits, can hold them or make them fail."""
+
+    def __init__(self, inner: StorageBackend) -> None:
+        self.inner = inner
+        self.commits: list[WriteBatch] = []
+        self.hold: anyio.Event | None = None
+        self.fail_next = 0
+
+    def open(self, namespace: str, object_id: str, /) -> ObjectStore:
+        return ControlledStore(self.inner.open(namespace, object_id), self)
+
+    async def list_object_ids(self, namespace: str, /) -> list[str]:
+        return await self.inner.list_object_ids(namespace)
+
+    async def pending_alarms(self) -> list[AlarmEntry]:
+        return await self.inner.pending_alarms()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
