@@ -1,0 +1,63 @@
+"""Writer process for test_durability: acknowledges each write on stdout.
+
+Run as ``python durability_writer.py DIR RUN``; it writes until killed.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+
+from pyobjects import DurableObject, Runtime
+from pyobjects.storage import SQLiteBackend, Transaction
+
+
+class Ledger(DurableObject):
+    async def record(self, run: int, i: int) -> None:
+        # Three keys written without a yield: one atomic batch.
+        storage = self.ctx.storage
+        storage.put(f"a:{run}:{i:06}", i)
+        storage.put(f"b:{run}:{i:06}", i)
+        storage.put(f"c:{run}:{i:06}", {"i": i, "pad": "x" * 200})
+
+    async def record_txn(self, run: int, i: int) -> None:
+        async def closure(txn: Transaction) -> None:
+            total = (await txn.get("total")) or 0
+            txn.put(f"t:{run}:{i:06}", i)
+            await anyio.lowlevel.checkpoint()
+            txn.put("total", total + 1)
+
+        await self.ctx.storage.transaction(closure)
+
+
+async def main(directory: str, run: int) -> None:
+    async with Runtime(
+        bindings={"LEDGER": Ledger}, storage=SQLiteBackend(directory)
+    ) as rt:
+        ns = rt.env.LEDGER
+        out = sys.stdout
+
+        async def writer(obj: int, worker: int) -> None:
+            stub: Any = ns.get_by_name(f"ledger-{obj}")
+            i = worker
+            while True:
+                if i % 2:
+                    await stub.record_txn(run, i)
+                    out.write(f"txn {obj} {i}\n")
+                else:
+                    await stub.record(run, i)
+                    out.write(f"ack {obj} {i}\n")
+                out.flush()
+                i += 16
+
+        async with anyio.create_task_group() as tg:
+            for obj in range(3):
+                for worker in range(16):
+                    tg.start_soon(writer, obj, worker)
+
+
+if __name__ == "__main__":
+    anyio.run(main, sys.argv[1], int(sys.argv[2]))

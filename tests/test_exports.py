@@ -1,0 +1,82 @@
+"""The public surface: __all__ lists, public __module__, lazy testing import."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+
+import pytest
+
+PUBLIC_MODULES = ["pyobjects", "pyobjects.storage", "pyobjects.testing"]
+
+
+@pytest.mark.parametrize("name", PUBLIC_MODULES)
+def test_all_is_a_sorted_tuple_of_the_public_names(name: str) -> None:
+    module = importlib.import_module(name)
+    exported = module.__all__
+    assert isinstance(exported, tuple)
+    assert list(exported) == sorted(exported)
+    public = {
+        n
+        for n, v in vars(module).items()
+        if not n.startswith("_") and not isinstance(v, type(sys)) and n != "annotations"
+    }
+    assert set(exported) == public
+
+
+@pytest.mark.parametrize("name", PUBLIC_MODULES)
+def test_exported_objects_have_the_public_module(name: str) -> None:
+    module = importlib.import_module(name)
+    for attr in module.__all__:
+        obj = getattr(module, attr)
+        if hasattr(obj, "__module__"):
+            assert obj.__module__ == name, attr
+
+
+def test_import_pyobjects_does_not_import_testing() -> None:
+    code = "import sys, pyobjects; print('pyobjects.testing' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "False"
+
+
+def test_api_names_from_the_contract_exist() -> None:
+    import pyobjects
+    import pyobjects.storage
+    import pyobjects.testing
+
+    for name in [
+        "DurableObject",
+        "Runtime",
+        "Request",
+        "Response",
+        "DurableObjectId",
+        "DurableObjectStub",
+        "DurableObjectNamespace",
+        "DurableObjectState",
+        "PyObjectsError",
+        "InvalidIdError",
+        "StorageLimitError",
+        "SerializationError",
+        "StorageError",
+        "SqlError",
+        "DurableObjectResetError",
+        "OverloadedError",
+        "RuntimeClosedError",
+    ]:
+        assert hasattr(pyobjects, name), name
+    assert issubclass(pyobjects.InvalidIdError, ValueError)
+    assert issubclass(pyobjects.StorageLimitError, ValueError)
+    assert issubclass(pyobjects.SerializationError, TypeError)
+    assert issubclass(pyobjects.SqlError, pyobjects.StorageError)
+    for name in ["MemoryBackend", "SQLiteBackend", "StorageBackend"]:
+        assert hasattr(pyobjects.storage, name), name
+    for name in [
+        "ManualClock",
+        "run_in_durable_object",
+        "list_durable_object_ids",
+        "evict",
+    ]:
+        assert hasattr(pyobjects.testing, name), name

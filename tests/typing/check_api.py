@@ -1,0 +1,36 @@
+"""Static type checks of the public API (checked by mypy, never run by pytest)."""
+
+from __future__ import annotations
+
+from typing import Any, assert_type
+
+import pyobjects
+from pyobjects.storage import Storage, Transaction
+
+
+async def storage_types(storage: Storage) -> None:
+    assert_type(await storage.get("k"), Any)
+    assert_type(await storage.get(["a", "b"]), dict[str, Any])
+    assert_type(await storage.delete("k"), bool)
+    assert_type(await storage.delete(["a"]), int)
+    assert_type(await storage.list(prefix="a"), dict[str, Any])
+    storage.put("k", 1)  # un-awaited writes type-check too
+
+    async def closure(txn: Transaction) -> int:
+        return 1
+
+    assert_type(await storage.transaction(closure), int)
+    async with storage.transaction() as txn:
+        assert_type(txn, Transaction)
+
+
+def id_types(ns: pyobjects.DurableObjectNamespace) -> None:
+    assert_type(ns.id_from_name("x"), pyobjects.DurableObjectId)
+    assert_type(ns.get_by_name("x"), pyobjects.DurableObjectStub)
+    assert_type(ns.get_by_name("x").name, str | None)
+
+
+async def http_types() -> None:
+    response = pyobjects.Response.from_json({"a": 1})
+    assert_type(await response.text(), str)
+    assert_type(response.status, int)
