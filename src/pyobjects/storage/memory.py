@@ -1,0 +1,186 @@
+"""A storage backend that keeps everything in process memory.
+
+Each object that holds data gets a :class:`~sortedcontainers.SortedDict` of
+its keys plus an alarm slot and a name slot. Objects without keys and without
+an alarm hold no state at all: handles are lazy, and an object whose last key
+is deleted (and whose alarm is cleared) is dropped, taking its remembered name
+with it. A million objects touched without writes therefore cost nothing.
+
+Every operation completes without suspending.
+"""
+
+from __future__ import annotations
+
+import re
+import typing
+from itertools import islice
+from typing import TYPE_CHECKING
+
+from sortedcontainers import SortedDict
+
+from ._base import AlarmEntry
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from ._base import ListQuery, WriteBatch
+
+__all__ = ["MemoryBackend"]
+
+_NAMESPACE_RE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+_OBJECT_ID_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def _check_namespace(namespace: object) -> None:
+    """Raise ``ValueError`` unless *namespace* is a valid namespace name."""
+    if (
+        not isinstance(namespace, str)
+        or _NAMESPACE_RE.fullmatch(namespace) is None
+        or namespace in {".", ".."}
+    ):
+        raise ValueError(f"invalid namespace name: {namespace!r}")
+
+
+def _check_object_id(object_id: object) -> None:
+    """Raise ``ValueError`` unless *object_id* is 64 lowercase hex digits."""
+    if not isinstance(object_id, str) or _OBJECT_ID_RE.fullmatch(object_id) is None:
+        raise ValueError(f"invalid object id: {object_id!r}")
+
+
+def _check_batch(batch: WriteBatch) -> None:
+    """Raise ``TypeError`` unless every part of *batch* has the documented type."""
+    writes = typing.cast("Mapping[object, object]", batch.writes)
+    for key, value in writes.items():
+        if not isinstance(key, str):
+            raise TypeError(f"storage keys must be str, not {type(key).__name__}")
+        if value is not None and not isinstance(value, bytes):
+            raise TypeError(
+                f"storage values must be bytes or None, not {type(value).__name__}"
+            )
+    alarm: object = batch.alarm
+    if batch.alarm_changed and alarm is not None and not isinstance(alarm, int):
+        raise TypeError(f"alarm must be int or None, not {type(alarm).__name__}")
+    name: object = batch.name
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"name must be str or None, not {type(name).__name__}")
+
+
+class _ObjectState:
+    __slots__ = ("alarm", "data", "name")
+
+    def __init__(self) -> None:
+        self.data: SortedDict = SortedDict()
+        self.alarm: int | None = None
+        self.name: str | None = None
+
+
+@typing.final
+class MemoryBackend:
+    """Keep Durable Object storage in memory, for tests and ephemeral state.
+
+    :meth:`aclose` keeps the data and leaves the backend usable, so a test can
+    hand the same instance to a second runtime to simulate a restart.
+    """
+
+    def __init__(self) -> None:
+        # namespace -> object id -> state; only objects with a key or an alarm.
+        self._namespaces: dict[str, dict[str, _ObjectState]] = {}
+        # (namespace, object id) -> alarm time, for every object with an alarm.
+        self._alarms: dict[tuple[str, str], int] = {}
+
+    def open(self, namespace: str, object_id: str, /) -> _MemoryStore:
+        """Return a handle on one object's storage; allocates nothing else."""
+        _check_namespace(namespace)
+        _check_object_id(object_id)
+        return _MemoryStore(self, namespace, object_id)
+
+    async def list_object_ids(self, namespace: str, /) -> list[str]:
+        """Return the sorted ids of the namespace's objects with a key or an alarm."""
+        _check_namespace(namespace)
+        return sorted(self._namespaces.get(namespace, ()))
+
+    async def pending_alarms(self) -> list[AlarmEntry]:
+        """Return every pending alarm, ordered by time, namespace and id."""
+        return [
+            AlarmEntry(namespace=namespace, object_id=object_id, time_ms=time_ms)
+            for (namespace, object_id), time_ms in sorted(
+                self._alarms.items(), key=lambda item: (item[1], item[0])
+            )
+        ]
+
+    async def aclose(self) -> None:
+        """Do nothing: the data stays in memory and the backend stays usable."""
+
+
+@typing.final
+class _MemoryStore:
+    __slots__ = ("_backend", "_namespace", "_object_id")
+
+    def __init__(self, backend: MemoryBackend, namespace: str, object_id: str) -> None:
+        self._backend = backend
+        self._namespace = namespace
+        self._object_id = object_id
+
+    def _state(self) -> _ObjectState | None:
+        objects = self._backend._namespaces.get(self._namespace)
+        return None if objects is None else objects.get(self._object_id)
+
+    async def get(self, keys: Sequence[str], /) -> dict[str, bytes]:
+        state = self._state()
+        if state is None:
+            return {}
+        data = state.data
+        return {key: data[key] for key in sorted(set(keys)) if key in data}
+
+    async def list(self, query: ListQuery, /) -> list[tuple[str, bytes]]:
+        state = self._state()
+        if state is None:
+            return []
+        data = state.data
+        keys = data.irange(
+            query.start, query.end, inclusive=(True, False), reverse=query.reverse
+        )
+        if query.limit is not None:
+            keys = islice(keys, max(query.limit, 0))
+        return [(key, data[key]) for key in keys]
+
+    async def get_alarm(self) -> int | None:
+        state = self._state()
+        return None if state is None else state.alarm
+
+    async def get_name(self) -> str | None:
+        state = self._state()
+        return None if state is None else state.name
+
+    async def commit(self, batch: WriteBatch, /) -> None:
+        # Validate everything first: nothing below can fail half-way.
+        _check_batch(batch)
+        backend = self._backend
+        objects = backend._namespaces.setdefault(self._namespace, {})
+        state = objects.get(self._object_id)
+        if state is None:
+            state = objects[self._object_id] = _ObjectState()
+        data = state.data
+        if batch.delete_all:
+            data.clear()
+        for key, value in batch.writes.items():
+            if value is None:
+                data.pop(key, None)
+            else:
+                data[key] = value
+        if batch.alarm_changed:
+            state.alarm = batch.alarm
+            if batch.alarm is None:
+                backend._alarms.pop((self._namespace, self._object_id), None)
+            else:
+                backend._alarms[self._namespace, self._object_id] = batch.alarm
+        if batch.name is not None:
+            state.name = batch.name
+        if not data and state.alarm is None:
+            # Empty objects keep no memory around (their name goes with them).
+            del objects[self._object_id]
+            if not objects:
+                del backend._namespaces[self._namespace]
+
+    def close(self) -> None:
+        """Do nothing: a memory handle holds nothing open."""

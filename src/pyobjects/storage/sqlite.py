@@ -1,0 +1,526 @@
+"""A storage backend on SQLite: one database file per object.
+
+Layout under the backend's directory::
+
+    metadata.sqlite                  index of pending alarms across objects
+    <namespace>/<object_id>.sqlite   one object: table _cf_KV, table _cf_METADATA
+
+The object's file will also hold its user SQL tables, so the key-value data
+lives in the reserved table ``_cf_KV`` (keys as the UTF-8 bytes of the key,
+so SQLite's ``memcmp`` order is code point order) and the alarm time and name
+in ``_cf_METADATA``. Namespaces starting with ``metadata.sqlite`` are
+rejected, as they would collide with the index. Files are created lazily by
+the first commit that stores something; reading an object that has no file
+reads nothing and creates nothing. At most ``max_open_connections`` object
+databases are open at once (the least recently used are closed first, and
+reopened when needed again).
+
+Durability (``synchronous``; every database runs in WAL mode):
+
+- ``"off"``: no fsync at all. A commit survives the process crashing, but an
+  OS crash or power loss may lose recent commits and can corrupt a database.
+- ``"normal"`` (default): the WAL is fsynced only at checkpoints. A commit
+  survives the process crashing or being killed; an OS crash or power loss
+  may roll back the most recent commits, but never corrupts a database.
+- ``"full"``: the WAL is fsynced at every commit (plus, here, the directory
+  when a new file is created), so a commit survives power loss and OS crashes.
+- ``"extra"``: as ``"full"``; SQLite adds directory syncs in rollback-journal
+  modes, which barely matters in WAL mode.
+
+The default is ``"normal"`` because it costs no fsync per commit (commits run
+on the event-loop thread, so an fsync stalls every object for its duration,
+and ``"full"`` manages several times fewer commits per second) while it still
+protects against what usually goes wrong with a server process: crashes,
+kills and restarts. Choose ``"full"`` when losing the last commits to a power
+cut is not acceptable.
+
+Alarm index invariant: ``metadata.sqlite`` is always a *superset* of the
+truth kept in each object's ``_cf_METADATA``. A commit that sets an alarm
+writes the index row *before* it commits the object's database; a commit that
+clears one deletes the index row only *after*. A crash or a failed commit can
+therefore leave a stale or outdated row, never a missing one, and
+:meth:`SQLiteBackend.pending_alarms` checks every row against the object's
+own database, dropping stale rows and correcting outdated times.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import typing
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Literal
+
+from pyobjects._errors import StorageError
+
+from ._base import AlarmEntry
+from .memory import _check_batch, _check_namespace, _check_object_id
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from ._base import ListQuery, WriteBatch
+
+__all__ = ["SQLiteBackend"]
+
+_SYNCHRONOUS = {"off": "OFF", "normal": "NORMAL", "full": "FULL", "extra": "EXTRA"}
+# Everything runs on the event-loop thread, so waiting long for a lock held
+# by another process would stall every object; give up after a short while.
+_BUSY_TIMEOUT = 1.0
+# The file name of the index; namespaces may not collide with it.
+_INDEX_FILE = "metadata.sqlite"
+
+_OBJECT_SCHEMA = {
+    "_cf_KV": "CREATE TABLE IF NOT EXISTS _cf_KV"
+    " (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID",
+    "_cf_METADATA": "CREATE TABLE IF NOT EXISTS _cf_METADATA"
+    " (key TEXT PRIMARY KEY, value) WITHOUT ROWID",
+}
+_INDEX_SCHEMA = {
+    "alarms": "CREATE TABLE IF NOT EXISTS alarms (namespace TEXT NOT NULL,"
+    " object_id TEXT NOT NULL, time_ms INTEGER NOT NULL,"
+    " PRIMARY KEY (namespace, object_id)) WITHOUT ROWID",
+}
+
+_GET = "SELECT value FROM _cf_KV WHERE key = ?"
+_PUT = "INSERT OR REPLACE INTO _cf_KV (key, value) VALUES (?, ?)"
+_DELETE = "DELETE FROM _cf_KV WHERE key = ?"
+_DELETE_ALL = "DELETE FROM _cf_KV"
+_GET_META = "SELECT value FROM _cf_METADATA WHERE key = ?"
+_SET_META = (
+    "INSERT INTO _cf_METADATA (key, value) VALUES (?, ?) ON CONFLICT (key)"
+    " DO UPDATE SET value = excluded.value WHERE value IS NOT excluded.value"
+)
+_DELETE_META = "DELETE FROM _cf_METADATA WHERE key = ?"
+_HOLDS_DATA = (
+    "SELECT EXISTS (SELECT 1 FROM _cf_KV)"
+    " OR EXISTS (SELECT 1 FROM _cf_METADATA WHERE key = 'alarm')"
+)
+_LIST = {
+    (start, end, reverse): "SELECT key, value FROM _cf_KV"
+    + (" WHERE key >= ?" if start else "")
+    + ((" AND" if start else " WHERE") + " key < ?" if end else "")
+    + (" ORDER BY key DESC" if reverse else " ORDER BY key")
+    + " LIMIT ?"
+    for start in (False, True)
+    for end in (False, True)
+    for reverse in (False, True)
+}
+
+_Key = tuple[str, str]
+
+
+def _encode(key: str) -> bytes:
+    # surrogatepass keeps every Python str storable and code point ordered.
+    return key.encode("utf-8", "surrogatepass")
+
+
+def _decode(key: bytes) -> str:
+    return key.decode("utf-8", "surrogatepass")
+
+
+def _encode_writes(
+    writes: Mapping[str, bytes | None],
+) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes]]]:
+    """Split *writes* into encoded puts and deletes, checking the types."""
+    puts = []
+    deletes = []
+    for key, value in typing.cast("Mapping[object, object]", writes).items():
+        if not isinstance(key, str):
+            raise TypeError(f"storage keys must be str, not {type(key).__name__}")
+        if value is None:
+            deletes.append((_encode(key),))
+        elif isinstance(value, bytes):
+            puts.append((_encode(key), value))
+        else:
+            raise TypeError(
+                f"storage values must be bytes or None, not {type(value).__name__}"
+            )
+    return puts, deletes
+
+
+def _fsync_directory(path: str) -> None:
+    if os.name != "posix":  # pragma: no cover - directories cannot be fsynced
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@typing.final
+class SQLiteBackend:
+    """Keep Durable Object storage in SQLite files under *directory*.
+
+    Args:
+        directory: Where the databases live; created on the first write.
+        synchronous: SQLite's ``PRAGMA synchronous`` for every database; see
+            the module documentation for what each level survives.
+        max_open_connections: How many object databases may be open at once.
+
+    Raises:
+        ValueError: If ``synchronous`` or ``max_open_connections`` is invalid.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        synchronous: Literal["off", "normal", "full", "extra"] = "normal",
+        max_open_connections: int = 256,
+    ) -> None:
+        if synchronous not in _SYNCHRONOUS:
+            raise ValueError(f"invalid synchronous level: {synchronous!r}")
+        if max_open_connections < 1:
+            raise ValueError("max_open_connections must be at least 1")
+        self._directory = os.fspath(directory)
+        self._synchronous = _SYNCHRONOUS[synchronous]
+        self._sync_directories = synchronous in {"full", "extra"}
+        self._max_open = max_open_connections
+        # Open object databases, least recently used first.
+        self._connections: OrderedDict[_Key, sqlite3.Connection] = OrderedDict()
+        self._index: sqlite3.Connection | None = None
+        # Object connections currently open (for tests of the LRU bound).
+        self._open_connections = 0
+
+    def open(self, namespace: str, object_id: str, /) -> _SQLiteStore:
+        """Return a handle on one object's storage; creates no file.
+
+        Raises:
+            ValueError: If the namespace or the id is malformed, or the
+                namespace would collide with the alarm index file.
+        """
+        _check_name(namespace)
+        _check_object_id(object_id)
+        return _SQLiteStore(self, (namespace, object_id))
+
+    async def list_object_ids(self, namespace: str, /) -> list[str]:
+        """Return the sorted ids of the namespace's objects with a key or an alarm."""
+        _check_name(namespace)
+        try:
+            names = os.listdir(os.path.join(self._directory, namespace))
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise StorageError(f"cannot list namespace {namespace!r}: {exc}") from exc
+        ids = []
+        for name in sorted(names):
+            object_id = name.removesuffix(".sqlite")
+            if object_id == name:
+                continue
+            try:
+                _check_object_id(object_id)
+            except ValueError:
+                continue
+            conn = self._acquire((namespace, object_id), create=False)
+            if conn is None:  # pragma: no cover - deleted while listing
+                continue
+            try:
+                (holds,) = conn.execute(_HOLDS_DATA).fetchone()
+            except sqlite3.Error as exc:
+                self._discard((namespace, object_id))
+                raise StorageError(f"cannot read {name}: {exc}") from exc
+            if holds:
+                ids.append(object_id)
+        return ids
+
+    async def pending_alarms(self) -> list[AlarmEntry]:
+        """Return every pending alarm, ordered by time, namespace and id.
+
+        Each row of the index is checked against the object's own database:
+        stale rows are dropped and outdated times corrected. A row whose
+        object cannot be read is kept (the index errs on the side of firing).
+        """
+        index = self._index_connection(create=False)
+        if index is None:
+            return []
+        try:
+            rows = index.execute(
+                "SELECT namespace, object_id, time_ms FROM alarms"
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot read the alarm index: {exc}") from exc
+        entries = []
+        for namespace, object_id, time_ms in rows:
+            try:
+                _check_name(namespace)
+                _check_object_id(object_id)
+            except ValueError:
+                continue  # not written by this backend
+            truth = time_ms
+            try:
+                conn = self._acquire((namespace, object_id), create=False)
+                truth = None if conn is None else _read_alarm(conn)
+                if truth is None:
+                    index.execute(
+                        "DELETE FROM alarms WHERE namespace = ? AND object_id = ?",
+                        (namespace, object_id),
+                    )
+                elif truth != time_ms:
+                    index.execute(
+                        "UPDATE alarms SET time_ms = ?"
+                        " WHERE namespace = ? AND object_id = ?",
+                        (truth, namespace, object_id),
+                    )
+            except (StorageError, sqlite3.Error):
+                pass  # keep what the index says: it may fire, it cannot be lost
+            if truth is not None:
+                entries.append(
+                    AlarmEntry(namespace=namespace, object_id=object_id, time_ms=truth)
+                )
+        entries.sort(key=lambda e: (e.time_ms, e.namespace, e.object_id))
+        return entries
+
+    async def aclose(self) -> None:
+        """Close every open database.
+
+        Nothing is lost: if the backend is used again (say, by a restarted
+        runtime), databases are reopened as needed, as after an eviction.
+        """
+        while self._connections:
+            self._discard(next(iter(self._connections)))
+        if self._index is not None:
+            index, self._index = self._index, None
+            index.close()
+
+    def _connect(self, path: str, schema: Mapping[str, str]) -> sqlite3.Connection:
+        conn = sqlite3.connect(path, timeout=_BUSY_TIMEOUT, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            tables = {
+                name
+                for (name,) in conn.execute(
+                    "SELECT name FROM sqlite_schema WHERE type = 'table'"
+                )
+            }
+            if not tables.issuperset(schema):
+                conn.execute("BEGIN IMMEDIATE")
+                for statement in schema.values():
+                    conn.execute(statement)
+                conn.execute("COMMIT")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _acquire(self, key: _Key, *, create: bool) -> sqlite3.Connection | None:
+        """Return the object's open connection, opening it if needed.
+
+        Without *create*, return ``None`` if the object has no file yet.
+        """
+        conn = self._connections.get(key)
+        if conn is not None:
+            self._connections.move_to_end(key)
+            return conn
+        namespace, object_id = key
+        directory = os.path.join(self._directory, namespace)
+        path = os.path.join(directory, object_id + ".sqlite")
+        new_file = not os.path.exists(path)
+        if new_file and not create:
+            return None
+        try:
+            if new_file:
+                new_directory = not os.path.isdir(directory)
+                os.makedirs(directory, exist_ok=True)
+                if new_directory and self._sync_directories:
+                    _fsync_directory(self._directory)
+            conn = self._connect(path, _OBJECT_SCHEMA)
+            if new_file and self._sync_directories:
+                _fsync_directory(directory)
+        except (OSError, sqlite3.Error) as exc:
+            raise StorageError(f"cannot open {path}: {exc}") from exc
+        self._connections[key] = conn
+        self._open_connections += 1
+        while len(self._connections) > self._max_open:
+            self._discard(next(iter(self._connections)))
+        return conn
+
+    def _discard(self, key: _Key) -> None:
+        """Close the object's connection, if open (rolling back any transaction)."""
+        conn = self._connections.pop(key, None)
+        if conn is not None:
+            self._open_connections -= 1
+            conn.close()
+
+    def _index_connection(self, *, create: bool) -> sqlite3.Connection | None:
+        if self._index is not None:
+            return self._index
+        path = os.path.join(self._directory, _INDEX_FILE)
+        new_file = not os.path.exists(path)
+        if new_file and not create:
+            return None
+        try:
+            if new_file:
+                os.makedirs(self._directory, exist_ok=True)
+            self._index = self._connect(path, _INDEX_SCHEMA)
+            if new_file and self._sync_directories:
+                _fsync_directory(self._directory)
+        except (OSError, sqlite3.Error) as exc:
+            raise StorageError(f"cannot open the alarm index: {exc}") from exc
+        return self._index
+
+    def _index_set(self, key: _Key, time_ms: int) -> None:
+        index = self._index_connection(create=True)
+        assert index is not None
+        try:
+            index.execute(
+                "INSERT OR REPLACE INTO alarms (namespace, object_id, time_ms)"
+                " VALUES (?, ?, ?)",
+                (*key, time_ms),
+            )
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot write the alarm index: {exc}") from exc
+
+    def _index_clear(self, key: _Key) -> None:
+        try:
+            index = self._index_connection(create=False)
+            if index is not None:
+                index.execute(
+                    "DELETE FROM alarms WHERE namespace = ? AND object_id = ?", key
+                )
+        except (StorageError, sqlite3.Error):
+            # The commit itself succeeded; a row left behind is only stale,
+            # and pending_alarms() drops it.
+            pass
+
+
+def _check_name(namespace: str) -> None:
+    _check_namespace(namespace)
+    if namespace.startswith(_INDEX_FILE):
+        raise ValueError(f"namespace {namespace!r} is reserved by SQLiteBackend")
+
+
+def _read_alarm(conn: sqlite3.Connection) -> int | None:
+    row = conn.execute(_GET_META, ("alarm",)).fetchone()
+    return None if row is None else int(row[0])
+
+
+@typing.final
+class _SQLiteStore:
+    __slots__ = ("_backend", "_key")
+
+    def __init__(self, backend: SQLiteBackend, key: _Key) -> None:
+        self._backend = backend
+        self._key = key
+
+    def _fail(self, what: str, exc: sqlite3.Error) -> StorageError:
+        namespace, object_id = self._key
+        return StorageError(f"cannot {what} object {namespace}/{object_id}: {exc}")
+
+    def _rollback(self, conn: sqlite3.Connection) -> None:
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:  # pragma: no cover - SQLite rolled back already
+                # Closing the connection rolls back too.
+                self._backend._discard(self._key)
+
+    async def get(self, keys: Sequence[str], /) -> dict[str, bytes]:
+        conn = self._backend._acquire(self._key, create=False)
+        if conn is None:
+            return {}
+        result = {}
+        try:
+            for key in sorted(set(keys)):
+                row = conn.execute(_GET, (_encode(key),)).fetchone()
+                if row is not None:
+                    result[key] = row[0]
+        except sqlite3.Error as exc:
+            raise self._fail("read", exc) from exc
+        return result
+
+    async def list(self, query: ListQuery, /) -> list[tuple[str, bytes]]:
+        conn = self._backend._acquire(self._key, create=False)
+        if conn is None:
+            return []
+        start, end = query.start, query.end
+        params: list[bytes | int] = []
+        if start is not None:
+            params.append(_encode(start))
+        if end is not None:
+            params.append(_encode(end))
+        params.append(-1 if query.limit is None else max(query.limit, 0))
+        sql = _LIST[start is not None, end is not None, query.reverse]
+        try:
+            rows = conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise self._fail("list", exc) from exc
+        return [(_decode(key), value) for key, value in rows]
+
+    async def get_alarm(self) -> int | None:
+        conn = self._backend._acquire(self._key, create=False)
+        if conn is None:
+            return None
+        try:
+            return _read_alarm(conn)
+        except sqlite3.Error as exc:
+            raise self._fail("read", exc) from exc
+
+    async def get_name(self) -> str | None:
+        conn = self._backend._acquire(self._key, create=False)
+        if conn is None:
+            return None
+        try:
+            row = conn.execute(_GET_META, ("name",)).fetchone()
+        except sqlite3.Error as exc:
+            raise self._fail("read", exc) from exc
+        return None if row is None else str(row[0])
+
+    async def commit(self, batch: WriteBatch, /) -> None:
+        puts, deletes = _encode_writes(batch.writes)
+        alarm_changed, alarm, name = batch.alarm_changed, batch.alarm, batch.name
+        if alarm_changed or name is not None:
+            _check_batch(batch)
+        sets_alarm = alarm_changed and alarm is not None
+        backend = self._backend
+        key = self._key
+        conn = backend._acquire(key, create=False)
+        if conn is None and not puts and not sets_alarm:
+            return  # would leave the object empty: no file needed
+        if sets_alarm:
+            assert alarm is not None
+            # Index first, object second: the index stays a superset.
+            backend._index_set(key, alarm)
+        if conn is None:
+            conn = backend._acquire(key, create=True)
+            assert conn is not None
+        try:
+            if (
+                len(puts) + len(deletes) == 1
+                and not batch.delete_all
+                and not alarm_changed
+                and name is None
+            ):
+                # The hot path: one statement is a transaction of its own.
+                conn.execute(*((_PUT, puts[0]) if puts else (_DELETE, deletes[0])))
+            else:
+                conn.execute("BEGIN IMMEDIATE")
+                if batch.delete_all:
+                    conn.execute(_DELETE_ALL)
+                if deletes:
+                    conn.executemany(_DELETE, deletes)
+                if puts:
+                    conn.executemany(_PUT, puts)
+                if alarm_changed:
+                    if alarm is None:
+                        conn.execute(_DELETE_META, ("alarm",))
+                    else:
+                        conn.execute(_SET_META, ("alarm", alarm))
+                if name is not None:
+                    conn.execute(_SET_META, ("name", name))
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback(conn)
+            raise self._fail("commit to", exc) from exc
+        except BaseException:
+            self._rollback(conn)
+            raise
+        if alarm_changed and alarm is None:
+            # Object first, index second: the index stays a superset.
+            backend._index_clear(key)
+
+    def close(self) -> None:
+        """Close this object's database connection; the data stays."""
+        self._backend._discard(self._key)
