@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
-import builtins
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, cast, final, overload
 
 from pyobjects._errors import StorageError, StorageLimitError, TransactionError
@@ -28,6 +27,7 @@ from pyobjects._serialization import MAX_VALUE_BYTES, decode, encode
 from ._base import ListQuery, WriteBatch
 
 if TYPE_CHECKING:
+    import builtins
     from types import TracebackType
 
     from ._base import ObjectStore
