@@ -487,3 +487,127 @@ async def test_many_ids_do_not_accumulate_instances() -> None:
             await clock.advance(1_000)
             assert rt._live_actors() == []
         assert len(rt._idle) == 0
+
+
+async def test_outgoing_calls_wait_for_the_callers_writes() -> None:
+    controlled = ControlledBackend(MemoryBackend())
+    seen_commits: list[int] = []
+
+    class Sender(DurableObject):
+        async def send(self) -> None:
+            self.ctx.storage.put("sent", True)
+            await self.env.RECV.get_by_name("r").receive()
+
+    class Receiver(DurableObject):
+        async def receive(self) -> None:
+            seen_commits.append(len(controlled.commits))
+
+    async with Runtime(
+        bindings={"SEND": Sender, "RECV": Receiver}, storage=controlled
+    ) as rt:
+        await rt.env.SEND.get_by_name("s").send()
+    # The sender's write was committed before the call reached the receiver.
+    assert seen_commits == [1]
+    assert dict(controlled.commits[0].writes) == {"sent": b"\xc3"}
+
+
+async def test_too_many_queued_events_raise_overloaded() -> None:
+    gate_open = anyio.Event()
+
+    class Busy(DurableObject):
+        def __init__(self, ctx: pyobjects.DurableObjectState, env: Any) -> None:
+            super().__init__(ctx, env)
+            ctx.block_concurrency_while(gate_open.wait)
+
+        async def ping(self) -> str:
+            return "pong"
+
+    async with Runtime(bindings={"B": Busy}, max_queued_events=3) as rt:
+        stub = rt.env.B.get_by_name("x")
+        results: list[str] = []
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+
+                async def call() -> None:
+                    results.append(await stub.ping())
+
+                tg.start_soon(call)
+            await anyio.wait_all_tasks_blocked()
+            with pytest.raises(
+                pyobjects.OverloadedError, match="Too many requests queued"
+            ):
+                await stub.ping()
+            gate_open.set()
+        assert results == ["pong"] * 3
+
+
+async def test_wait_until_keeps_the_object_alive_and_logs_errors(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = ManualClock()
+    finished = anyio.Event()
+
+    class Background(DurableObject):
+        async def start(self, fail: bool) -> None:
+            async def work() -> None:
+                await clock.sleep_until(clock.now_ms() + 20_000)
+                self.ctx.storage.put("done", True)
+                finished.set()
+                if fail:
+                    raise ValueError("background failed")
+
+            self.ctx.wait_until(work())
+
+    async with Runtime(bindings={"B": Background}, clock=clock, idle_timeout=1) as rt:
+        stub = rt.env.B.get_by_name("x")
+        await stub.start(True)
+        await clock.advance(10_000)
+        assert len(rt._live_actors()) == 1  # not evicted while work is pending
+        await clock.advance(10_000)
+        assert finished.is_set()
+
+        async def read(obj: Any, ctx: pyobjects.DurableObjectState) -> Any:
+            return await ctx.storage.get("done")
+
+        assert await run_in_durable_object(stub, read) is True
+        with pytest.raises(TypeError, match="awaitable"):
+            await run_in_durable_object(
+                stub,
+                lambda obj, ctx: ctx.wait_until(42),  # type: ignore[arg-type]
+            )
+    assert "background failed" in caplog.text
+
+
+async def test_transactions_of_concurrent_events_are_serialized(
+    backend: StorageBackend,
+) -> None:
+    order: list[str] = []
+
+    class Txn(DurableObject):
+        async def slow(self) -> None:
+            async with self.ctx.storage.transaction() as txn:
+                order.append("slow-start")
+                txn.put("k", "slow")
+                for _ in range(5):
+                    await anyio.lowlevel.checkpoint()
+                order.append("slow-end")
+
+        async def late(self) -> None:
+            # Already running when `slow` starts its transaction: it resumes
+            # during it, and its own transaction must wait.
+            await anyio.lowlevel.checkpoint()
+            async with self.ctx.storage.transaction() as txn:
+                order.append("late-start")
+                txn.put("k", "late")
+                order.append("late-end")
+
+        async def value(self) -> Any:
+            return await self.ctx.storage.get("k")
+
+    async with Runtime(bindings={"T": Txn}, storage=backend) as rt:
+        stub = rt.env.T.get_by_name("x")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stub.late)
+            tg.start_soon(stub.slow)
+        assert order == ["slow-start", "slow-end", "late-start", "late-end"]
+        assert await stub.value() == "late"

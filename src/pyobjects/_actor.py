@@ -103,6 +103,7 @@ class Actor(StorageOwner):
         "flush_queued",
         "flush_scheduled",
         "flushing",
+        "flushing_seq",
         "id",
         "idle_queued_at",
         "idle_since",
@@ -138,6 +139,7 @@ class Actor(StorageOwner):
         self.flush_scheduled = False  # pending writes not yet taken by a flush
         self.flush_queued = False  # in the runtime flusher's list
         self.flushing = False
+        self.flushing_seq = 0
         self.commit_ns = 0
         self.idle_since = 0
         self.idle_queued_at = 0
@@ -192,7 +194,9 @@ class Actor(StorageOwner):
         gate = self.output_gate
         while gate.pending and self.broken is None:
             if self.flushing:
-                await gate.wait(gate.write_seq)
+                # A (suspending) commit is under way: wait for it, then commit
+                # whatever was written meanwhile.
+                await gate.wait(self.flushing_seq)
                 continue
             if self.commit_ns > GROUP_COMMIT_NS:
                 # Let the other events of this turn add their writes first;
@@ -270,6 +274,7 @@ class Actor(StorageOwner):
             return
         batch, layer = taken
         self.flushing = True
+        self.flushing_seq = seq
         started = perf_counter_ns()
         try:
             await self.store.commit(batch)

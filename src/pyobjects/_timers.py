@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 from typing import TYPE_CHECKING
 
 import anyio
@@ -18,6 +19,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from ._clock import Clock
+
+
+logger = logging.getLogger("pyobjects")
 
 
 class TimerHandle:
@@ -77,7 +81,10 @@ class Timers:
             first = heap[0]
             if first.deadline_ms <= self._clock.now_ms():
                 heapq.heappop(heap)
-                first.callback()
+                try:
+                    first.callback()
+                except Exception:  # a bug, but it must not stop every timer
+                    logger.exception("timer callback %r failed", first.callback)
                 continue
             with anyio.CancelScope() as scope:
                 self._sleep_scope = scope

@@ -17,9 +17,12 @@ batches being committed, then the clean cache, then the backend.
 
 from __future__ import annotations
 
+import contextvars
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, cast, final, overload
+
+import anyio
 
 from pyobjects._errors import StorageError, StorageLimitError, TransactionError
 from pyobjects._serialization import MAX_VALUE_BYTES, decode, encode
@@ -43,6 +46,11 @@ MAX_BATCH_KEYS = 128
 CACHE_BYTES = 8 * 1024 * 1024
 
 _MISS: Any = object()  # "not known here, ask the next level"
+
+# The storages whose transaction the current task is inside.
+_in_transaction: contextvars.ContextVar[frozenset[Storage]] = contextvars.ContextVar(
+    "pyobjects_in_transaction", default=frozenset()
+)
 
 
 class _Done(Generic[T]):
@@ -179,6 +187,7 @@ class Storage:
         "_owner",
         "_pending_name",
         "_store",
+        "_txn_done",
     )
 
     def __init__(
@@ -191,6 +200,7 @@ class Storage:
         self._cache: OrderedDict[str, bytes | None] = OrderedDict()
         self._cache_bytes = 0
         self._pending_name = name
+        self._txn_done: anyio.Event | None = None
 
     # -- reading -----------------------------------------------------------
 
@@ -521,7 +531,16 @@ class Storage:
         async with _TransactionContext(self) as txn:
             return await closure(txn)
 
-    def _begin(self) -> tuple[Transaction, _Layer]:
+    async def _begin(self) -> tuple[Transaction, _Layer]:
+        # Transactions are serializable: a transaction of another task (an
+        # event that was already running when this one began) waits until
+        # the open one ends. Nested transactions, and tasks started inside
+        # one, share it (they see it through the context variable).
+        while len(self._layers) > 1 and self not in _in_transaction.get():
+            if self._txn_done is None:
+                self._txn_done = anyio.Event()
+            await self._txn_done.wait()
+            self._owner.check_usable()
         self._owner.hold_input()
         layer = _Layer()
         self._layers.append(layer)
@@ -534,6 +553,9 @@ class Storage:
         if layers[-1] is not layer:  # pragma: no cover  # defended by rollback()
             raise TransactionError("transactions ended out of order")
         layers.pop()
+        if len(layers) == 1 and self._txn_done is not None:
+            self._txn_done.set()
+            self._txn_done = None
         if not commit or not layer:
             return
         below = self._record()
@@ -552,11 +574,11 @@ class Storage:
         self._layers[0] = _Layer()
         self._inflight.append(pending)
         batch = WriteBatch(
-            delete_all=pending.delete_all,
-            writes=pending.writes,
-            alarm_changed=pending.alarm_changed,
-            alarm=pending.alarm,
-            name=self._pending_name,
+            pending.delete_all,
+            pending.writes,
+            pending.alarm_changed,
+            pending.alarm,
+            self._pending_name,
         )
         return batch, pending
 
@@ -677,17 +699,20 @@ class Transaction:
 class _TransactionContext:
     """``async with storage.transaction() as txn``."""
 
-    __slots__ = ("_layer", "_storage", "_txn")
+    __slots__ = ("_layer", "_storage", "_token", "_txn")
 
     def __init__(self, storage: Storage) -> None:
         self._storage = storage
         self._txn: Transaction | None = None
         self._layer: _Layer | None = None
+        self._token: contextvars.Token[frozenset[Storage]] | None = None
 
     async def __aenter__(self) -> Transaction:
         if self._txn is not None:
             raise TransactionError("this transaction context was already entered")
-        self._txn, self._layer = self._storage._begin()
+        storage = self._storage
+        self._txn, self._layer = await storage._begin()
+        self._token = _in_transaction.set(_in_transaction.get() | {storage})
         return self._txn
 
     async def __aexit__(
@@ -699,6 +724,8 @@ class _TransactionContext:
         assert self._txn is not None
         assert self._layer is not None
         commit = exc_type is None and self._txn._state == "open"
+        if self._token is not None:
+            _in_transaction.reset(self._token)
         self._storage._end(self._txn, self._layer, commit)
 
     def __await__(self) -> Generator[Any, None, Self]:

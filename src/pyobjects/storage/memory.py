@@ -11,58 +11,20 @@ Every operation completes without suspending.
 
 from __future__ import annotations
 
-import re
 import typing
 from itertools import islice
 from typing import TYPE_CHECKING
 
 from sortedcontainers import SortedDict
 
-from ._base import AlarmEntry
+from ._base import AlarmEntry, check_batch, check_namespace, check_object_id
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Sequence
 
     from ._base import ListQuery, WriteBatch
 
 __all__ = ["MemoryBackend"]
-
-_NAMESPACE_RE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
-_OBJECT_ID_RE = re.compile(r"[0-9a-f]{64}")
-
-
-def _check_namespace(namespace: object) -> None:
-    """Raise ``ValueError`` unless *namespace* is a valid namespace name."""
-    if (
-        not isinstance(namespace, str)
-        or _NAMESPACE_RE.fullmatch(namespace) is None
-        or namespace in {".", ".."}
-    ):
-        raise ValueError(f"invalid namespace name: {namespace!r}")
-
-
-def _check_object_id(object_id: object) -> None:
-    """Raise ``ValueError`` unless *object_id* is 64 lowercase hex digits."""
-    if not isinstance(object_id, str) or _OBJECT_ID_RE.fullmatch(object_id) is None:
-        raise ValueError(f"invalid object id: {object_id!r}")
-
-
-def _check_batch(batch: WriteBatch) -> None:
-    """Raise ``TypeError`` unless every part of *batch* has the documented type."""
-    writes = typing.cast("Mapping[object, object]", batch.writes)
-    for key, value in writes.items():
-        if not isinstance(key, str):
-            raise TypeError(f"storage keys must be str, not {type(key).__name__}")
-        if value is not None and not isinstance(value, bytes):
-            raise TypeError(
-                f"storage values must be bytes or None, not {type(value).__name__}"
-            )
-    alarm: object = batch.alarm
-    if batch.alarm_changed and alarm is not None and not isinstance(alarm, int):
-        raise TypeError(f"alarm must be int or None, not {type(alarm).__name__}")
-    name: object = batch.name
-    if name is not None and not isinstance(name, str):
-        raise TypeError(f"name must be str or None, not {type(name).__name__}")
 
 
 class _ObjectState:
@@ -90,13 +52,13 @@ class MemoryBackend:
 
     def open(self, namespace: str, object_id: str, /) -> _MemoryStore:
         """Return a handle on one object's storage; allocates nothing else."""
-        _check_namespace(namespace)
-        _check_object_id(object_id)
+        check_namespace(namespace)
+        check_object_id(object_id)
         return _MemoryStore(self, namespace, object_id)
 
     async def list_object_ids(self, namespace: str, /) -> list[str]:
         """Return the sorted ids of the namespace's objects with a key or an alarm."""
-        _check_namespace(namespace)
+        check_namespace(namespace)
         return sorted(self._namespaces.get(namespace, ()))
 
     async def pending_alarms(self) -> list[AlarmEntry]:
@@ -154,7 +116,7 @@ class _MemoryStore:
 
     async def commit(self, batch: WriteBatch, /) -> None:
         # Validate everything first: nothing below can fail half-way.
-        _check_batch(batch)
+        check_batch(batch)
         backend = self._backend
         objects = backend._namespaces.setdefault(self._namespace, {})
         state = objects.get(self._object_id)

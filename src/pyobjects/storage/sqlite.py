@@ -53,8 +53,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pyobjects._errors import StorageError
 
-from ._base import AlarmEntry
-from .memory import _check_batch, _check_namespace, _check_object_id
+from ._base import AlarmEntry, check_batch, check_namespace, check_object_id
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -192,7 +191,7 @@ class SQLiteBackend:
                 namespace would collide with the alarm index file.
         """
         _check_name(namespace)
-        _check_object_id(object_id)
+        check_object_id(object_id)
         return _SQLiteStore(self, (namespace, object_id))
 
     async def list_object_ids(self, namespace: str, /) -> list[str]:
@@ -210,7 +209,7 @@ class SQLiteBackend:
             if object_id == name:
                 continue
             try:
-                _check_object_id(object_id)
+                check_object_id(object_id)
             except ValueError:
                 continue
             conn = self._acquire((namespace, object_id), create=False)
@@ -245,7 +244,7 @@ class SQLiteBackend:
         for namespace, object_id, time_ms in rows:
             try:
                 _check_name(namespace)
-                _check_object_id(object_id)
+                check_object_id(object_id)
             except ValueError:
                 continue  # not written by this backend
             truth = time_ms
@@ -387,7 +386,7 @@ class SQLiteBackend:
 
 
 def _check_name(namespace: str) -> None:
-    _check_namespace(namespace)
+    check_namespace(namespace)
     if namespace.startswith(_INDEX_FILE):
         raise ValueError(f"namespace {namespace!r} is reserved by SQLiteBackend")
 
@@ -472,7 +471,7 @@ class _SQLiteStore:
         puts, deletes = _encode_writes(batch.writes)
         alarm_changed, alarm, name = batch.alarm_changed, batch.alarm, batch.name
         if alarm_changed or name is not None:
-            _check_batch(batch)
+            check_batch(batch)
         sets_alarm = alarm_changed and alarm is not None
         backend = self._backend
         key = self._key
