@@ -570,11 +570,12 @@ async def test_wait_until_keeps_the_object_alive_and_logs_errors(
             return await ctx.storage.get("done")
 
         assert await run_in_durable_object(stub, read) is True
+
+        async def bad(obj: Any, ctx: pyobjects.DurableObjectState) -> None:
+            ctx.wait_until(42)  # type: ignore[arg-type]
+
         with pytest.raises(TypeError, match="awaitable"):
-            await run_in_durable_object(
-                stub,
-                lambda obj, ctx: ctx.wait_until(42),  # type: ignore[arg-type]
-            )
+            await run_in_durable_object(stub, bad)
     assert "background failed" in caplog.text
 
 
