@@ -12,7 +12,7 @@ import pytest
 
 import pyobjects
 from pyobjects import DurableObject, DurableObjectResetError, Runtime
-from pyobjects.storage import MemoryBackend, StorageBackend
+from pyobjects.storage import MemoryBackend, StorageBackend, Transaction
 from pyobjects.testing import ManualClock, run_in_durable_object
 
 from .helpers import ControlledBackend
@@ -612,3 +612,88 @@ async def test_transactions_of_concurrent_events_are_serialized(
             tg.start_soon(stub.slow)
         assert order == ["slow-start", "slow-end", "late-start", "late-end"]
         assert await stub.value() == "late"
+
+
+async def test_queued_callers_can_be_cancelled_and_the_rest_keep_order() -> None:
+    release = anyio.Event()
+
+    class Gated(DurableObject):
+        def __init__(self, ctx: pyobjects.DurableObjectState, env: Any) -> None:
+            super().__init__(ctx, env)
+            self.seen: list[int] = []
+            ctx.block_concurrency_while(release.wait)
+
+        async def record(self, n: int) -> None:
+            self.seen.append(n)
+            if n == 0:
+                # Close the gate again before the next waiter runs.
+                await self.ctx.block_concurrency_while(anyio.lowlevel.checkpoint)
+
+        async def seen_calls(self) -> list[int]:
+            return self.seen
+
+    async with Runtime(bindings={"G": Gated}) as rt:
+        stub = rt.env.G.get_by_name("x")
+        async with anyio.create_task_group() as tg:
+            scopes: dict[int, anyio.CancelScope] = {}
+
+            async def call(n: int) -> None:
+                with anyio.CancelScope() as scope:
+                    scopes[n] = scope
+                    await stub.record(n)
+
+            for n in range(6):
+                tg.start_soon(call, n)
+                await anyio.wait_all_tasks_blocked()
+            scopes[2].cancel()  # a queued caller gives up
+            await anyio.wait_all_tasks_blocked()
+            release.set()
+        assert await stub.seen_calls() == [0, 1, 3, 4, 5]
+
+
+async def test_writes_of_another_event_do_not_join_an_open_transaction(
+    backend: StorageBackend,
+) -> None:
+    class Mixed(DurableObject):
+        async def writer(self) -> Any:
+            await anyio.lowlevel.checkpoint()  # resumes during the transaction
+            self.ctx.storage.put("outside", 1)
+            return await self.ctx.storage.get("inside")  # must not see it
+
+        async def rolled_back(self) -> None:
+            async def closure(txn: Transaction) -> None:
+                txn.put("inside", 1)
+                for _ in range(5):
+                    await anyio.lowlevel.checkpoint()
+                raise KeyError("roll back")
+
+            with contextlib.suppress(KeyError):
+                await self.ctx.storage.transaction(closure)
+
+        async def read(self) -> Any:
+            return await self.ctx.storage.list()
+
+    async with Runtime(bindings={"M": Mixed}, storage=backend) as rt:
+        stub = rt.env.M.get_by_name("x")
+        seen: list[Any] = []
+
+        async def writer() -> None:
+            seen.append(await stub.writer())
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(writer)
+            tg.start_soon(stub.rolled_back)
+        assert seen == [None]
+        assert await stub.read() == {"outside": 1}
+
+
+async def test_reset_errors_name_the_object() -> None:
+    class Quitter(DurableObject):
+        async def quit(self) -> None:
+            self.ctx.abort("bye")
+
+    async with Runtime(bindings={"Q": Quitter}) as rt:
+        stub = rt.env.Q.get_by_name("x")
+        with pytest.raises(DurableObjectResetError) as info:
+            await stub.quit()
+        assert any("was reset" in n and str(stub.id) in n for n in info.value.__notes__)

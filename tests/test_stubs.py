@@ -364,3 +364,39 @@ def test_unique_key_is_configurable_and_defaults_to_binding_name() -> None:
     assert plain.id_from_name("x") == same.id_from_name("x")
     assert renamed.id_from_name("x") == plain.id_from_name("x")
     assert other.id_from_name("x") != plain.id_from_name("x")
+
+
+async def test_a_loop_of_calls_lets_other_tasks_run(runtime: Runtime) -> None:
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await anyio.lowlevel.checkpoint()
+
+    async with runtime as rt:
+        stub = rt.env.BOX.get_by_name("loop")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ticker)
+            await anyio.lowlevel.checkpoint()
+            start = ticks
+            for _ in range(64 * 20):
+                await stub.add_sync(1)
+            tg.cancel_scope.cancel()
+        assert ticks - start >= 10
+
+
+async def test_serialization_errors_say_where(runtime: Runtime) -> None:
+    class Bad(DurableObject):
+        async def give(self) -> object:
+            return {"x": object()}
+
+    async with Runtime(bindings={"BAD": Bad}) as rt:
+        with pytest.raises(pyobjects.SerializationError) as info:
+            await rt.env.BAD.get_by_name("x").give()
+        assert any("result of give()" in n for n in info.value.__notes__)
+    async with runtime as rt:
+        with pytest.raises(pyobjects.SerializationError) as info:
+            await rt.env.BOX.get_by_name("x").echo(1, extra=object())
+        assert any("keyword argument" in n for n in info.value.__notes__)

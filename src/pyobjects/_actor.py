@@ -231,13 +231,18 @@ class Actor(StorageOwner):
             self.active == 0
             and self.input_gate.is_open
             and not self.flush_scheduled
-            and not self.storage.has_pending
+            and not self.storage._has_pending
         )
 
     def reset_error(self) -> BaseException:
         """The error callers of a reset instance get (a fresh flagged copy)."""
         assert self.broken is not None
-        return flag_reset(self.broken)
+        error = flag_reset(self.broken)
+        error.add_note(
+            f"Durable Object {self.namespace.object_class.__name__} ({self.id}) "
+            "was reset; get a new stub to reach a fresh instance"
+        )
+        return error
 
     def break_(self, error: BaseException) -> None:
         """Reset this instance: drop it, its uncommitted writes and its waiters."""
@@ -247,7 +252,7 @@ class Actor(StorageOwner):
             error.durable_object_reset = True  # type: ignore[attr-defined]
         self.broken = error
         self.runtime._forget(self)
-        self.storage.discard()
+        self.storage._discard()
         self.input_gate.fail_all()
         self.output_gate.fail()
         for scope in self.bcw_scopes:
@@ -268,7 +273,7 @@ class Actor(StorageOwner):
             return
         gate = self.output_gate
         seq = gate.write_seq
-        taken = self.storage.take_batch()
+        taken = self.storage._take_batch()
         if taken is None:
             gate.confirmed(seq)
             return
@@ -288,7 +293,7 @@ class Actor(StorageOwner):
         finally:
             self.flushing = False
         self.commit_ns = (self.commit_ns * 3 + perf_counter_ns() - started) >> 2
-        self.storage.batch_done(layer, batch)
+        self.storage._batch_done(layer, batch)
         gate.confirmed(seq)
 
     # -- events --------------------------------------------------------------
@@ -390,7 +395,8 @@ class Actor(StorageOwner):
             "A call to blockConcurrencyWhile() in a Durable Object waited for too "
             "long. The call was canceled and the Durable Object was reset."
         )
-        error.overloaded = True
+        error.overloaded = True  # Cloudflare: OVERLOADED, so do not retry at once
+        error.retryable = False
         self.break_(error)
 
     def wait_until(self, awaitable: Awaitable[Any]) -> None:

@@ -28,6 +28,7 @@ import os
 import typing
 from typing import Final, NoReturn
 
+from ._aliases import camel_aliases
 from ._errors import InvalidIdError
 
 __all__ = ["JURISDICTIONS", "DurableObjectId", "IdFactory"]
@@ -44,6 +45,7 @@ _Pads = tuple["hashlib._Hash", "hashlib._Hash"]
 
 
 @typing.final
+@camel_aliases("to_string")
 class DurableObjectId:
     """The id of one Durable Object in a namespace (Cloudflare's ``DurableObjectId``).
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVarTuple, Unpack, cast, final
 
 import anyio
 
-from ._actor import Actor
+from ._actor import Actor, visible_id
 from ._clock import Clock, SystemClock
 from ._errors import RuntimeClosedError
 from ._ids import DurableObjectId
@@ -140,6 +140,7 @@ class Runtime:
         self._flush_wakeup: anyio.Event | None = None
         self._idle: OrderedDict[Actor, None] = OrderedDict()
         self._idle_armed = False
+        self._calls = 0  # stub calls made; see _stub.YIELD_EVERY_MASK
         self._method_cache: dict[tuple[type, str], Callable[..., Any] | str] = {}
         self._namespaces: list[DurableObjectNamespace] = []
         items: dict[str, Any] = dict(vars or {})
@@ -220,7 +221,7 @@ class Runtime:
         actor = namespace._actors.get(object_id)
         if actor is not None:
             if object_id.name is not None and actor.id.name is None:
-                actor.id = actor.ctx.id = object_id
+                actor.id = actor.ctx.id = visible_id(object_id)
             return actor
         self._check_running()
         actor = Actor(self, namespace, object_id)

@@ -441,5 +441,12 @@ def copy_args(
                 break
         else:
             return args, {}
-    copied = copy_value([list(args), kwargs], passthrough)
+    try:
+        copied = copy_value([list(args), kwargs], passthrough)
+    except SerializationError as exc:
+        exc.add_note(
+            "in the call's arguments: [0][i] is positional argument i, "
+            "[1]['x'] is keyword argument x"
+        )
+        raise
     return tuple(copied[0]), copied[1]

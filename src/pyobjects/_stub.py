@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, final
 
+import anyio
+import anyio.lowlevel
+
 from ._actor import current_actor
+from ._errors import SerializationError
 from ._http import HeadersInit, Request, Response
 from ._serialization import copy_args, copy_value
 
@@ -16,6 +20,11 @@ if TYPE_CHECKING:
     from ._namespace import DurableObjectNamespace
 
 __all__ = ["DurableObjectStub"]
+
+# A call that needs no waiting runs without a context switch (like a cached
+# storage read): a full checkpoint costs more than the call itself. So that
+# a loop of calls cannot starve other tasks, every 64th call yields anyway.
+YIELD_EVERY_MASK = 63
 
 
 @final
@@ -84,7 +93,11 @@ class DurableObjectStub:
     async def _call(
         self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        passthrough = self._namespace._runtime._passthrough
+        runtime = self._namespace._runtime
+        runtime._calls += 1
+        if not runtime._calls & YIELD_EVERY_MASK:
+            await anyio.lowlevel.checkpoint()
+        passthrough = runtime._passthrough
         args, kwargs = copy_args(args, kwargs, passthrough)
         caller = current_actor.get()
         if caller is not None and caller.output_gate.pending:
@@ -96,7 +109,14 @@ class DurableObjectStub:
         result = await actor.run(method, args, kwargs, f"{name}()")
         if type(result) in _IMMUTABLE:
             return result
-        return copy_value(result, passthrough)
+        try:
+            return copy_value(result, passthrough)
+        except SerializationError as exc:
+            exc.add_note(
+                f"while copying the result of {name}() from Durable Object "
+                f"{actor.namespace.object_class.__name__} ({self.id})"
+            )
+            raise
 
     async def fetch(
         self,
@@ -121,6 +141,7 @@ class DurableObjectStub:
             request = Request(
                 request, method=method or "GET", headers=headers, body=body
             )
+        await anyio.lowlevel.checkpoint()
         caller = current_actor.get()
         if caller is not None and caller.output_gate.pending:
             await caller.wait_durable()

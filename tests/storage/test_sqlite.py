@@ -29,7 +29,7 @@ def raw(path: Path) -> closing[sqlite3.Connection]:
 
 
 def index_rows(root: Path) -> list[tuple[str, str, int]]:
-    with raw(root / "metadata.sqlite") as conn:
+    with raw(root / "@metadata.sqlite") as conn:
         rows = conn.execute("SELECT namespace, object_id, time_ms FROM alarms")
         return sorted(rows)
 
@@ -73,9 +73,9 @@ async def test_files_are_created_lazily(tmp_path: Path) -> None:
     await store.commit(WriteBatch(writes={"k": b"v"}))
     assert sorted(p.name for p in root.iterdir()) == [NS]
     assert object_path(root).is_file()
-    assert not (root / "metadata.sqlite").exists()  # no alarm yet
+    assert not (root / "@metadata.sqlite").exists()  # no alarm yet
     await store.commit(WriteBatch(alarm_changed=True, alarm=5))
-    assert (root / "metadata.sqlite").is_file()
+    assert (root / "@metadata.sqlite").is_file()
     await backend.aclose()
 
 
@@ -119,7 +119,7 @@ async def test_a_file_without_the_tables_gets_them(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "namespace",
-    ["..", ".", "../x", "a/../../b", "/abs", "a\\b", "", "x" * 129, "metadata.sqlite"],
+    ["..", ".", "../x", "a/../../b", "/abs", "a\\b", "", "x" * 129, "@metadata.sqlite"],
 )
 async def test_bad_namespaces_are_rejected(tmp_path: Path, namespace: str) -> None:
     root = tmp_path / "data"
@@ -323,7 +323,7 @@ async def test_stale_index_rows_are_dropped(tmp_path: Path) -> None:
     backend = SQLiteBackend(tmp_path)
     await backend.open(NS, ID1).commit(WriteBatch(alarm_changed=True, alarm=30))
     await backend.aclose()
-    with raw(tmp_path / "metadata.sqlite") as conn:
+    with raw(tmp_path / "@metadata.sqlite") as conn:
         conn.executemany(
             "INSERT INTO alarms VALUES (?, ?, ?)",
             [
@@ -353,7 +353,7 @@ async def test_index_failures_after_a_clear_are_not_commit_failures(
     assert backend._index is not None
     backend._index.close()
     backend._index = sqlite3.connect(
-        f"file:{tmp_path / 'metadata.sqlite'}?mode=ro", uri=True, isolation_level=None
+        f"file:{tmp_path / '@metadata.sqlite'}?mode=ro", uri=True, isolation_level=None
     )
     await store.commit(WriteBatch(alarm_changed=True, alarm=None))
     assert await store.get_alarm() is None
@@ -500,7 +500,7 @@ async def test_reads_of_broken_tables_raise_storage_error(tmp_path: Path) -> Non
         await store.get_alarm()
     with pytest.raises(StorageError, match="no such table"):
         await store.get_name()
-    with raw(tmp_path / "metadata.sqlite") as conn:
+    with raw(tmp_path / "@metadata.sqlite") as conn:
         conn.execute("DROP TABLE alarms")
     with pytest.raises(StorageError, match="alarm index"):
         await backend.pending_alarms()
@@ -530,14 +530,14 @@ async def test_alarm_index_failures_fail_the_commit(
     store = backend.open(NS, ID1)
     await store.commit(WriteBatch(writes={"k": b"v"}))
     if breakage == "corrupt":
-        (tmp_path / "metadata.sqlite").write_bytes(b"not a database" * 100)
+        (tmp_path / "@metadata.sqlite").write_bytes(b"not a database" * 100)
     else:
         await store.commit(WriteBatch(alarm_changed=True, alarm=1))
         await store.commit(WriteBatch(alarm_changed=True, alarm=None))
         assert backend._index is not None
         backend._index.close()
         backend._index = sqlite3.connect(
-            f"file:{tmp_path / 'metadata.sqlite'}?mode=ro",
+            f"file:{tmp_path / '@metadata.sqlite'}?mode=ro",
             uri=True,
             isolation_level=None,
         )

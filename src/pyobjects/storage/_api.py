@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, cast, final, over
 
 import anyio
 
+from pyobjects._aliases import camel_aliases
 from pyobjects._errors import StorageError, StorageLimitError, TransactionError
 from pyobjects._serialization import MAX_VALUE_BYTES, decode, encode
 
@@ -170,6 +171,7 @@ def _drive(coro: Coroutine[Any, Any, T]) -> T:
 
 
 @final
+@camel_aliases("delete_all")
 class Storage:
     """``ctx.storage``: transactional, strongly consistent key-value storage.
 
@@ -204,9 +206,21 @@ class Storage:
 
     # -- reading -----------------------------------------------------------
 
+    def _visible_layers(self) -> builtins.list[_Layer]:
+        """The uncommitted layers this task sees.
+
+        An open transaction is visible only inside it (its task, and tasks
+        started from it); another event that resumes meanwhile sees and
+        writes the pending layer below it.
+        """
+        layers = self._layers
+        if len(layers) > 1 and self not in _in_transaction.get():
+            return layers[:1]
+        return layers
+
     def _lookup(self, key: str) -> bytes | None:
         """Return the value known in memory, None if absent, or _MISS."""
-        for layer in reversed(self._layers):
+        for layer in reversed(self._visible_layers()):
             value = layer.writes.get(key, _MISS)
             if value is not _MISS:
                 return value  # type: ignore[no-any-return]
@@ -300,7 +314,7 @@ class Storage:
         """Uncommitted writes in [lo, hi), and whether a delete_all hides the rest."""
         hidden = False
         merged: dict[str, bytes | None] = {}
-        for layer in (*self._inflight, *self._layers):
+        for layer in (*self._inflight, *self._visible_layers()):
             if layer.delete_all:
                 hidden = True
                 merged.clear()
@@ -386,7 +400,7 @@ class Storage:
 
     def _record(self) -> _Layer:
         """Return the layer to write into, scheduling a flush if it is pending."""
-        layers = self._layers
+        layers = self._visible_layers()
         if len(layers) == 1:
             self._owner.on_write()
         return layers[-1]
@@ -485,7 +499,7 @@ class Storage:
         ``delete_all_deletes_alarm`` default. Refused inside a transaction.
         """
         self._owner.check_usable()
-        if len(self._layers) > 1:
+        if len(self._visible_layers()) > 1:
             raise TransactionError("Cannot call delete_all() within a transaction")
         layer = self._record()
         layer.writes.clear()
@@ -553,20 +567,21 @@ class Storage:
         if layers[-1] is not layer:  # pragma: no cover  # defended by rollback()
             raise TransactionError("transactions ended out of order")
         layers.pop()
+        if commit and layer:
+            below = layers[-1]
+            if len(layers) == 1:
+                self._owner.on_write()
+            below.writes.update(layer.writes)
+            if layer.alarm_changed:
+                below.alarm_changed = True
+                below.alarm = layer.alarm
         if len(layers) == 1 and self._txn_done is not None:
             self._txn_done.set()
             self._txn_done = None
-        if not commit or not layer:
-            return
-        below = self._record()
-        below.writes.update(layer.writes)
-        if layer.alarm_changed:
-            below.alarm_changed = True
-            below.alarm = layer.alarm
 
     # -- used by the runtime -----------------------------------------------
 
-    def take_batch(self) -> tuple[WriteBatch, _Layer] | None:
+    def _take_batch(self) -> tuple[WriteBatch, _Layer] | None:
         """Move the pending layer to in-flight and return it as a batch."""
         pending = self._layers[0]
         if not pending:
@@ -582,7 +597,7 @@ class Storage:
         )
         return batch, pending
 
-    def batch_done(self, layer: _Layer, batch: WriteBatch) -> None:
+    def _batch_done(self, layer: _Layer, batch: WriteBatch) -> None:
         """A batch is durable: move its values into the clean cache."""
         self._inflight.remove(layer)
         if batch.name is not None:
@@ -593,7 +608,7 @@ class Storage:
         for k, v in layer.writes.items():
             self._remember(k, v)
 
-    def discard(self) -> None:
+    def _discard(self) -> None:
         """Drop everything not committed (the object was reset)."""
         self._layers = [_Layer()]
         self._inflight = []
@@ -601,7 +616,7 @@ class Storage:
         self._cache_bytes = 0
 
     @property
-    def has_pending(self) -> bool:
+    def _has_pending(self) -> bool:
         """True while some write is not committed yet."""
         return bool(self._layers[0]) or bool(self._inflight) or len(self._layers) > 1
 
@@ -610,6 +625,7 @@ _TXN_OPS = ("get", "put", "delete", "list")
 
 
 @final
+@camel_aliases("delete_all")
 class Transaction:
     """The ``txn`` handed to a transaction closure (constructor is private).
 

@@ -2,14 +2,14 @@
 
 Layout under the backend's directory::
 
-    metadata.sqlite                  index of pending alarms across objects
+    @metadata.sqlite                 index of pending alarms across objects
     <namespace>/<object_id>.sqlite   one object: table _cf_KV, table _cf_METADATA
 
 The object's file will also hold its user SQL tables, so the key-value data
 lives in the reserved table ``_cf_KV`` (keys as the UTF-8 bytes of the key,
 so SQLite's ``memcmp`` order is code point order) and the alarm time and name
-in ``_cf_METADATA``. Namespaces starting with ``metadata.sqlite`` are
-rejected, as they would collide with the index. Files are created lazily by
+in ``_cf_METADATA``. The index file's name starts with ``@``, which no
+namespace name may contain, so the two can never collide. Files are created lazily by
 the first commit that stores something; reading an object that has no file
 reads nothing and creates nothing. At most ``max_open_connections`` object
 databases are open at once (the least recently used are closed first, and
@@ -34,7 +34,7 @@ protects against what usually goes wrong with a server process: crashes,
 kills and restarts. Choose ``"full"`` when losing the last commits to a power
 cut is not acceptable.
 
-Alarm index invariant: ``metadata.sqlite`` is always a *superset* of the
+Alarm index invariant: ``@metadata.sqlite`` is always a *superset* of the
 truth kept in each object's ``_cf_METADATA``. A commit that sets an alarm
 writes the index row *before* it commits the object's database; a commit that
 clears one deletes the index row only *after*. A crash or a failed commit can
@@ -67,7 +67,7 @@ _SYNCHRONOUS = {"off": "OFF", "normal": "NORMAL", "full": "FULL", "extra": "EXTR
 # by another process would stall every object; give up after a short while.
 _BUSY_TIMEOUT = 1.0
 # The file name of the index; namespaces may not collide with it.
-_INDEX_FILE = "metadata.sqlite"
+_INDEX_FILE = "@metadata.sqlite"  # "@" is outside the namespace alphabet
 
 _OBJECT_SCHEMA = {
     "_cf_KV": "CREATE TABLE IF NOT EXISTS _cf_KV"
@@ -387,8 +387,6 @@ class SQLiteBackend:
 
 def _check_name(namespace: str) -> None:
     check_namespace(namespace)
-    if namespace.startswith(_INDEX_FILE):
-        raise ValueError(f"namespace {namespace!r} is reserved by SQLiteBackend")
 
 
 def _read_alarm(conn: sqlite3.Connection) -> int | None:
