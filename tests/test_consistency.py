@@ -697,3 +697,50 @@ async def test_reset_errors_name_the_object() -> None:
         with pytest.raises(DurableObjectResetError) as info:
             await stub.quit()
         assert any("was reset" in n and str(stub.id) in n for n in info.value.__notes__)
+
+
+async def test_slow_commits_are_shared_by_concurrent_events(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Pretend every commit is slow: events then wait one turn and share commits.
+    monkeypatch.setattr("pyobjects._actor.GROUP_COMMIT_NS", -1)
+    controlled = ControlledBackend(MemoryBackend())
+    async with Runtime(bindings={"C": Counter}, storage=controlled) as rt:
+        stub = rt.env.C.get_by_name("n")
+
+        async def caller() -> None:
+            for _ in range(20):
+                await stub.increment()
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(100):
+                tg.start_soon(caller)
+        assert await stub.get() == 2_000
+    # One commit per round of the 100 callers, not one per increment.
+    assert len(controlled.commits) <= 100
+
+
+async def test_fast_commits_happen_at_once_without_a_context_switch() -> None:
+    controlled = ControlledBackend(MemoryBackend())
+    async with Runtime(bindings={"C": Counter}, storage=controlled) as rt:
+        stub = rt.env.C.get_by_name("n")
+        for i in range(1, 11):
+            assert await stub.increment() == i
+            assert len(controlled.commits) == i  # committed before the result
+
+
+async def test_an_evicted_instance_fails_clearly_if_still_referenced() -> None:
+    kept: list[pyobjects.DurableObjectState] = []
+
+    class Keeper(DurableObject):
+        async def keep(self) -> None:
+            kept.append(self.ctx)
+
+    clock = ManualClock()
+    async with Runtime(bindings={"K": Keeper}, clock=clock, idle_timeout=1) as rt:
+        await rt.env.K.get_by_name("x").keep()
+        await clock.advance(1_000)
+        with pytest.raises(RuntimeError, match="was evicted"):
+            kept[0].storage.put("x", 1)
+        with pytest.raises(RuntimeError, match="was evicted"):
+            kept[0].now_ms()

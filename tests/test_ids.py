@@ -128,7 +128,7 @@ def test_immutable(factory: IdFactory) -> None:
     with pytest.raises(AttributeError, match="immutable"):
         made.name = "x"  # type: ignore[misc]
     with pytest.raises(AttributeError, match="immutable"):
-        made._fields = (b"", "", None, None)
+        made._fields = (b"", "", None, None, None)
     with pytest.raises(AttributeError, match="immutable"):
         made.extra = 1  # type: ignore[attr-defined]
     with pytest.raises(AttributeError, match="immutable"):

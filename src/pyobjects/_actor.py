@@ -56,7 +56,7 @@ current_actor: contextvars.ContextVar[Actor | None] = contextvars.ContextVar(
 # A commit slower than this (EWMA, nanoseconds) makes events wait one event-loop
 # turn before committing, so concurrent events share one commit (group commit).
 # Faster commits (memory, SQLite without fsync) are done at once.
-GROUP_COMMIT_NS = 60_000
+GROUP_COMMIT_NS = 20_000
 
 
 def flag_reset(error: BaseException) -> BaseException:
@@ -88,6 +88,21 @@ def visible_id(object_id: DurableObjectId) -> DurableObjectId:
             jurisdiction=object_id.jurisdiction,
         )
     return object_id
+
+
+class _Evicted:
+    """Stands in for an evicted instance behind its old ``ctx`` and storage."""
+
+    __slots__ = ("_id",)
+
+    def __init__(self, object_id: DurableObjectId) -> None:
+        self._id = object_id
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError(
+            f"this instance of Durable Object {self._id} was evicted; its ctx and "
+            "storage can no longer be used (a new call builds a fresh instance)"
+        )
 
 
 class Actor(StorageOwner):
@@ -186,25 +201,27 @@ class Actor(StorageOwner):
         if self.broken is not None:
             raise self.reset_error()
 
-    def _still_pending(self) -> bool:
-        return self.output_gate.pending and not self.flushing and self.broken is None
-
     async def wait_durable(self) -> None:
-        """Wait until all writes so far are durable (then re-check for a reset)."""
+        """Wait until the writes made so far are durable (then check for a reset).
+
+        Only writes made before the call count: writes other events make
+        meanwhile are theirs to wait for, so a stream of events never keeps
+        one of them waiting.
+        """
         gate = self.output_gate
-        while gate.pending and self.broken is None:
+        target = gate.write_seq
+        while gate.durable_seq < target and self.broken is None:
             if self.flushing:
                 # A (suspending) commit is under way: wait for it, then commit
                 # whatever was written meanwhile.
-                await gate.wait(self.flushing_seq)
+                await gate.wait(min(target, self.flushing_seq))
                 continue
             if self.commit_ns > GROUP_COMMIT_NS:
-                # Let the other events of this turn add their writes first;
-                # then look again: they may have committed, or be committing.
+                # Let the other events of this turn add their writes first, so
+                # one commit serves them all; whoever resumes first commits.
                 await anyio.lowlevel.checkpoint()
-                if self._still_pending():
-                    await self.flush()
-                continue
+                if gate.durable_seq >= target or self.flushing:
+                    continue
             await self.flush()
         self.check_usable()
 
@@ -265,6 +282,12 @@ class Actor(StorageOwner):
         self.runtime._forget(self)
         self.store.close()
         self.instance = None
+        # Break the actor <-> ctx/storage cycles so that reference counting
+        # frees the instance at once (a million evictions would otherwise be
+        # left to the cyclic GC); stray references now fail with a clear error.
+        gone = _Evicted(self.id)
+        self.ctx._actor = gone  # type: ignore[assignment]
+        self.storage._owner = gone  # type: ignore[assignment]
 
     async def flush(self) -> None:
         """Commit the pending writes as one batch (all or nothing)."""

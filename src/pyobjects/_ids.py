@@ -54,11 +54,13 @@ class DurableObjectId:
     ``new_unique_id``, ``id_from_string``); the constructor is private.
     """
 
-    # One slot holding (raw, hex, name, jurisdiction): every extra slot costs
-    # an object.__setattr__ call in _make, which runs once per id_from_name.
+    # One slot holding (raw, hex, name, jurisdiction, issuer): every extra
+    # slot costs an object.__setattr__ call in _make, which runs once per
+    # id_from_name. The issuer (the namespace key that made the id, or None)
+    # lets a namespace skip re-checking the MAC of ids it made itself.
     __slots__ = ("_fields",)
 
-    _fields: tuple[bytes, str, str | None, str | None]
+    _fields: tuple[bytes, str, str | None, str | None, bytes | None]
 
     def __init__(self) -> None:
         raise TypeError(
@@ -68,12 +70,19 @@ class DurableObjectId:
 
     @classmethod
     def _make(
-        cls, raw: bytes, *, name: str | None, jurisdiction: str | None
+        cls,
+        raw: bytes,
+        *,
+        name: str | None,
+        jurisdiction: str | None,
+        issuer: bytes | None = None,
     ) -> DurableObjectId:
         """Build an id from its 32 bytes (private: only `IdFactory` calls this)."""
         self = object.__new__(cls)
         # The hex is computed once here: str(id) runs on every stub call and log.
-        object.__setattr__(self, "_fields", (raw, raw.hex(), name, jurisdiction))
+        object.__setattr__(
+            self, "_fields", (raw, raw.hex(), name, jurisdiction, issuer)
+        )
         return self
 
     @property
@@ -98,7 +107,7 @@ class DurableObjectId:
         return self._fields[1]
 
     def __repr__(self) -> str:
-        _, hex_, name, jurisdiction = self._fields
+        _, hex_, name, jurisdiction, _ = self._fields
         extra = ""
         if name is not None:
             extra += f", name={name!r}"
@@ -128,7 +137,7 @@ class DurableObjectId:
     def __reduce__(self) -> tuple[object, tuple[bytes, str | None, str | None]]:
         # Pickle and copy go through _make: the default protocol would call
         # the refused __setattr__.
-        raw, _, name, jurisdiction = self._fields
+        raw, _, name, jurisdiction, _ = self._fields
         return (_restore, (raw, name, jurisdiction))
 
 
@@ -186,13 +195,12 @@ class IdFactory:
     across restarts.
     """
 
-    __slots__ = ("_by_name", "_pads")
+    __slots__ = ("_by_name", "_issuer", "_pads")
 
     def __init__(self, unique_key: str) -> None:
         base = unique_key.encode()
-        self._pads: dict[str | None, _Pads] = {
-            None: _prepare(hashlib.sha256(base).digest())
-        }
+        self._issuer = hashlib.sha256(base).digest()
+        self._pads: dict[str | None, _Pads] = {None: _prepare(self._issuer)}
         for jurisdiction in sorted(JURISDICTIONS):
             salt = b"\x00jurisdiction=" + jurisdiction.encode()
             self._pads[jurisdiction] = _prepare(hashlib.sha256(base + salt).digest())
@@ -230,7 +238,9 @@ class IdFactory:
             raise ValueError(msg) from exc
         first16 = _hmac16(pads, encoded)
         raw = first16 + _hmac16(pads, first16)
-        made = DurableObjectId._make(raw, name=name, jurisdiction=jurisdiction)
+        made = DurableObjectId._make(
+            raw, name=name, jurisdiction=jurisdiction, issuer=self._issuer
+        )
         if len(self._by_name) >= _NAME_CACHE_SIZE:
             self._by_name.clear()
         self._by_name[key] = made
@@ -241,7 +251,13 @@ class IdFactory:
         pads = self._pads_for(jurisdiction)
         first16 = os.urandom(16)
         raw = first16 + _hmac16(pads, first16)
-        return DurableObjectId._make(raw, name=None, jurisdiction=jurisdiction)
+        return DurableObjectId._make(
+            raw, name=None, jurisdiction=jurisdiction, issuer=self._issuer
+        )
+
+    def issued(self, object_id: DurableObjectId) -> bool:
+        """Tell cheaply whether *object_id* was made (or checked) with this key."""
+        return object_id._fields[4] == self._issuer
 
     def from_string(
         self, text: str, *, jurisdiction: str | None = None
@@ -266,8 +282,12 @@ class IdFactory:
         if jurisdiction is not None:
             if _hmac16(pads, first16) != mac16:
                 raise InvalidIdError(_BAD_MAC)
-            return DurableObjectId._make(raw, name=None, jurisdiction=jurisdiction)
+            return DurableObjectId._make(
+                raw, name=None, jurisdiction=jurisdiction, issuer=self._issuer
+            )
         for candidate, candidate_pads in self._pads.items():
             if _hmac16(candidate_pads, first16) == mac16:
-                return DurableObjectId._make(raw, name=None, jurisdiction=candidate)
+                return DurableObjectId._make(
+                    raw, name=None, jurisdiction=candidate, issuer=self._issuer
+                )
         raise InvalidIdError(_BAD_MAC)

@@ -151,11 +151,9 @@ class DurableObjectNamespace:
                 "get called on jurisdictional subnamespace with an ID from a "
                 "different jurisdiction"
             )
-        # An id made by another namespace fails this MAC check.
-        checked = self._ids.from_string(
-            str(object_id), jurisdiction=object_id.jurisdiction
-        )
-        del checked
+        if not self._ids.issued(object_id):
+            # An id made by another namespace fails this MAC check.
+            self._ids.from_string(str(object_id), jurisdiction=object_id.jurisdiction)
         return DurableObjectStub(self, object_id)
 
     def get_by_name(
