@@ -54,8 +54,9 @@ current_actor: contextvars.ContextVar[Actor | None] = contextvars.ContextVar(
     "pyobjects_current_actor", default=None
 )
 # A commit slower than this (EWMA, nanoseconds) makes events wait one event-loop
-# turn before committing, so concurrent events share one commit (group commit).
-# Faster commits (memory, SQLite without fsync) are done at once.
+# turn before committing while other calls are in flight, so concurrent events
+# share one commit (group commit). Faster commits (the memory backend) are
+# always done at once, and so is every commit when only one call is running.
 GROUP_COMMIT_NS = 20_000
 
 
@@ -216,9 +217,10 @@ class Actor(StorageOwner):
                 # whatever was written meanwhile.
                 await gate.wait(min(target, self.flushing_seq))
                 continue
-            if self.commit_ns > GROUP_COMMIT_NS:
-                # Let the other events of this turn add their writes first, so
-                # one commit serves them all; whoever resumes first commits.
+            if self.commit_ns > GROUP_COMMIT_NS and self.runtime._calls_in_flight > 1:
+                # Commits are slow and other calls are under way: let them add
+                # their writes first, so one commit serves them all; whoever
+                # resumes first commits. A lone caller commits at once.
                 await anyio.lowlevel.checkpoint()
                 if gate.durable_seq >= target or self.flushing:
                     continue
@@ -228,9 +230,10 @@ class Actor(StorageOwner):
     # -- lifecycle -----------------------------------------------------------
 
     def begin(self) -> None:
-        """An event (or background work) started."""
-        if self.active == 0:
-            self.runtime._became_busy(self)
+        """An event (or background work) started.
+
+        Nothing else to do: the eviction sweeper skips busy actors.
+        """
         self.active += 1
 
     def end(self) -> None:
@@ -334,8 +337,6 @@ class Actor(StorageOwner):
         what: str,
     ) -> Any:
         """Run one event's handler and deliver its outcome through the output gate."""
-        if self.active == 0:
-            self.runtime._became_busy(self)
         self.active += 1
         token = current_actor.set(self)
         try:

@@ -141,6 +141,7 @@ class Runtime:
         self._idle: OrderedDict[Actor, None] = OrderedDict()
         self._idle_armed = False
         self._calls = 0  # stub calls made; see _stub.YIELD_EVERY_MASK
+        self._calls_in_flight = 0  # stub calls started and not finished
         self._method_cache: dict[tuple[type, str], Callable[..., Any] | str] = {}
         self._namespaces: list[DurableObjectNamespace] = []
         items: dict[str, Any] = dict(vars or {})
@@ -289,10 +290,6 @@ class Runtime:
                 await actor.flush()
 
     # -- eviction ------------------------------------------------------------
-
-    def _became_busy(self, actor: Actor) -> None:
-        # Nothing to do: the sweeper skips busy actors and requeues them.
-        pass
 
     def _became_idle(self, actor: Actor) -> None:
         # Hot path (every call ends here): one clock read, and a dict insert

@@ -95,18 +95,22 @@ class DurableObjectStub:
     ) -> Any:
         runtime = self._namespace._runtime
         runtime._calls += 1
-        if not runtime._calls & YIELD_EVERY_MASK:
-            await anyio.lowlevel.checkpoint()
-        passthrough = runtime._passthrough
-        args, kwargs = copy_args(args, kwargs, passthrough)
-        caller = current_actor.get()
-        if caller is not None and caller.output_gate.pending:
-            await caller.wait_durable()  # output gate: the call leaves the caller
-        actor = self._bind()
-        if not actor.input_gate.is_open:
-            await actor.enter()
-        method = actor.runtime._rpc_method(actor, name)
-        result = await actor.run(method, args, kwargs, f"{name}()")
+        runtime._calls_in_flight += 1
+        try:
+            if not runtime._calls & YIELD_EVERY_MASK:
+                await anyio.lowlevel.checkpoint()
+            passthrough = runtime._passthrough
+            args, kwargs = copy_args(args, kwargs, passthrough)
+            caller = current_actor.get()
+            if caller is not None and caller.output_gate.pending:
+                await caller.wait_durable()  # output gate: the call leaves the caller
+            actor = self._bind()
+            if not actor.input_gate.is_open:
+                await actor.enter()
+            method = actor.runtime._rpc_method(actor, name)
+            result = await actor.run(method, args, kwargs, f"{name}()")
+        finally:
+            runtime._calls_in_flight -= 1
         if type(result) in _IMMUTABLE:
             return result
         try:
