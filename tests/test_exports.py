@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import subprocess
 import sys
 
@@ -30,7 +31,7 @@ def test_exported_objects_have_the_public_module(name: str) -> None:
     module = importlib.import_module(name)
     for attr in module.__all__:
         obj = getattr(module, attr)
-        if hasattr(obj, "__module__"):
+        if isinstance(obj, type) or inspect.isfunction(obj):
             assert obj.__module__ == name, attr
 
 

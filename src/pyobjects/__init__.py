@@ -5,6 +5,7 @@ stubs from ``rt.env.<BINDING>`` and call the object. See the docs for the
 consistency model (input and output gates, write coalescing).
 """
 
+from ._alarms import AlarmInfo as AlarmInfo
 from ._clock import Clock as Clock, SystemClock as SystemClock
 from ._errors import (
     DurableObjectError as DurableObjectError,
@@ -35,6 +36,7 @@ from ._stub import DurableObjectStub as DurableObjectStub
 from ._version import __version__ as __version__
 
 __all__ = (
+    "AlarmInfo",
     "BlockConcurrencyHandle",
     "Clock",
     "DurableObject",

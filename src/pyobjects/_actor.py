@@ -114,6 +114,7 @@ class Actor(StorageOwner):
         "bcw_scopes",
         "broken",
         "commit_ns",
+        "constructing",
         "ctx",
         "evicted",
         "flush_queued",
@@ -151,6 +152,7 @@ class Actor(StorageOwner):
         self.instance: Any = None
         self.broken: BaseException | None = None
         self.evicted = False
+        self.constructing = False
         self.active = 0
         self.flush_scheduled = False  # pending writes not yet taken by a flush
         self.flush_queued = False  # in the runtime flusher's list
@@ -164,9 +166,11 @@ class Actor(StorageOwner):
     def construct(self) -> None:
         """Run the user's constructor (synchronously)."""
         self.active += 1
+        self.constructing = True
         try:
             self.instance = self.namespace.object_class(self.ctx, self.runtime.env)
         finally:
+            self.constructing = False
             self.end()
 
     # -- StorageOwner --------------------------------------------------------
@@ -201,6 +205,21 @@ class Actor(StorageOwner):
         """Raise the reset error if this instance was reset."""
         if self.broken is not None:
             raise self.reset_error()
+
+    def check_alarm_allowed(self) -> None:
+        """Refuse set_alarm() on a class without alarm() (not while constructing)."""
+        if self.constructing:
+            return
+        cls = self.namespace.object_class
+        if getattr(cls, "alarm", None) is None:
+            raise TypeError(
+                "Your Durable Object class must have an alarm() handler in order "
+                f"to call setAlarm() ({cls.__name__} has none)"
+            )
+
+    def now_ms(self) -> int:
+        """The runtime clock's time."""
+        return self.runtime.clock.now_ms()
 
     async def wait_durable(self) -> None:
         """Wait until the writes made so far are durable (then check for a reset).
@@ -308,6 +327,8 @@ class Actor(StorageOwner):
         self.flushing_seq = seq
         started = perf_counter_ns()
         try:
+            if self.runtime._commit_faults:
+                self.runtime._injected_fault(self)
             await self.store.commit(batch)
         except Exception as exc:
             error = DurableObjectResetError(
@@ -321,6 +342,8 @@ class Actor(StorageOwner):
         self.commit_ns = (self.commit_ns * 3 + perf_counter_ns() - started) >> 2
         self.storage._batch_done(layer, batch)
         gate.confirmed(seq)
+        if batch.alarm_changed:
+            self.runtime.alarms.set(self.namespace, str(self.id), batch.alarm)
 
     # -- events --------------------------------------------------------------
 

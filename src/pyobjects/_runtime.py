@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 from collections import OrderedDict
@@ -9,8 +10,10 @@ from collections.abc import Callable, Coroutine, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Self, TypeVarTuple, Unpack, cast, final
 
 import anyio
+import anyio.lowlevel
 
 from ._actor import Actor, visible_id
+from ._alarms import AlarmScheduler
 from ._clock import Clock, SystemClock
 from ._errors import RuntimeClosedError
 from ._ids import DurableObjectId
@@ -114,7 +117,20 @@ class Runtime:
         idle_timeout: float | None = 10.0,
         block_concurrency_timeout: float = 30.0,
         max_queued_events: int | None = None,
+        alarm_timeout: float = 900.0,
+        alarm_retry_jitter: bool | None = None,
     ) -> None:
+        self._options: dict[str, Any] = {
+            "bindings": bindings,
+            "storage": storage,
+            "clock": clock,
+            "vars": vars,
+            "idle_timeout": idle_timeout,
+            "block_concurrency_timeout": block_concurrency_timeout,
+            "max_queued_events": max_queued_events,
+            "alarm_timeout": alarm_timeout,
+            "alarm_retry_jitter": alarm_retry_jitter,
+        }
         if idle_timeout is not None and idle_timeout <= 0:
             raise ValueError(
                 f"idle_timeout must be > 0 seconds or None, got {idle_timeout}"
@@ -131,7 +147,19 @@ class Runtime:
         )
         self._bcw_timeout_ms = round(block_concurrency_timeout * 1000)
         self._max_queued_events = max_queued_events
+        if alarm_timeout <= 0:
+            raise ValueError(f"alarm_timeout must be > 0 seconds, got {alarm_timeout}")
+        if alarm_retry_jitter is None:
+            # Exact retry times under a deterministic (manual) clock.
+            alarm_retry_jitter = not getattr(self.clock, "deterministic", False)
         self.timers = Timers(self.clock)
+        self.alarms = AlarmScheduler(
+            self, jitter=alarm_retry_jitter, timeout_ms=round(alarm_timeout * 1000)
+        )
+        self._task_scopes: set[anyio.CancelScope] = set()
+        self._crashed = False
+        # Commit failures injected by pyobjects.testing.fail_next_commits().
+        self._commit_faults: dict[tuple[str, str], list[Any]] = {}
         self._passthrough: tuple[type, ...] = (DurableObjectId, DurableObjectStub)
         self._tg: TaskGroup | None = None
         self._running = False
@@ -170,8 +198,13 @@ class Runtime:
         await tg.__aenter__()
         self._tg = tg
         self._running = True
-        tg.start_soon(self._flusher)
-        tg.start_soon(self.timers.run)
+        self._spawn(self._flusher)
+        self._spawn(self.timers.run)
+        try:
+            await self.alarms.load()
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
         return self
 
     async def __aexit__(
@@ -183,8 +216,9 @@ class Runtime:
         tg = self._tg
         assert tg is not None
         try:
-            with anyio.CancelScope(shield=True):
-                await self._flush_all()
+            if not self._crashed:
+                with anyio.CancelScope(shield=True):
+                    await self._flush_all()
         finally:
             self._running = False
             self._closed = True
@@ -192,6 +226,9 @@ class Runtime:
             for ns in self._namespaces:
                 for actor in list(ns._actors.values()):
                     actor.break_(closed)
+            self.alarms.cancel_all()
+            for scope in self._task_scopes:
+                scope.cancel()
             tg.cancel_scope.cancel()
             try:
                 await tg.__aexit__(None, None, None)
@@ -207,11 +244,60 @@ class Runtime:
             )
 
     def _spawn(
-        self, fn: Callable[[Unpack[PosArgs]], Coroutine[Any, Any, Any]], *args: *PosArgs
+        self,
+        fn: Callable[[Unpack[PosArgs]], Coroutine[Any, Any, Any]],
+        *args: *PosArgs,
     ) -> None:
+        """Run ``fn(*args)`` in the background, cancellable by a crash."""
         self._check_running()
         assert self._tg is not None
-        self._tg.start_soon(fn, *args)
+        self._tg.start_soon(self._scoped, fn, *args)
+
+    async def _scoped(
+        self,
+        fn: Callable[[Unpack[PosArgs]], Coroutine[Any, Any, Any]],
+        *args: *PosArgs,
+    ) -> None:
+        with anyio.CancelScope() as scope:
+            self._task_scopes.add(scope)
+            try:
+                await fn(*args)
+            finally:
+                self._task_scopes.discard(scope)
+
+    def _injected_fault(self, actor: Actor) -> None:
+        key = (actor.namespace._storage_name, str(actor.id))
+        fault = self._commit_faults.get(key)
+        if fault is None:
+            return
+        fault[0] -= 1
+        if fault[0] <= 0:
+            del self._commit_faults[key]
+        raise copy.copy(fault[1])
+
+    async def _crash(self) -> None:
+        """Stop as a killed process would: nothing pending is written.
+
+        Every instance is dropped with its uncommitted writes, and every
+        background task (flusher, timers, alarms, callbacks) is cancelled.
+        What was committed stays in the backend. The ``async with`` block can
+        still be left normally afterwards.
+        """
+        if not self._running:
+            raise RuntimeClosedError("the Runtime is not running")
+        self._running = False
+        self._closed = True
+        self._crashed = True
+        crashed = RuntimeClosedError("the Runtime crashed (simulated)")
+        for ns in self._namespaces:
+            for actor in list(ns._actors.values()):
+                actor.break_(crashed)
+        self._dirty.clear()
+        self.alarms.cancel_all()
+        for scope in self._task_scopes:
+            scope.cancel()
+        await anyio.lowlevel.checkpoint()
+        await self.storage.aclose()
 
     # -- instances -----------------------------------------------------------
 
@@ -237,6 +323,25 @@ class Runtime:
             )
             raise
         return actor
+
+    async def _actor_for_alarm(
+        self, namespace: DurableObjectNamespace, hex_id: str
+    ) -> Actor:
+        """The live instance for an alarm, built with its stored name if any."""
+        object_id = namespace._ids.from_string(hex_id)
+        actor = namespace._actors.get(object_id)
+        if actor is not None:
+            return actor
+        store = self.storage.open(namespace._storage_name, hex_id)
+        try:
+            name = await store.get_name()
+        finally:
+            store.close()
+        if name is not None:
+            named = namespace._ids.from_name(name, jurisdiction=object_id.jurisdiction)
+            if named == object_id:
+                object_id = named
+        return self._actor_for(namespace, object_id)
 
     def _forget(self, actor: Actor) -> None:
         actors = actor.namespace._actors

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextvars
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, cast, final, overload
 
 import anyio
@@ -110,6 +111,14 @@ class StorageOwner:
         """Wait until every write recorded so far is durable."""
         raise NotImplementedError
 
+    def check_alarm_allowed(self) -> None:
+        """Raise ``TypeError`` if the object's class has no ``alarm()`` handler."""
+        raise NotImplementedError
+
+    def now_ms(self) -> int:
+        """Return the runtime clock's time in epoch milliseconds."""
+        raise NotImplementedError
+
 
 def check_key(key: object, what: str = "key") -> str:
     """Validate a storage key: a ``str`` of at most 2,048 UTF-8 bytes."""
@@ -142,6 +151,29 @@ def encode_value(value: object) -> bytes:
     return data
 
 
+def _alarm_ms(when: object) -> int:
+    """Turn an alarm time (epoch ms or an aware datetime) into epoch ms."""
+    if isinstance(when, datetime):
+        if when.tzinfo is None or when.utcoffset() is None:
+            raise TypeError(
+                "set_alarm() needs a timezone-aware datetime (or epoch milliseconds); "
+                f"got the naive {when!r}"
+            )
+        ms = round(when.timestamp() * 1000)
+    elif isinstance(when, (int, float)) and not isinstance(when, bool):
+        if when != when or when in (float("inf"), float("-inf")):
+            raise TypeError(f"set_alarm() needs a finite time, not {when!r}")
+        ms = int(when)
+    else:
+        raise TypeError(
+            "set_alarm() takes epoch milliseconds (int) or an aware datetime, "
+            f"not {type(when).__name__}"
+        )
+    if ms <= 0:
+        raise TypeError("setAlarm() cannot be called with an alarm time <= 0")
+    return ms
+
+
 def _prefix_end(prefix: str) -> str | None:
     """Return the first string after every string that starts with *prefix*."""
     chars = list(prefix)
@@ -171,7 +203,7 @@ def _drive(coro: Coroutine[Any, Any, T]) -> T:
 
 
 @final
-@camel_aliases("delete_all")
+@camel_aliases("delete_all", "get_alarm", "set_alarm", "delete_alarm")
 class Storage:
     """``ctx.storage``: transactional, strongly consistent key-value storage.
 
@@ -182,6 +214,8 @@ class Storage:
     """
 
     __slots__ = (
+        "_alarm",
+        "_alarm_writes",
         "_cache",
         "_cache_bytes",
         "_inflight",
@@ -203,6 +237,10 @@ class Storage:
         self._cache_bytes = 0
         self._pending_name = name
         self._txn_done: anyio.Event | None = None
+        # The committed alarm as this instance knows it (_MISS: ask the
+        # backend), and a count of alarm writes (the alarm runner uses it).
+        self._alarm: int | None = _MISS
+        self._alarm_writes = 0
 
     # -- reading -----------------------------------------------------------
 
@@ -506,6 +544,64 @@ class Storage:
         layer.delete_all = True
         layer.alarm_changed = True
         layer.alarm = None
+        self._alarm_writes += 1
+        return _DONE_NONE
+
+    # -- alarms --------------------------------------------------------------
+
+    async def get_alarm(self) -> int | None:
+        """Return the alarm time in epoch milliseconds, or ``None``.
+
+        Inside ``alarm()`` it is ``None`` unless the handler set a new alarm.
+        Mirrors ``storage.getAlarm()``.
+        """
+        self._owner.check_usable()
+        for layer in (*reversed(self._visible_layers()), *reversed(self._inflight)):
+            if layer.alarm_changed:
+                return layer.alarm
+        if self._alarm is _MISS:
+            owner = self._owner
+            owner.hold_input()
+            try:
+                alarm = await self._store.get_alarm()
+            finally:
+                owner.release_input()
+            owner.check_usable()
+            if self._alarm is _MISS:
+                self._alarm = alarm
+        return self._alarm
+
+    def set_alarm(self, when: float | datetime) -> _Done[None]:
+        """Set the object's one alarm to *when* (epoch ms or an aware datetime).
+
+        Replaces any earlier alarm; a time in the past is moved to now, so the
+        alarm runs at once. Recorded at call time and committed with the
+        other writes, like :meth:`put`. Mirrors ``storage.setAlarm()``.
+
+        Raises:
+            TypeError: *when* is not a time, is ``<= 0`` or a naive datetime,
+                or the class has no ``alarm()`` handler.
+        """
+        self._owner.check_usable()
+        ms = _alarm_ms(when)
+        self._owner.check_alarm_allowed()
+        ms = max(ms, self._owner.now_ms())
+        layer = self._record()
+        layer.alarm_changed = True
+        layer.alarm = ms
+        self._alarm_writes += 1
+        return _DONE_NONE
+
+    def delete_alarm(self) -> _Done[None]:
+        """Delete the alarm, if any. Mirrors ``storage.deleteAlarm()``.
+
+        A handler that is already running is not cancelled.
+        """
+        self._owner.check_usable()
+        layer = self._record()
+        layer.alarm_changed = True
+        layer.alarm = None
+        self._alarm_writes += 1
         return _DONE_NONE
 
     async def sync(self) -> None:
@@ -607,6 +703,12 @@ class Storage:
             self._cache_bytes = 0
         for k, v in layer.writes.items():
             self._remember(k, v)
+        if layer.alarm_changed:
+            self._alarm = layer.alarm
+
+    def _forget_alarm(self) -> None:
+        """Read the alarm from the backend next time (a failed alarm run)."""
+        self._alarm = _MISS
 
     def _discard(self) -> None:
         """Drop everything not committed (the object was reset)."""
@@ -614,6 +716,7 @@ class Storage:
         self._inflight = []
         self._cache.clear()
         self._cache_bytes = 0
+        self._alarm = _MISS
 
     @property
     def _has_pending(self) -> bool:
@@ -625,7 +728,7 @@ _TXN_OPS = ("get", "put", "delete", "list")
 
 
 @final
-@camel_aliases("delete_all")
+@camel_aliases("delete_all", "get_alarm", "set_alarm", "delete_alarm")
 class Transaction:
     """The ``txn`` handed to a transaction closure (constructor is private).
 
@@ -687,6 +790,18 @@ class Transaction:
     async def list(self, **options: Any) -> dict[str, Any]:
         """Like :meth:`Storage.list`, inside the transaction."""
         return await self._check("list").list(**options)
+
+    async def get_alarm(self) -> int | None:
+        """Like :meth:`Storage.get_alarm`, inside the transaction."""
+        return await self._check("get_alarm").get_alarm()
+
+    def set_alarm(self, when: float | datetime) -> _Done[None]:
+        """Like :meth:`Storage.set_alarm`; rolled back with the transaction."""
+        return self._check("set_alarm").set_alarm(when)
+
+    def delete_alarm(self) -> _Done[None]:
+        """Like :meth:`Storage.delete_alarm`; rolled back with the transaction."""
+        return self._check("delete_alarm").delete_alarm()
 
     def delete_all(self) -> _Done[None]:
         """Always refused: ``delete_all()`` cannot run inside a transaction."""

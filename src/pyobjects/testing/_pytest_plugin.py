@@ -1,16 +1,27 @@
-"""pytest plugin (loaded through the ``pytest11`` entry point).
+"""pytest plugin, loaded through the ``pytest11`` entry point on install.
 
-Gives each test its own manual clock and in-memory storage, so a runtime built
-from them is isolated and needs no real sleeps.
+Fixtures give each test its own manual clock, a fresh in-memory storage and
+runtimes built on both, closed when the test ends, so tests are isolated and
+need no real sleeps. The async fixture runs under anyio's pytest plugin
+(``anyio_mode = "auto"``, or mark the test ``@pytest.mark.anyio``).
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING, Any
+
 import pytest
 
+from pyobjects._runtime import Runtime
 from pyobjects.storage.memory import MemoryBackend
+from pyobjects.testing._clock import ManualClock
 
-from ._clock import ManualClock
+if TYPE_CHECKING:
+    from pyobjects._object import DurableObject
+
+MakeRuntime = Callable[..., Awaitable[Runtime]]
 
 
 @pytest.fixture
@@ -23,3 +34,28 @@ def manual_clock() -> ManualClock:
 def memory_backend() -> MemoryBackend:
     """A fresh, empty :class:`MemoryBackend` for one test."""
     return MemoryBackend()
+
+
+@pytest.fixture
+async def make_runtime(
+    manual_clock: ManualClock, memory_backend: MemoryBackend
+) -> AsyncIterator[MakeRuntime]:
+    """Build running runtimes on the test's clock and storage.
+
+    ``rt = await make_runtime({"COUNTER": Counter})`` returns a runtime that
+    is already entered and is closed when the test ends. Keyword arguments go
+    to :class:`~pyobjects.Runtime`; ``clock`` and ``storage`` default to the
+    ``manual_clock`` and ``memory_backend`` fixtures.
+    """
+    async with AsyncExitStack() as stack:
+
+        async def make(
+            bindings: Mapping[str, type[DurableObject]], **options: Any
+        ) -> Runtime:
+            options.setdefault("clock", manual_clock)
+            options.setdefault("storage", memory_backend)
+            return await stack.enter_async_context(
+                Runtime(bindings=bindings, **options)
+            )
+
+        yield make

@@ -1,0 +1,236 @@
+"""Alarms: one durable timer per object, delivered at least once.
+
+The scheduler keeps one entry per object with an alarm on the runtime's timer
+queue (a heap; never a sleeping task per object). It learns about alarms from
+commits (an alarm change takes effect only once it is durable) and, when the
+runtime starts, from the backend's index of pending alarms, so alarms survive
+restarts and overdue ones fire at once.
+
+Delivery follows Cloudflare: the handler runs as a normal event under the
+input gate, never twice at once for one object; inside it ``get_alarm()``
+returns ``None`` unless the handler sets a new alarm; the alarm is deleted only
+after the handler succeeds; a failure (or a timeout) is retried 2 s, 4 s, 8 s,
+... later, at most 6 times, unless the handler set a new alarm first.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, final
+
+import anyio
+
+from ._aliases import camel_aliases
+
+if TYPE_CHECKING:
+    from ._actor import Actor
+    from ._namespace import DurableObjectNamespace
+    from ._runtime import Runtime
+    from ._timers import TimerHandle
+
+__all__ = ["AlarmInfo", "AlarmScheduler"]
+
+logger = logging.getLogger("pyobjects")
+
+MAX_RETRIES = 6  # 7 attempts in all
+FIRST_RETRY_MS = 2_000
+MAX_JITTER = 0.25  # up to 25 % later, as workerd does locally
+
+_Key = tuple[str, str]  # (namespace storage name, object id hex)
+
+
+@final
+@camel_aliases("retry_count", "is_retry", "scheduled_time")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlarmInfo:
+    """What ``alarm(alarm_info)`` receives (Cloudflare's ``AlarmInvocationInfo``).
+
+    ``retry_count`` counts earlier failed attempts of this alarm,
+    ``is_retry`` is ``retry_count > 0``, and ``scheduled_time`` is the time
+    the alarm was set for, in epoch milliseconds.
+    """
+
+    retry_count: int = 0
+    is_retry: bool = False
+    scheduled_time: int = 0
+
+
+class AlarmTimeoutError(Exception):
+    """An alarm handler ran past the runtime's ``alarm_timeout``."""
+
+
+class AlarmScheduler:
+    """Schedules and delivers the alarms of one runtime (internal)."""
+
+    def __init__(self, runtime: Runtime, *, jitter: bool, timeout_ms: int) -> None:
+        self._runtime = runtime
+        self._jitter = jitter
+        self._random = random.Random()
+        self._timeout_ms = timeout_ms
+        self._timers: dict[_Key, TimerHandle] = {}
+        self._running: set[_Key] = set()
+        # Alarm changes committed while the object's alarm was running.
+        self._changed_while_running: dict[_Key, int | None] = {}
+
+    @property
+    def scheduled(self) -> int:
+        """Number of objects with an alarm waiting to fire."""
+        return len(self._timers)
+
+    def set(
+        self, namespace: DurableObjectNamespace, object_id: str, at: int | None
+    ) -> None:
+        """A commit set (or, with ``None``, deleted) an object's alarm."""
+        key = (namespace._storage_name, object_id)
+        if key in self._running:
+            self._changed_while_running[key] = at
+            return
+        self._arm(key, namespace, at, retry=0, scheduled=at)
+
+    async def load(self) -> None:
+        """Schedule every alarm the backend holds (on start, after a restart)."""
+        runtime = self._runtime
+        namespaces = {ns._storage_name: ns for ns in runtime._namespaces}
+        for entry in await runtime.storage.pending_alarms():
+            namespace = namespaces.get(entry.namespace)
+            if namespace is None:
+                continue  # a namespace no longer bound: keep its data, skip it
+            self.set(namespace, entry.object_id, entry.time_ms)
+
+    def _arm(
+        self,
+        key: _Key,
+        namespace: DurableObjectNamespace,
+        at: int | None,
+        *,
+        retry: int,
+        scheduled: int | None,
+    ) -> None:
+        old = self._timers.pop(key, None)
+        if old is not None:
+            old.cancel()
+        if at is None or scheduled is None:
+            return
+
+        def fire() -> None:
+            self._timers.pop(key, None)
+            self._running.add(key)
+            self._runtime._spawn(self._run, key, namespace, retry, scheduled)
+
+        self._timers[key] = self._runtime.timers.call_at(at, fire)
+
+    async def _run(
+        self, key: _Key, namespace: DurableObjectNamespace, retry: int, scheduled: int
+    ) -> None:
+        runtime = self._runtime
+        failed: BaseException | None = None
+        try:
+            actor = await runtime._actor_for_alarm(namespace, key[1])
+            if getattr(actor.instance, "alarm", None) is None:
+                logger.warning(
+                    "Attempted to run a scheduled alarm without a handler, did you "
+                    "remember to export an alarm() function? (%s %s)",
+                    namespace.object_class.__name__,
+                    key[1],
+                )
+                actor.storage.delete_alarm()  # not retried
+                await actor.wait_durable()
+                return
+            await self._deliver(actor, retry, scheduled)
+        except Exception as exc:
+            failed = exc
+        finally:
+            self._running.discard(key)
+        changed = key in self._changed_while_running
+        at = self._changed_while_running.pop(key, None)
+        if changed:
+            # The handler (or another event) set or deleted the alarm: that
+            # wins over a retry, as in Cloudflare.
+            self._arm(key, namespace, at, retry=0, scheduled=at)
+        elif failed is not None:
+            await self._failed(key, namespace, retry, scheduled, failed)
+
+    async def _deliver(self, actor: Actor, retry: int, scheduled: int) -> None:
+        runtime = self._runtime
+        if not actor.input_gate.is_open:
+            await actor.enter()
+        storage = actor.storage
+        storage._alarm = None  # a running alarm is no longer "set"
+        info = AlarmInfo(
+            retry_count=retry, is_retry=retry > 0, scheduled_time=scheduled
+        )
+        with anyio.CancelScope() as scope:
+            timer = runtime.timers.call_at(
+                runtime.clock.now_ms() + self._timeout_ms, scope.cancel
+            )
+            try:
+                await actor.run(actor.instance.alarm, (info,), {}, "alarm()")
+            finally:
+                timer.cancel()
+        if scope.cancelled_caught:
+            raise AlarmTimeoutError("Alarm exceeded its allowed execution time")
+        key = (actor.namespace._storage_name, str(actor.id))
+        if key not in self._changed_while_running:
+            # Deferred delete: only now that the handler succeeded.
+            storage.delete_alarm()
+            await actor.wait_durable()
+
+    async def _failed(
+        self,
+        key: _Key,
+        namespace: DurableObjectNamespace,
+        retry: int,
+        scheduled: int,
+        error: BaseException,
+    ) -> None:
+        runtime = self._runtime
+        live = namespace._actors.get(namespace._ids.from_string(key[1]))
+        if live is not None:
+            live.storage._forget_alarm()  # the stored alarm stays: read it again
+        if retry < MAX_RETRIES:
+            delay = FIRST_RETRY_MS << retry
+            if self._jitter:
+                delay += int(delay * MAX_JITTER * self._random.random())
+            logger.warning(
+                "alarm() of %s %s failed (attempt %d of %d), retrying in %d ms: %r",
+                namespace.object_class.__name__,
+                key[1],
+                retry + 1,
+                MAX_RETRIES + 1,
+                delay,
+                error,
+            )
+            self._arm(
+                key,
+                namespace,
+                runtime.clock.now_ms() + delay,
+                retry=retry + 1,
+                scheduled=scheduled,
+            )
+            return
+        logger.error(
+            "alarm() of %s %s failed %d times; giving up and deleting it: %r",
+            namespace.object_class.__name__,
+            key[1],
+            MAX_RETRIES + 1,
+            error,
+        )
+        try:
+            actor = await runtime._actor_for_alarm(namespace, key[1])
+            self._running.add(key)
+            try:
+                actor.storage.delete_alarm()
+                await actor.wait_durable()
+            finally:
+                self._running.discard(key)
+                self._changed_while_running.pop(key, None)
+        except Exception:
+            logger.exception("could not delete the abandoned alarm of %s", key[1])
+
+    def cancel_all(self) -> None:
+        """Forget every scheduled alarm (the runtime is stopping)."""
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
