@@ -48,9 +48,9 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import anyio
 import anyio.lowlevel
 
-from pyobjects import DurableObject, DurableObjectState, Runtime, __version__
+from pyobjects import AlarmInfo, DurableObject, DurableObjectState, Runtime, __version__
 from pyobjects.storage import SQLiteBackend
-from pyobjects.testing import run_in_durable_object
+from pyobjects.testing import ManualClock, run_in_durable_object
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -82,6 +82,7 @@ class Sizes:
     latency_calls: int  # timed calls per latency round (rpc, get)
     seconds: float  # time box of one throughput round
     peak_objects: int  # distinct ids called by each peak-memory child
+    alarm_objects: int  # objects with an alarm in the alarms benchmark
 
 
 FULL = Sizes(
@@ -91,6 +92,7 @@ FULL = Sizes(
     latency_calls=100_000,
     seconds=1.0,
     peak_objects=1_000_000,
+    alarm_objects=100_000,
 )
 QUICK = Sizes(
     rounds=2,
@@ -99,6 +101,7 @@ QUICK = Sizes(
     latency_calls=15_000,
     seconds=0.25,
     peak_objects=100_000,
+    alarm_objects=10_000,
 )
 
 
@@ -563,6 +566,66 @@ async def bench_new_objects(sizes: Sizes, ctx: Context) -> list[Result]:
     ]
 
 
+# -- 4b. Many alarms ------------------------------------------------------------
+
+
+class Alarmed(DurableObject):
+    """Sets an alarm when asked; counts the alarms that fire."""
+
+    fired = 0
+
+    async def arm(self, at: int) -> None:
+        self.ctx.storage.set_alarm(at)
+
+    async def alarm(self, info: AlarmInfo) -> None:
+        type(self).fired += 1
+
+
+async def bench_alarms(sizes: Sizes, ctx: Context) -> list[Result]:
+    del ctx
+    n = sizes.alarm_objects
+    clock = ManualClock()
+    Alarmed.fired = 0
+    async with Runtime(
+        bindings={"A": Alarmed}, clock=clock, idle_timeout=IDLE_TIMEOUT
+    ) as rt:
+        ns = rt.env.A
+        start = clock.now_ms()
+        began = time.perf_counter()
+        for i in range(n):
+            # Due 20 s from now, 10 alarms per millisecond after that.
+            await ns.get_by_name(f"a{i}").arm(start + 20_000 + i // 10)
+            if i % 10_000 == 9_999:
+                await clock.advance(1_000)  # lets idle instances be evicted
+        set_seconds = time.perf_counter() - began
+        scheduled = rt.alarms.scheduled
+        began = time.perf_counter()
+        await clock.advance(start + 20_000 + n // 10 + 1 - clock.now_ms())
+        fire_seconds = time.perf_counter() - began
+        fired = Alarmed.fired
+    if fired != n or scheduled != n:
+        raise SystemExit(f"alarms: {scheduled} scheduled and {fired} fired of {n}")
+    return [
+        result(
+            "alarms.set",
+            f"set_alarm() on {n:,} objects (one call each)",
+            n / set_seconds,
+            "ops/s",
+            scheduled=scheduled,
+        ),
+        result(
+            "alarms.fire",
+            f"alarms fired and deleted, {n:,} objects",
+            n / fire_seconds,
+            "ops/s",
+            fired=fired,
+            peak_rss_mib=round(
+                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
+            ),
+        ),
+    ]
+
+
 # -- 5. Peak memory (child processes) -----------------------------------------
 
 
@@ -692,6 +755,7 @@ BENCHMARKS: dict[str, Callable[[Sizes, Context], Awaitable[list[Result]]]] = {
     "raw-sqlite": bench_raw_sqlite,
     "incr-sqlite": bench_incr_sqlite,
     "new-objects": bench_new_objects,
+    "alarms": bench_alarms,
     "peak-memory": bench_peak_memory,
 }
 
