@@ -515,3 +515,41 @@ async def test_helpers_refuse_stubs_of_a_runtime_that_is_not_running() -> None:
 
 def test_alarm_logging_is_quiet_by_default() -> None:
     assert logging.getLogger("pyobjects").level in (logging.NOTSET, logging.WARNING)
+
+
+async def test_crash_and_restart_keeps_a_runtime_made_memory_backend() -> None:
+    class Note(DurableObject):
+        async def write(self) -> None:
+            self.ctx.storage.put("k", "v")
+
+        async def read(self) -> Any:
+            return await self.ctx.storage.get("k")
+
+    async with Runtime(bindings={"N": Note}) as rt:
+        await rt.env.N.get_by_name("a").write()
+        async with crash_and_restart(rt) as rt2:
+            assert rt2.storage is rt.storage
+            assert await rt2.env.N.get_by_name("a").read() == "v"
+
+
+async def test_setting_the_same_alarm_time_writes_nothing(
+    make_runtime: MakeRuntime, manual_clock: ManualClock
+) -> None:
+    from pyobjects.storage import MemoryBackend
+
+    from .helpers import ControlledBackend
+
+    controlled = ControlledBackend(MemoryBackend())
+    rt = await make_runtime({"R": Reminder}, storage=controlled)
+    stub = rt.env.R.get_by_name("r")
+    at = manual_clock.now_ms() + 5_000
+
+    async def body(obj: Reminder, ctx: pyobjects.DurableObjectState) -> None:
+        ctx.storage.set_alarm(at)
+        await ctx.storage.sync()
+        ctx.storage.set_alarm(at)  # no write
+        exact = dt.datetime.fromtimestamp(at / 1000, tz=dt.UTC)
+        ctx.storage.set_alarm(exact + dt.timedelta(microseconds=999))  # same ms
+
+    await run_in_durable_object(stub, body)
+    assert [c.alarm for c in controlled.commits if c.alarm_changed] == [at]

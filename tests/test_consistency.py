@@ -744,3 +744,23 @@ async def test_an_evicted_instance_fails_clearly_if_still_referenced() -> None:
             kept[0].storage.put("x", 1)
         with pytest.raises(RuntimeError, match="was evicted"):
             kept[0].now_ms()
+
+
+async def test_closing_the_runtime_commits_writes_of_running_events() -> None:
+    backend = MemoryBackend()
+
+    class Slow(DurableObject):
+        async def slow(self) -> None:
+            self.ctx.storage.put("k", 1)
+            await anyio.sleep_forever()
+
+        async def read(self) -> Any:
+            return await self.ctx.storage.get("k")
+
+    async with anyio.create_task_group() as tg:
+        async with Runtime(bindings={"S": Slow}, storage=backend) as rt:
+            tg.start_soon(rt.env.S.get_by_name("s").slow)
+            await anyio.wait_all_tasks_blocked()
+        tg.cancel_scope.cancel()
+    async with Runtime(bindings={"S": Slow}, storage=backend) as rt:
+        assert await rt.env.S.get_by_name("s").read() == 1

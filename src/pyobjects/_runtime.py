@@ -105,6 +105,11 @@ class Runtime:
         max_queued_events: Events that may wait at one object's input gate
             before further calls fail with ``OverloadedError``; ``None``
             means no limit.
+        alarm_timeout: Seconds an ``alarm()`` handler may run before it is
+            cancelled and counted as a failure (Cloudflare: 15 minutes).
+        alarm_retry_jitter: Add up to 25 % to alarm retry delays. ``None``
+            (the default) means yes, unless the clock is deterministic (a
+            ``ManualClock``), so that tests see exact retry times.
     """
 
     def __init__(
@@ -389,9 +394,13 @@ class Runtime:
                 await actor.flush()
 
     async def _flush_all(self) -> None:
+        """Commit every pending write, including those of events still running."""
         while self._dirty:
             dirty, self._dirty = self._dirty, []
             for actor in dirty:
+                await actor.flush()
+        for actor in self._live_actors():
+            if actor.flush_scheduled:
                 await actor.flush()
 
     # -- eviction ------------------------------------------------------------

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextvars
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, cast, final, overload
 
 import anyio
@@ -151,6 +151,9 @@ def encode_value(value: object) -> bytes:
     return data
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _alarm_ms(when: object) -> int:
     """Turn an alarm time (epoch ms or an aware datetime) into epoch ms."""
     if isinstance(when, datetime):
@@ -159,7 +162,8 @@ def _alarm_ms(when: object) -> int:
                 "set_alarm() needs a timezone-aware datetime (or epoch milliseconds); "
                 f"got the naive {when!r}"
             )
-        ms = round(when.timestamp() * 1000)
+        # Exact integer arithmetic, truncated to the millisecond like a float.
+        ms = (when - _EPOCH) // timedelta(milliseconds=1)
     elif isinstance(when, (int, float)) and not isinstance(when, bool):
         if when != when or when in (float("inf"), float("-inf")):
             raise TypeError(f"set_alarm() needs a finite time, not {when!r}")
@@ -556,9 +560,9 @@ class Storage:
         Mirrors ``storage.getAlarm()``.
         """
         self._owner.check_usable()
-        for layer in (*reversed(self._visible_layers()), *reversed(self._inflight)):
-            if layer.alarm_changed:
-                return layer.alarm
+        known = self._known_alarm()
+        if known is not _MISS:
+            return known
         if self._alarm is _MISS:
             owner = self._owner
             owner.hold_input()
@@ -569,6 +573,13 @@ class Storage:
             owner.check_usable()
             if self._alarm is _MISS:
                 self._alarm = alarm
+        return self._alarm
+
+    def _known_alarm(self) -> int | None:
+        """The alarm as known without a backend read (_MISS if unknown)."""
+        for layer in (*reversed(self._visible_layers()), *reversed(self._inflight)):
+            if layer.alarm_changed:
+                return layer.alarm
         return self._alarm
 
     def set_alarm(self, when: float | datetime) -> _Done[None]:
@@ -586,6 +597,8 @@ class Storage:
         ms = _alarm_ms(when)
         self._owner.check_alarm_allowed()
         ms = max(ms, self._owner.now_ms())
+        if self._known_alarm() == ms:
+            return _DONE_NONE  # already set to that time: no write (Cloudflare)
         layer = self._record()
         layer.alarm_changed = True
         layer.alarm = ms

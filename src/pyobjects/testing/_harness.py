@@ -161,7 +161,9 @@ async def crash_and_restart(runtime: Runtime) -> AsyncIterator[Runtime]:
             f"crash_and_restart() takes a Runtime, not {type(runtime).__name__}"
         )
     await runtime._crash()
-    async with Runtime(**runtime._options) as fresh:
+    # The very same backend and clock (also when the runtime made its own).
+    options = dict(runtime._options, storage=runtime.storage, clock=runtime.clock)
+    async with Runtime(**options) as fresh:
         yield fresh
 
 
