@@ -1,6 +1,6 @@
 """Pluggable storage: the backend protocol and the built-in backends."""
 
-from ._api import Storage as Storage, Transaction as Transaction
+from ._api import Storage as Storage
 from ._base import (
     AlarmEntry as AlarmEntry,
     ListQuery as ListQuery,
@@ -8,6 +8,7 @@ from ._base import (
     StorageBackend as StorageBackend,
     WriteBatch as WriteBatch,
 )
+from ._transaction import Transaction as Transaction
 from .memory import MemoryBackend as MemoryBackend
 from .sqlite import SQLiteBackend as SQLiteBackend
 

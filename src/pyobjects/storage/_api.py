@@ -17,11 +17,10 @@ batches being committed, then the clean cache, then the backend.
 
 from __future__ import annotations
 
-import contextvars
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, cast, final, overload
+from typing import TYPE_CHECKING, Any, TypeVar, cast, final, overload
 
 import anyio
 
@@ -30,14 +29,15 @@ from pyobjects._errors import StorageError, StorageLimitError, TransactionError
 from pyobjects._serialization import MAX_VALUE_BYTES, decode, encode
 
 from ._base import ListQuery, WriteBatch
+from ._layers import _DONE_NONE, _MISS, _Done, _Layer, in_transaction
+from ._transaction import Transaction, _TransactionContext
 
 if TYPE_CHECKING:
     import builtins
-    from types import TracebackType
 
     from ._base import ObjectStore
 
-__all__ = ["Storage", "StorageOwner", "Transaction"]
+__all__ = ["Storage", "StorageOwner"]
 
 T = TypeVar("T")
 
@@ -46,44 +46,6 @@ MAX_BATCH_KEYS = 128
 # Clean values kept in memory per object (Cloudflare's KV cache soft limit is
 # 16 MiB per isolate; this is per object and only saves backend reads).
 CACHE_BYTES = 8 * 1024 * 1024
-
-_MISS: Any = object()  # "not known here, ask the next level"
-
-# The storages whose transaction the current task is inside.
-_in_transaction: contextvars.ContextVar[frozenset[Storage]] = contextvars.ContextVar(
-    "pyobjects_in_transaction", default=frozenset()
-)
-
-
-class _Done(Generic[T]):
-    """An awaitable that is already finished (the result of a recorded write)."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: T) -> None:
-        self._value = value
-
-    def __await__(self) -> Generator[Any, None, T]:
-        return self._value
-        yield  # type: ignore[unreachable]  # makes this a generator; never runs
-
-
-_DONE_NONE: _Done[None] = _Done(None)
-
-
-class _Layer:
-    """Writes not yet committed: a pending batch or an open transaction."""
-
-    __slots__ = ("alarm", "alarm_changed", "delete_all", "writes")
-
-    def __init__(self) -> None:
-        self.writes: dict[str, bytes | None] = {}
-        self.delete_all = False
-        self.alarm_changed = False
-        self.alarm: int | None = None
-
-    def __bool__(self) -> bool:
-        return bool(self.writes) or self.delete_all or self.alarm_changed
 
 
 class StorageOwner:
@@ -256,7 +218,7 @@ class Storage:
         writes the pending layer below it.
         """
         layers = self._layers
-        if len(layers) > 1 and self not in _in_transaction.get():
+        if len(layers) > 1 and self not in in_transaction.get():
             return layers[:1]
         return layers
 
@@ -659,7 +621,7 @@ class Storage:
         # event that was already running when this one began) waits until
         # the open one ends. Nested transactions, and tasks started inside
         # one, share it (they see it through the context variable).
-        while len(self._layers) > 1 and self not in _in_transaction.get():
+        while len(self._layers) > 1 and self not in in_transaction.get():
             if self._txn_done is None:
                 self._txn_done = anyio.Event()
             await self._txn_done.wait()
@@ -735,146 +697,3 @@ class Storage:
     def _has_pending(self) -> bool:
         """True while some write is not committed yet."""
         return bool(self._layers[0]) or bool(self._inflight) or len(self._layers) > 1
-
-
-_TXN_OPS = ("get", "put", "delete", "list")
-
-
-@final
-@camel_aliases("delete_all", "get_alarm", "set_alarm", "delete_alarm")
-class Transaction:
-    """The ``txn`` handed to a transaction closure (constructor is private).
-
-    Supports ``get``, ``put``, ``delete``, ``list`` and ``rollback()``. After
-    ``rollback()`` every operation raises; after the closure returns, using
-    ``txn`` raises too.
-    """
-
-    __slots__ = ("_layer", "_state", "_storage")
-
-    def __init__(self, storage: Storage, layer: _Layer) -> None:
-        self._storage = storage
-        self._layer = layer
-        self._state = "open"
-
-    def _check(self, op: str) -> Storage:
-        if self._state == "committed":
-            raise TransactionError(
-                f"Cannot call {op}() on transaction that has already committed: "
-                "did you move `txn` outside of the closure?"
-            )
-        if self._state == "rolled back":
-            raise TransactionError(f"Cannot {op}() on rolled back transaction")
-        return self._storage
-
-    @overload
-    async def get(self, key: str, /) -> Any: ...
-    @overload
-    async def get(
-        self, keys: builtins.list[str] | tuple[str, ...], /
-    ) -> dict[str, Any]: ...
-
-    async def get(self, key: str | builtins.list[str] | tuple[str, ...], /) -> Any:
-        """Like :meth:`Storage.get`, inside the transaction."""
-        return await self._check("get").get(key)
-
-    @overload
-    def put(self, key: str, value: object, /) -> _Done[None]: ...
-    @overload
-    def put(self, entries: Mapping[str, object], /) -> _Done[None]: ...
-
-    def put(
-        self, key: str | Mapping[str, object], value: object = _MISS, /
-    ) -> _Done[None]:
-        """Like :meth:`Storage.put`, inside the transaction."""
-        return self._check("put").put(key, value)  # type: ignore[arg-type]
-
-    @overload
-    def delete(self, key: str, /) -> _Done[bool]: ...
-    @overload
-    def delete(self, keys: builtins.list[str] | tuple[str, ...], /) -> _Done[int]: ...
-
-    def delete(
-        self, key: str | builtins.list[str] | tuple[str, ...], /
-    ) -> _Done[bool] | _Done[int]:
-        """Like :meth:`Storage.delete`, inside the transaction."""
-        return self._check("delete").delete(key)
-
-    async def list(self, **options: Any) -> dict[str, Any]:
-        """Like :meth:`Storage.list`, inside the transaction."""
-        return await self._check("list").list(**options)
-
-    async def get_alarm(self) -> int | None:
-        """Like :meth:`Storage.get_alarm`, inside the transaction."""
-        return await self._check("get_alarm").get_alarm()
-
-    def set_alarm(self, when: float | datetime) -> _Done[None]:
-        """Like :meth:`Storage.set_alarm`; rolled back with the transaction."""
-        return self._check("set_alarm").set_alarm(when)
-
-    def delete_alarm(self) -> _Done[None]:
-        """Like :meth:`Storage.delete_alarm`; rolled back with the transaction."""
-        return self._check("delete_alarm").delete_alarm()
-
-    def delete_all(self) -> _Done[None]:
-        """Always refused: ``delete_all()`` cannot run inside a transaction."""
-        self._check("delete_all")
-        raise TransactionError("Cannot call delete_all() within a transaction")
-
-    def rollback(self) -> None:
-        """Discard the transaction's writes when the closure ends.
-
-        May be called more than once. The closure's result is still returned.
-        """
-        if self._state == "committed":
-            self._check("rollback")
-        storage = self._storage
-        if storage._layers[-1] is not self._layer:
-            raise TransactionError(
-                "Cannot roll back an outer transaction while a nested transaction "
-                "is still running."
-            )
-        self._state = "rolled back"
-        self._layer.writes.clear()
-        self._layer.alarm_changed = False
-
-
-@final
-class _TransactionContext:
-    """``async with storage.transaction() as txn``."""
-
-    __slots__ = ("_layer", "_storage", "_token", "_txn")
-
-    def __init__(self, storage: Storage) -> None:
-        self._storage = storage
-        self._txn: Transaction | None = None
-        self._layer: _Layer | None = None
-        self._token: contextvars.Token[frozenset[Storage]] | None = None
-
-    async def __aenter__(self) -> Transaction:
-        if self._txn is not None:
-            raise TransactionError("this transaction context was already entered")
-        storage = self._storage
-        self._txn, self._layer = await storage._begin()
-        self._token = _in_transaction.set(_in_transaction.get() | {storage})
-        return self._txn
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        assert self._txn is not None
-        assert self._layer is not None
-        commit = exc_type is None and self._txn._state == "open"
-        if self._token is not None:
-            _in_transaction.reset(self._token)
-        self._storage._end(self._txn, self._layer, commit)
-
-    def __await__(self) -> Generator[Any, None, Self]:
-        raise TypeError(
-            "storage.transaction() without a closure must be used as "
-            "`async with storage.transaction() as txn:`"
-        )
-        yield  # type: ignore[unreachable]

@@ -1,0 +1,51 @@
+"""Building blocks shared by the storage front end and its transactions."""
+
+from __future__ import annotations
+
+import contextvars
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from collections.abc import Generator
+
+__all__ = ["_DONE_NONE", "_MISS", "_Done", "_Layer", "in_transaction"]
+
+T = TypeVar("T")
+
+_MISS: Any = object()  # "not known here, ask the next level"
+
+# The storages (front ends) whose transaction the current task is inside.
+in_transaction: contextvars.ContextVar[frozenset[object]] = contextvars.ContextVar(
+    "pyobjects_in_transaction", default=frozenset()
+)
+
+
+class _Done(Generic[T]):
+    """An awaitable that is already finished (the result of a recorded write)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: T) -> None:
+        self._value = value
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self._value
+        yield  # type: ignore[unreachable]  # makes this a generator; never runs
+
+
+_DONE_NONE: _Done[None] = _Done(None)
+
+
+class _Layer:
+    """Writes not yet committed: a pending batch or an open transaction."""
+
+    __slots__ = ("alarm", "alarm_changed", "delete_all", "writes")
+
+    def __init__(self) -> None:
+        self.writes: dict[str, bytes | None] = {}
+        self.delete_all = False
+        self.alarm_changed = False
+        self.alarm: int | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.writes) or self.delete_all or self.alarm_changed
