@@ -400,3 +400,26 @@ async def test_serialization_errors_say_where(runtime: Runtime) -> None:
         with pytest.raises(pyobjects.SerializationError) as info:
             await rt.env.BOX.get_by_name("x").echo(1, extra=object())
         assert any("keyword argument" in n for n in info.value.__notes__)
+
+
+async def test_rpc_messages_are_limited_to_32_mib(runtime: Runtime) -> None:
+    big = b"x" * (32 * 1024 * 1024 + 1)
+    async with runtime as rt:
+        stub = rt.env.BOX.get_by_name("big")
+        with pytest.raises(
+            pyobjects.MessageTooLargeError, match="limited to 32MiB"
+        ) as info:
+            await stub.echo(big)
+        assert info.value.limit == 32 * 1024 * 1024
+        assert info.value.size > info.value.limit
+        with pytest.raises(pyobjects.MessageTooLargeError):
+            await stub.echo(["y" * (33 * 1024 * 1024)])
+        assert await stub.echo(b"x" * 1024) == b"x" * 1024
+
+        class Huge(DurableObject):
+            async def give(self) -> bytes:
+                return b"z" * (33 * 1024 * 1024)
+
+        async with Runtime(bindings={"H": Huge}) as rt2:
+            with pytest.raises(pyobjects.MessageTooLargeError):
+                await rt2.env.H.get_by_name("h").give()

@@ -9,6 +9,7 @@
     │   ├── SerializationError(StorageError, TypeError)  value the codec cannot encode
     │   ├── TransactionError(StorageError, RuntimeError) misuse of a transaction
     │   └── SqlError                                     wraps sqlite3.Error
+    ├── MessageTooLargeError(PyObjectsError, ValueError)  RPC message over 32 MiB
     ├── DurableObjectError       flags: retryable / overloaded / durable_object_reset
     │   ├── DurableObjectResetError   the instance was reset (abort, failed commit, ...)
     │   └── OverloadedError           overloaded = True
@@ -25,6 +26,7 @@ __all__ = [
     "DurableObjectError",
     "DurableObjectResetError",
     "InvalidIdError",
+    "MessageTooLargeError",
     "OverloadedError",
     "PyObjectsError",
     "RuntimeClosedError",
@@ -79,6 +81,22 @@ class StorageLimitError(StorageError, ValueError):
 
 class SerializationError(StorageError, TypeError):
     """A value cannot be encoded by the storage codec."""
+
+
+class MessageTooLargeError(PyObjectsError, ValueError):
+    """An RPC argument list or result is over the 32 MiB message limit.
+
+    ``limit`` and ``size`` hold the limit and the encoded size in bytes.
+    """
+
+    def __init__(self, *, limit: int, size: int) -> None:
+        self.limit = limit
+        self.size = size
+        super().__init__(
+            f"Serialized RPC arguments or return values are limited to "
+            f"{limit // (1024 * 1024)}MiB, but the size of this value was: "
+            f"{size} bytes."
+        )
 
 
 class TransactionError(StorageError, RuntimeError):

@@ -44,7 +44,7 @@ from zoneinfo import ZoneInfo
 
 from msgpack import ExtType, Packer, unpackb
 
-from ._errors import SerializationError
+from ._errors import MessageTooLargeError, SerializationError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -52,6 +52,8 @@ if TYPE_CHECKING:
 __all__ = ["MAX_VALUE_BYTES", "copy_args", "copy_value", "decode", "encode"]
 
 MAX_VALUE_BYTES: Final = 131_072
+# Cloudflare's limit on serialized RPC arguments or results (1 << 25).
+MAX_RPC_BYTES: Final = 32 * 1024 * 1024
 """Largest encoded value storage accepts (Cloudflare's KV-backed limit)."""
 
 _MAX_DEPTH: Final = 1024  # msgpack's nesting limit; its unpacker has the same
@@ -402,10 +404,12 @@ def copy_value(value: Any, passthrough: tuple[type, ...] = ()) -> Any:
     # Immutable scalars come back from a round trip equal and of the same
     # type, so skip it. Non-ASCII str still goes through it: a lone
     # surrogate must fail here as it would inside a list.
-    if cls in _SCALARS or (cls is str and value.isascii()) or cls in passthrough:
+    if (cls in _SCALARS or (cls is str and value.isascii()) or cls in passthrough) and (
+        (cls is not bytes and cls is not str) or len(value) <= _FAST_LEN
+    ):
         return value
     if not passthrough:
-        return _unpack(_pack(value, _default), _ext_hook)
+        return _unpack(_checked_size(_pack(value, _default)), _ext_hook)
     refs: list[object] = []
 
     def default(obj: object) -> object:
@@ -419,7 +423,18 @@ def copy_value(value: Any, passthrough: tuple[type, ...] = ()) -> Any:
             return refs[int.from_bytes(data, "big")]
         return _ext_hook(code, data)
 
-    return _unpack(_pack(value, default), ext_hook)
+    return _unpack(_checked_size(_pack(value, default)), ext_hook)
+
+
+# Below this many bytes or characters a str or bytes surely encodes within
+# MAX_RPC_BYTES (a UTF-8 character is at most 4 bytes), so no size check.
+_FAST_LEN: Final = MAX_RPC_BYTES // 4 - 16
+
+
+def _checked_size(data: bytes) -> bytes:
+    if len(data) > MAX_RPC_BYTES:
+        raise MessageTooLargeError(limit=MAX_RPC_BYTES, size=len(data))
+    return data
 
 
 def copy_args(
@@ -436,7 +451,12 @@ def copy_args(
         for arg in args:
             cls = type(arg)
             if not (
-                cls in _SCALARS or (cls is str and arg.isascii()) or cls in passthrough
+                (
+                    cls in _SCALARS
+                    or (cls is str and arg.isascii())
+                    or cls in passthrough
+                )
+                and ((cls is not bytes and cls is not str) or len(arg) <= _FAST_LEN)
             ):
                 break
         else:

@@ -165,4 +165,5 @@ class DurableObjectStub:
         return f"<DurableObjectStub {self._namespace._binding_name} {self.id!r}>"
 
 
-_IMMUTABLE = frozenset({type(None), bool, int, str, float, bytes})
+# str and bytes go through copy_value, which checks the 32 MiB limit.
+_IMMUTABLE = frozenset({type(None), bool, int, float})
