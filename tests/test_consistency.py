@@ -764,3 +764,36 @@ async def test_closing_the_runtime_commits_writes_of_running_events() -> None:
         tg.cancel_scope.cancel()
     async with Runtime(bindings={"S": Slow}, storage=backend) as rt:
         assert await rt.env.S.get_by_name("s").read() == 1
+
+
+async def test_background_writes_are_committed_every_time_the_object_goes_idle() -> (
+    None
+):
+    clock = ManualClock()
+    backend = MemoryBackend()
+
+    class Bg(DurableObject):
+        async def later(self, key: str) -> None:
+            async def write() -> None:
+                await clock.sleep_until(clock.now_ms() + 100)
+                self.ctx.storage.put(key, True)
+
+            self.ctx.wait_until(write())
+
+    async with Runtime(
+        bindings={"B": Bg}, storage=backend, clock=clock, idle_timeout=1
+    ) as rt:
+        stub = rt.env.B.get_by_name("x")
+        for key in ("first", "second", "third"):
+            await stub.later(key)
+            await clock.advance(100)  # the background write ran; object idle
+        store = backend.open(rt.env.B._storage_name, str(stub.id))
+        assert sorted(
+            k for k, _ in await store.list(pyobjects.storage.ListQuery())
+        ) == [
+            "first",
+            "second",
+            "third",
+        ]
+        await clock.advance(1_000)
+        assert rt._live_actors() == []  # quiescent, so evicted

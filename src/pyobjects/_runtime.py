@@ -391,6 +391,7 @@ class Runtime:
                 await self._flush_wakeup.wait()
             dirty, self._dirty = self._dirty, []
             for actor in dirty:
+                actor.flush_queued = False
                 await actor.flush()
 
     async def _flush_all(self) -> None:
@@ -398,6 +399,7 @@ class Runtime:
         while self._dirty:
             dirty, self._dirty = self._dirty, []
             for actor in dirty:
+                actor.flush_queued = False
                 await actor.flush()
         for actor in self._live_actors():
             if actor.flush_scheduled:
