@@ -553,3 +553,17 @@ async def test_setting_the_same_alarm_time_writes_nothing(
 
     await run_in_durable_object(stub, body)
     assert [c.alarm for c in controlled.commits if c.alarm_changed] == [at]
+
+
+async def test_rearming_alarms_does_not_grow_the_timer_heap(
+    make_runtime: MakeRuntime, manual_clock: ManualClock
+) -> None:
+    rt = await make_runtime({"R": Reminder})
+    stub = rt.env.R.get_by_name("r")
+    far = manual_clock.now_ms() + 86_400_000
+    for i in range(3_000):
+        await stub.schedule(far + i)
+    assert len(rt.timers) <= 2  # the alarm (and the idle sweep)
+    assert len(rt.timers._heap) < 2_100  # cancelled entries get compacted
+    await manual_clock.advance(86_400_000 + 3_000)
+    assert len(Reminder.runs) == 1

@@ -27,22 +27,25 @@ logger = logging.getLogger("pyobjects")
 class TimerHandle:
     """A scheduled callback; :meth:`cancel` it to drop it."""
 
-    __slots__ = ("callback", "cancelled", "deadline_ms", "seq")
+    __slots__ = ("_timers", "callback", "cancelled", "deadline_ms", "seq")
 
     def __init__(
-        self, deadline_ms: int, seq: int, callback: Callable[[], None]
+        self, deadline_ms: int, seq: int, callback: Callable[[], None], timers: Timers
     ) -> None:
         self.deadline_ms = deadline_ms
         self.seq = seq
         self.callback = callback
         self.cancelled = False
+        self._timers = timers
 
     def __lt__(self, other: TimerHandle) -> bool:
         return (self.deadline_ms, self.seq) < (other.deadline_ms, other.seq)
 
     def cancel(self) -> None:
         """Make sure the callback does not run."""
-        self.cancelled = True
+        if not self.cancelled:
+            self.cancelled = True
+            self._timers._cancelled_one()
 
 
 class Timers:
@@ -54,10 +57,26 @@ class Timers:
         self._counter = itertools.count()
         self._wake: anyio.Event | None = None
         self._sleep_scope: anyio.CancelScope | None = None
+        self._cancelled = 0  # cancelled handles still in the heap
+
+    def __len__(self) -> int:
+        """Number of live (not cancelled) deadlines."""
+        return len(self._heap) - self._cancelled
+
+    def _cancelled_one(self) -> None:
+        # Cancelled handles leave the heap lazily, when they reach the top;
+        # an object re-arming a far-away alarm on every call would otherwise
+        # grow the heap without bound. Rebuild it once most of it is dead.
+        self._cancelled += 1
+        heap = self._heap
+        if self._cancelled > 1024 and self._cancelled * 2 > len(heap):
+            heap[:] = [h for h in heap if not h.cancelled]
+            heapq.heapify(heap)
+            self._cancelled = 0
 
     def call_at(self, deadline_ms: int, callback: Callable[[], None]) -> TimerHandle:
         """Run *callback* (synchronously, on the timer task) at *deadline_ms*."""
-        handle = TimerHandle(deadline_ms, next(self._counter), callback)
+        handle = TimerHandle(deadline_ms, next(self._counter), callback, self)
         heapq.heappush(self._heap, handle)
         if self._heap[0] is handle:
             # The earliest deadline changed: make the timer task re-plan.
@@ -73,6 +92,7 @@ class Timers:
         while True:
             while heap and heap[0].cancelled:
                 heapq.heappop(heap)
+                self._cancelled -= 1
             if not heap:
                 self._wake = anyio.Event()
                 await self._wake.wait()
@@ -81,6 +101,7 @@ class Timers:
             first = heap[0]
             if first.deadline_ms <= self._clock.now_ms():
                 heapq.heappop(heap)
+                first.cancelled = True  # out of the heap: a late cancel() is a no-op
                 try:
                     first.callback()
                 except Exception:  # a bug, but it must not stop every timer
