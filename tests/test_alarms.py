@@ -567,3 +567,24 @@ async def test_rearming_alarms_does_not_grow_the_timer_heap(
     assert len(rt.timers._heap) < 2_100  # cancelled entries get compacted
     await manual_clock.advance(86_400_000 + 3_000)
     assert len(Reminder.runs) == 1
+
+
+async def test_a_stale_index_entry_does_not_fire_a_deleted_alarm(
+    make_runtime: MakeRuntime, manual_clock: ManualClock
+) -> None:
+    rt = await make_runtime({"R": Reminder})
+    stub = rt.env.R.get_by_name("r")
+    at = manual_clock.now_ms() + 1_000
+    await stub.schedule(at)
+    await stub.cancel()
+    # Pretend the index still lists it (a crash between the two writes).
+    rt.alarms.set(rt.env.R, str(stub.id), at)
+    await manual_clock.advance(1_000)
+    assert Reminder.runs == []
+    # ... and an entry older than the stored time follows the stored time.
+    await stub.schedule(at + 5_000)
+    rt.alarms.set(rt.env.R, str(stub.id), at + 1_000)
+    await manual_clock.advance(1_000)
+    assert Reminder.runs == []
+    await manual_clock.advance(4_000)
+    assert [r[2] for r in Reminder.runs] == [at + 5_000]

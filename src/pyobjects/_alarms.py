@@ -138,6 +138,17 @@ class AlarmScheduler:
                 actor.storage.delete_alarm()  # not retried
                 await actor.wait_durable()
                 return
+            if not actor.input_gate.is_open:
+                await actor.enter()
+            # The object's own storage has the last word (the cross-object
+            # index may hold a stale entry): skip a deleted alarm, and follow
+            # one that was moved later.
+            stored = await actor.storage.get_alarm()
+            if stored is None:
+                return
+            if stored > runtime.clock.now_ms():
+                self._arm(key, namespace, stored, retry=0, scheduled=stored)
+                return
             await self._deliver(actor, retry, scheduled)
         except Exception as exc:
             failed = exc
