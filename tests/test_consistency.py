@@ -797,3 +797,30 @@ async def test_background_writes_are_committed_every_time_the_object_goes_idle()
         ]
         await clock.advance(1_000)
         assert rt._live_actors() == []  # quiescent, so evicted
+
+
+async def test_a_commit_stuck_for_30_seconds_resets_the_object() -> None:
+    clock = ManualClock()
+    controlled = ControlledBackend(MemoryBackend())
+    controlled.hold = anyio.Event()
+    async with Runtime(bindings={"C": Counter}, storage=controlled, clock=clock) as rt:
+        stub = rt.env.C.get_by_name("x")
+        errors: list[DurableObjectResetError] = []
+
+        async def call() -> None:
+            try:
+                await stub.increment()
+            except DurableObjectResetError as exc:
+                errors.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call)
+            await clock.advance(29_999)
+            assert errors == []
+            await clock.advance(1)
+            assert len(errors) == 1
+            controlled.hold.set()  # the stuck commit finishing later is harmless
+        assert "exceeded timeout which caused object to be reset" in str(errors[0])
+        assert errors[0].overloaded
+        assert not errors[0].retryable
+        assert await rt.env.C.get_by_name("x").bump_memory() == 1  # a fresh instance

@@ -19,7 +19,7 @@ import inspect
 import logging
 from time import perf_counter_ns
 from types import CoroutineType
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -30,11 +30,12 @@ from ._state import BlockConcurrencyHandle, DurableObjectState
 from .storage._api import Storage, StorageOwner
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Coroutine, Generator
 
     from ._ids import DurableObjectId
     from ._namespace import DurableObjectNamespace
     from ._runtime import Runtime
+    from ._timers import TimerHandle
     from .storage._base import ObjectStore
 
 logger = logging.getLogger("pyobjects")
@@ -58,6 +59,9 @@ current_actor: contextvars.ContextVar[Actor | None] = contextvars.ContextVar(
 # share one commit (group commit). Faster commits (the memory backend) are
 # always done at once, and so is every commit when only one call is running.
 GROUP_COMMIT_NS = 20_000
+# A commit still waiting after this long resets the object (Cloudflare's
+# output-gate timeout: "storage operation exceeded timeout").
+OUTPUT_GATE_TIMEOUT_MS = 30_000
 
 
 def flag_reset(error: BaseException) -> BaseException:
@@ -91,6 +95,46 @@ def visible_id(object_id: DurableObjectId) -> DurableObjectId:
     return object_id
 
 
+class _WatchSuspend(Generic[T]):
+    """Await a coroutine, calling *on_suspend* if (and when) it first suspends.
+
+    The same as ``await coro``, step for step (values and exceptions pass
+    through to and from the event loop unchanged), with one hook.
+    """
+
+    __slots__ = ("_coro", "_on_suspend")
+
+    def __init__(
+        self, coro: Coroutine[Any, Any, T], on_suspend: Callable[[], None]
+    ) -> None:
+        self._coro = coro
+        self._on_suspend = on_suspend
+
+    def __await__(self) -> Generator[Any, Any, T]:
+        coro = self._coro
+        try:
+            value = coro.send(None)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        self._on_suspend()
+        while True:
+            try:
+                sent = yield value
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # passed on into coro
+                try:
+                    value = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value  # type: ignore[no-any-return]
+            else:
+                try:
+                    value = coro.send(sent)
+                except StopIteration as stop:
+                    return stop.value  # type: ignore[no-any-return]
+
+
 class _Evicted:
     """Stands in for an evicted instance behind its old ``ctx`` and storage."""
 
@@ -111,7 +155,6 @@ class Actor(StorageOwner):
 
     __slots__ = (
         "active",
-        "bcw_scopes",
         "broken",
         "commit_ns",
         "constructing",
@@ -128,6 +171,7 @@ class Actor(StorageOwner):
         "instance",
         "namespace",
         "output_gate",
+        "reset_scopes",
         "runtime",
         "storage",
         "store",
@@ -161,7 +205,7 @@ class Actor(StorageOwner):
         self.commit_ns = 0
         self.idle_since = 0
         self.idle_queued_at = 0
-        self.bcw_scopes: list[anyio.CancelScope] = []
+        self.reset_scopes: list[anyio.CancelScope] = []
 
     def construct(self) -> None:
         """Run the user's constructor (synchronously)."""
@@ -294,7 +338,7 @@ class Actor(StorageOwner):
         self.storage._discard()
         self.input_gate.fail_all()
         self.output_gate.fail()
-        for scope in self.bcw_scopes:
+        for scope in self.reset_scopes:
             scope.cancel()
         self.store.close()
 
@@ -326,10 +370,28 @@ class Actor(StorageOwner):
         self.flushing = True
         self.flushing_seq = seq
         started = perf_counter_ns()
+        timer: TimerHandle | None = None
+
+        def suspended() -> None:
+            # Only a commit that really waits (a server-backed store) gets a
+            # deadline; local commits finish without suspending.
+            nonlocal timer
+            runtime = self.runtime
+            timer = runtime.timers.call_at(
+                runtime.clock.now_ms() + OUTPUT_GATE_TIMEOUT_MS, self._commit_timed_out
+            )
+
         try:
             if self.runtime._commit_faults:
                 self.runtime._injected_fault(self)
-            await self.store.commit(batch)
+            # A reset while the commit waits cancels it, so that the task
+            # running it (often a caller, committing inline) is released too.
+            with anyio.CancelScope() as scope:
+                self.reset_scopes.append(scope)
+                try:
+                    await _WatchSuspend(self.store.commit(batch), suspended)
+                finally:
+                    self.reset_scopes.remove(scope)
         except Exception as exc:
             error = DurableObjectResetError(
                 f"Durable Object storage commit failed, so the object was reset: {exc}"
@@ -339,11 +401,31 @@ class Actor(StorageOwner):
             return
         finally:
             self.flushing = False
+            if timer is not None:
+                timer.cancel()
+        if self._was_reset():
+            return  # reset while the commit was in flight: nothing to deliver
         self.commit_ns = (self.commit_ns * 3 + perf_counter_ns() - started) >> 2
         self.storage._batch_done(layer, batch)
         gate.confirmed(seq)
         if batch.alarm_changed:
             self.runtime.alarms.set(self.namespace, str(self.id), batch.alarm)
+
+    def _was_reset(self) -> bool:
+        # A method, not an inline test: type checkers keep `self.broken`
+        # narrowed across an await, but another task may have set it.
+        return self.broken is not None
+
+    def _commit_timed_out(self) -> None:
+        if not self.flushing:
+            return
+        error = DurableObjectResetError(
+            "Durable Object storage operation exceeded timeout which caused object "
+            "to be reset."
+        )
+        error.overloaded = True
+        error.retryable = False
+        self.break_(error)
 
     # -- events --------------------------------------------------------------
 
@@ -415,7 +497,7 @@ class Actor(StorageOwner):
         _bcw_depth.set(depth)
         current_actor.set(self)
         scope = anyio.CancelScope()
-        self.bcw_scopes.append(scope)
+        self.reset_scopes.append(scope)
         runtime = self.runtime
         timer = runtime.timers.call_at(
             runtime.clock.now_ms() + runtime._bcw_timeout_ms, self._bcw_timed_out
@@ -433,7 +515,7 @@ class Actor(StorageOwner):
                 handle._set(result, None)
         finally:
             timer.cancel()
-            self.bcw_scopes.remove(scope)
+            self.reset_scopes.remove(scope)
             self.input_gate.open()
             self.end()
 
