@@ -19,7 +19,7 @@ import inspect
 import logging
 from time import perf_counter_ns
 from types import CoroutineType
-from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from ._ids import DurableObjectId
     from ._namespace import DurableObjectNamespace
     from ._runtime import Runtime
-    from ._timers import TimerHandle
     from .storage._base import ObjectStore
 
 logger = logging.getLogger("pyobjects")
@@ -95,28 +94,23 @@ def visible_id(object_id: DurableObjectId) -> DurableObjectId:
     return object_id
 
 
-class _WatchSuspend(Generic[T]):
-    """Await a coroutine, calling *on_suspend* if (and when) it first suspends.
+class _Resume:
+    """Go on awaiting a coroutine whose first step already ran.
 
-    The same as ``await coro``, step for step (values and exceptions pass
-    through to and from the event loop unchanged), with one hook.
+    ``first`` is what that step yielded (for the event loop); from there on
+    this is ``await coro``, step for step: values and exceptions pass through
+    to and from the event loop unchanged.
     """
 
-    __slots__ = ("_coro", "_on_suspend")
+    __slots__ = ("_coro", "_first")
 
-    def __init__(
-        self, coro: Coroutine[Any, Any, T], on_suspend: Callable[[], None]
-    ) -> None:
+    def __init__(self, coro: Coroutine[Any, Any, Any], first: Any) -> None:
         self._coro = coro
-        self._on_suspend = on_suspend
+        self._first = first
 
-    def __await__(self) -> Generator[Any, Any, T]:
+    def __await__(self) -> Generator[Any, Any, Any]:
         coro = self._coro
-        try:
-            value = coro.send(None)
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
-        self._on_suspend()
+        value = self._first
         while True:
             try:
                 sent = yield value
@@ -127,12 +121,12 @@ class _WatchSuspend(Generic[T]):
                 try:
                     value = coro.throw(exc)
                 except StopIteration as stop:
-                    return stop.value  # type: ignore[no-any-return]
+                    return stop.value
             else:
                 try:
                     value = coro.send(sent)
                 except StopIteration as stop:
-                    return stop.value  # type: ignore[no-any-return]
+                    return stop.value
 
 
 class _Evicted:
@@ -370,28 +364,17 @@ class Actor(StorageOwner):
         self.flushing = True
         self.flushing_seq = seq
         started = perf_counter_ns()
-        timer: TimerHandle | None = None
-
-        def suspended() -> None:
-            # Only a commit that really waits (a server-backed store) gets a
-            # deadline; local commits finish without suspending.
-            nonlocal timer
-            runtime = self.runtime
-            timer = runtime.timers.call_at(
-                runtime.clock.now_ms() + OUTPUT_GATE_TIMEOUT_MS, self._commit_timed_out
-            )
-
         try:
             if self.runtime._commit_faults:
                 self.runtime._injected_fault(self)
-            # A reset while the commit waits cancels it, so that the task
-            # running it (often a caller, committing inline) is released too.
-            with anyio.CancelScope() as scope:
-                self.reset_scopes.append(scope)
-                try:
-                    await _WatchSuspend(self.store.commit(batch), suspended)
-                finally:
-                    self.reset_scopes.remove(scope)
+            commit = self.store.commit(batch)
+            try:
+                # Local backends finish here, without suspending: the hot path.
+                first = commit.send(None)
+            except StopIteration:
+                pass
+            else:
+                await self._commit_slowly(commit, first)
         except Exception as exc:
             error = DurableObjectResetError(
                 f"Durable Object storage commit failed, so the object was reset: {exc}"
@@ -401,8 +384,6 @@ class Actor(StorageOwner):
             return
         finally:
             self.flushing = False
-            if timer is not None:
-                timer.cancel()
         if self._was_reset():
             return  # reset while the commit was in flight: nothing to deliver
         self.commit_ns = (self.commit_ns * 3 + perf_counter_ns() - started) >> 2
@@ -410,6 +391,27 @@ class Actor(StorageOwner):
         gate.confirmed(seq)
         if batch.alarm_changed:
             self.runtime.alarms.set(self.namespace, str(self.id), batch.alarm)
+
+    async def _commit_slowly(
+        self, commit: Coroutine[Any, Any, None], first: Any
+    ) -> None:
+        """Finish a commit that suspended (a server-backed store).
+
+        Only such a commit gets the output-gate deadline, and a reset while it
+        waits cancels it, so that the task running it (often a caller,
+        committing inline) is released at once.
+        """
+        runtime = self.runtime
+        timer = runtime.timers.call_at(
+            runtime.clock.now_ms() + OUTPUT_GATE_TIMEOUT_MS, self._commit_timed_out
+        )
+        with anyio.CancelScope() as scope:
+            self.reset_scopes.append(scope)
+            try:
+                await _Resume(commit, first)
+            finally:
+                self.reset_scopes.remove(scope)
+                timer.cancel()
 
     def _was_reset(self) -> bool:
         # A method, not an inline test: type checkers keep `self.broken`
