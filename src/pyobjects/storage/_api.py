@@ -224,6 +224,20 @@ class Storage:
 
     def _lookup(self, key: str) -> bytes | None:
         """Return the value known in memory, None if absent, or _MISS."""
+        layers = self._layers
+        if len(layers) == 1 and not self._inflight:
+            # The common case: one pending layer, nothing being committed.
+            pending = layers[0]
+            value = pending.writes.get(key, _MISS)
+            if value is not _MISS:
+                return value  # type: ignore[no-any-return]
+            if pending.delete_all:
+                return None
+            cache = self._cache
+            value = cache.get(key, _MISS)
+            if value is not _MISS:
+                cache.move_to_end(key)
+            return value  # type: ignore[no-any-return]
         for layer in reversed(self._visible_layers()):
             value = layer.writes.get(key, _MISS)
             if value is not _MISS:
@@ -404,10 +418,13 @@ class Storage:
 
     def _record(self) -> _Layer:
         """Return the layer to write into, scheduling a flush if it is pending."""
-        layers = self._visible_layers()
-        if len(layers) == 1:
-            self._owner.on_write()
-        return layers[-1]
+        layers = self._layers
+        if len(layers) > 1:
+            layers = self._visible_layers()
+            if len(layers) > 1:
+                return layers[-1]  # inside a transaction: it commits later
+        self._owner.on_write()
+        return layers[0]
 
     @overload
     def put(self, key: str, value: object, /) -> _Done[None]: ...
@@ -429,7 +446,7 @@ class Storage:
             SerializationError: A value the codec cannot store.
         """
         self._owner.check_usable()
-        if isinstance(key, Mapping):
+        if type(key) is not str and isinstance(key, Mapping):
             if value is not _MISS:
                 raise TypeError(
                     "put() takes either (key, value) or a single dict of entries"
