@@ -222,29 +222,22 @@ class Storage:
             return layers[:1]
         return layers
 
+    def _uncommitted(self) -> builtins.list[_Layer]:
+        """Every uncommitted layer this task sees, oldest first.
+
+        Batches being committed, then the pending layer, then open
+        transactions (see :meth:`_visible_layers`).
+        """
+        layers = self._layers
+        if len(layers) > 1:
+            layers = self._visible_layers()
+        if self._inflight:
+            layers = [*self._inflight, *layers]
+        return layers
+
     def _lookup(self, key: str) -> bytes | None:
         """Return the value known in memory, None if absent, or _MISS."""
-        layers = self._layers
-        if len(layers) == 1 and not self._inflight:
-            # The common case: one pending layer, nothing being committed.
-            pending = layers[0]
-            value = pending.writes.get(key, _MISS)
-            if value is not _MISS:
-                return value  # type: ignore[no-any-return]
-            if pending.delete_all:
-                return None
-            cache = self._cache
-            value = cache.get(key, _MISS)
-            if value is not _MISS:
-                cache.move_to_end(key)
-            return value  # type: ignore[no-any-return]
-        for layer in reversed(self._visible_layers()):
-            value = layer.writes.get(key, _MISS)
-            if value is not _MISS:
-                return value  # type: ignore[no-any-return]
-            if layer.delete_all:
-                return None
-        for layer in reversed(self._inflight):
+        for layer in reversed(self._uncommitted()):  # newest first
             value = layer.writes.get(key, _MISS)
             if value is not _MISS:
                 return value  # type: ignore[no-any-return]
@@ -332,7 +325,7 @@ class Storage:
         """Uncommitted writes in [lo, hi), and whether a delete_all hides the rest."""
         hidden = False
         merged: dict[str, bytes | None] = {}
-        for layer in (*self._inflight, *self._visible_layers()):
+        for layer in self._uncommitted():
             if layer.delete_all:
                 hidden = True
                 merged.clear()
@@ -556,7 +549,7 @@ class Storage:
 
     def _known_alarm(self) -> int | None:
         """The alarm as known without a backend read (_MISS if unknown)."""
-        for layer in (*reversed(self._visible_layers()), *reversed(self._inflight)):
+        for layer in reversed(self._uncommitted()):
             if layer.alarm_changed:
                 return layer.alarm
         return self._alarm
