@@ -182,9 +182,7 @@ class Actor(StorageOwner):
         self.id = visible_id(object_id)
         self.input_gate = InputGate(max_queued=runtime._max_queued_events)
         self.output_gate = OutputGate()
-        self.store: ObjectStore = runtime.storage.open(
-            namespace._storage_name, str(object_id)
-        )
+        self.store: ObjectStore = runtime.open_store(namespace, str(object_id))
         self.storage = Storage(self.store, self, name=self.id.name)
         self.ctx = DurableObjectState(self)
         self.instance: Any = None

@@ -104,7 +104,18 @@ class TransactionError(StorageError, RuntimeError):
 
 
 class SqlError(StorageError):
-    """SQLite rejected a statement; the original ``sqlite3.Error`` is the cause."""
+    """SQLite rejected a statement; the original ``sqlite3.Error`` is the cause.
+
+    The message reads ``<SQLite's message>: SQLITE_<CODE>`` as in Cloudflare.
+    ``code`` is SQLite's primary result code name (``"SQLITE_CONSTRAINT"``),
+    ``extended_code`` the extended one (``"SQLITE_CONSTRAINT_UNIQUE"``) and
+    ``sqlite_message`` SQLite's own text; all three are ``None`` for errors
+    raised by pyobjects itself (a wrong binding count, say).
+    """
+
+    code: str | None = None
+    extended_code: str | None = None
+    sqlite_message: str | None = None
 
 
 class DurableObjectError(PyObjectsError):

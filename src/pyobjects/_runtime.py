@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from anyio.abc import TaskGroup
 
-    from .storage._base import StorageBackend
+    from .storage._base import ObjectStore, StorageBackend
 
 __all__ = ["Env", "Runtime"]
 
@@ -203,6 +203,9 @@ class Runtime:
         await tg.__aenter__()
         self._tg = tg
         self._running = True
+        use_clock = getattr(self.storage, "use_clock", None)
+        if use_clock is not None:  # history timestamps (SQLiteBackend PITR)
+            use_clock(self.clock.now_ms)
         self._spawn(self._flusher)
         self._spawn(self.timers.run)
         try:
@@ -329,6 +332,15 @@ class Runtime:
             raise
         return actor
 
+    def open_store(self, namespace: DurableObjectNamespace, hex_id: str) -> ObjectStore:
+        """Open an object's storage; reschedule its alarm if that restored it."""
+        store = self.storage.open(namespace._storage_name, hex_id)
+        restored = getattr(store, "restored_alarm", False)
+        if restored is not False:
+            # A point-in-time restore replaced the object's data, alarm included.
+            self.alarms.set(namespace, hex_id, restored)
+        return store
+
     async def _actor_for_alarm(
         self, namespace: DurableObjectNamespace, hex_id: str
     ) -> Actor:
@@ -337,7 +349,7 @@ class Runtime:
         actor = namespace._actors.get(object_id)
         if actor is not None:
             return actor
-        store = self.storage.open(namespace._storage_name, hex_id)
+        store = self.open_store(namespace, hex_id)
         try:
             name = await store.get_name()
         finally:

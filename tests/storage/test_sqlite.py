@@ -111,7 +111,8 @@ async def test_a_file_without_the_tables_gets_them(tmp_path: Path) -> None:
     backend = SQLiteBackend(tmp_path)
     store = backend.open(NS, ID1)
     assert await store.list(ListQuery()) == []
-    assert await backend.list_object_ids(NS) == []
+    # A user SQL table is stored data: the object is listed.
+    assert await backend.list_object_ids(NS) == [ID1]
     await store.commit(WriteBatch(writes={"k": b"v"}))
     assert await store.get(["k"]) == {"k": b"v"}
     await backend.aclose()

@@ -17,6 +17,9 @@ batches being committed, then the clean cache, then the backend.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
+import sqlite3
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from datetime import UTC, datetime, timedelta
@@ -30,6 +33,8 @@ from pyobjects._serialization import MAX_VALUE_BYTES, decode, encode
 
 from ._base import ListQuery, WriteBatch
 from ._layers import _DONE_NONE, _MISS, _Done, _Layer, in_transaction
+from ._sql import SqlStorage, wipe_database
+from ._sync_kv import SyncKV
 from ._transaction import Transaction, _TransactionContext
 
 if TYPE_CHECKING:
@@ -116,27 +121,29 @@ def encode_value(value: object) -> bytes:
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _alarm_ms(when: object) -> int:
+def _alarm_ms(when: object, what: str = "set_alarm()") -> int:
     """Turn an alarm time (epoch ms or an aware datetime) into epoch ms."""
     if isinstance(when, datetime):
         if when.tzinfo is None or when.utcoffset() is None:
             raise TypeError(
-                "set_alarm() needs a timezone-aware datetime (or epoch milliseconds); "
+                f"{what} needs a timezone-aware datetime (or epoch milliseconds); "
                 f"got the naive {when!r}"
             )
         # Exact integer arithmetic, truncated to the millisecond like a float.
         ms = (when - _EPOCH) // timedelta(milliseconds=1)
     elif isinstance(when, (int, float)) and not isinstance(when, bool):
         if when != when or when in (float("inf"), float("-inf")):
-            raise TypeError(f"set_alarm() needs a finite time, not {when!r}")
+            raise TypeError(f"{what} needs a finite time, not {when!r}")
         ms = int(when)
     else:
         raise TypeError(
-            "set_alarm() takes epoch milliseconds (int) or an aware datetime, "
+            f"{what} takes epoch milliseconds (int) or an aware datetime, "
             f"not {type(when).__name__}"
         )
     if ms <= 0:
-        raise TypeError("setAlarm() cannot be called with an alarm time <= 0")
+        if what == "set_alarm()":
+            raise TypeError("setAlarm() cannot be called with an alarm time <= 0")
+        raise ValueError(f"{what} needs a time after the epoch, not {when!r}")
     return ms
 
 
@@ -153,7 +160,7 @@ def _prefix_end(prefix: str) -> str | None:
     return None
 
 
-def _drive(coro: Coroutine[Any, Any, T]) -> T:
+def drive(coro: Coroutine[Any, Any, T], what: str = "delete()") -> T:
     """Run a backend coroutine that must finish without suspending."""
     try:
         coro.send(None)
@@ -163,13 +170,39 @@ def _drive(coro: Coroutine[Any, Any, T]) -> T:
     # TODO(#2): backends whose reads suspend (a database server) need delete()
     # to learn existence under the input gate instead of synchronously.
     raise StorageError(
-        "this storage backend suspended during delete(); backends used with "
-        "delete() must answer reads without suspending"
+        f"this storage backend suspended during {what}; backends used with "
+        f"{what} must answer reads without suspending"
     )
 
 
+_NO_SQL = (
+    "This Durable Object is not backed by SQLite storage, so the SQL API is not "
+    "available: its storage backend ({}) does not provide SQL databases. "
+    "MemoryBackend and SQLiteBackend do."
+)
+_NO_SYNC_KV = (
+    "The storage.kv (synchronous KV) API is only available for SQLite-backed "
+    "Durable Objects: this object's storage backend ({}) does not provide SQL "
+    "databases."
+)
+_OTHER_TRANSACTION = (
+    "{} cannot run while another event's transaction is open on this object: "
+    "SQL has one transaction per object (this happens when an event that was "
+    "already running resumes while a later event is inside storage.transaction())"
+)
+
+
 @final
-@camel_aliases("delete_all", "get_alarm", "set_alarm", "delete_alarm")
+@camel_aliases(
+    "delete_all",
+    "get_alarm",
+    "set_alarm",
+    "delete_alarm",
+    "transaction_sync",
+    "get_current_bookmark",
+    "get_bookmark_for_time",
+    "on_next_session_restore_bookmark",
+)
 class Storage:
     """``ctx.storage``: transactional, strongly consistent key-value storage.
 
@@ -185,9 +218,11 @@ class Storage:
         "_cache",
         "_cache_bytes",
         "_inflight",
+        "_kv",
         "_layers",
         "_owner",
         "_pending_name",
+        "_sql",
         "_store",
         "_txn_done",
     )
@@ -207,6 +242,8 @@ class Storage:
         # backend), and a count of alarm writes (the alarm runner uses it).
         self._alarm: int | None = _MISS
         self._alarm_writes = 0
+        self._sql: SqlStorage | None = None
+        self._kv: SyncKV | None = None
 
     # -- reading -----------------------------------------------------------
 
@@ -499,7 +536,7 @@ class Storage:
             elif data is not None:
                 count += 1
         if unknown:
-            found = _drive(self._store.get(unknown))
+            found = drive(self._store.get(unknown))
             for k in unknown:
                 self._remember(k, found.get(k))
             count += len(found)
@@ -515,8 +552,10 @@ class Storage:
         self._owner.check_usable()
         if len(self._visible_layers()) > 1:
             raise TransactionError("Cannot call delete_all() within a transaction")
+        wiped = self._wipe_sql()
         layer = self._record()
         layer.writes.clear()
+        layer.sql_dirty = layer.sql_dirty or wiped
         layer.delete_all = True
         layer.alarm_changed = True
         layer.alarm = None
@@ -644,21 +683,235 @@ class Storage:
     def _end(self, txn: Transaction, layer: _Layer, commit: bool) -> None:
         txn._state = "committed"
         self._owner.release_input()
+        self._close_layer(layer, commit)
+
+    def _close_layer(self, layer: _Layer, commit: bool) -> None:
+        """End a transaction layer: merge it into the one below, or drop it."""
         layers = self._layers
         if layers[-1] is not layer:  # pragma: no cover  # defended by rollback()
             raise TransactionError("transactions ended out of order")
         layers.pop()
-        if commit and layer:
+        savepoint = layer.savepoint
+        if savepoint is not None:
+            conn = self._sql._conn if self._sql is not None else None
+            if conn is not None and conn.in_transaction:
+                try:
+                    if not commit:
+                        conn.execute(f"ROLLBACK TO {savepoint}")
+                    conn.execute(f"RELEASE {savepoint}")
+                except sqlite3.Error as exc:  # pragma: no cover - defensive
+                    raise StorageError(
+                        f"cannot end SQL savepoint {savepoint}: {exc}"
+                    ) from exc
+            # The object's SQL transaction stays open either way: commit it
+            # with the next batch.
+            layer.sql_dirty = True
+        if (commit and layer) or layer.sql_dirty:
             below = layers[-1]
             if len(layers) == 1:
                 self._owner.on_write()
-            below.writes.update(layer.writes)
-            if layer.alarm_changed:
-                below.alarm_changed = True
-                below.alarm = layer.alarm
+            if commit:
+                below.writes.update(layer.writes)
+                if layer.alarm_changed:
+                    below.alarm_changed = True
+                    below.alarm = layer.alarm
+            if layer.sql_dirty:
+                below.sql_dirty = True
         if len(layers) == 1 and self._txn_done is not None:
             self._txn_done.set()
             self._txn_done = None
+
+    # -- SQL -----------------------------------------------------------------
+
+    @property
+    def sql(self) -> SqlStorage:
+        """The object's SQL database (``ctx.storage.sql``).
+
+        Raises:
+            StorageError: The storage backend provides no SQL databases.
+        """
+        if self._sql is None:
+            if getattr(self._store, "sql_connection", None) is None:
+                raise StorageError(_NO_SQL.format(type(self._store).__name__))
+            self._sql = SqlStorage(self)
+        return self._sql
+
+    @property
+    def kv(self) -> SyncKV:
+        """Synchronous key-value access to the same data (``ctx.storage.kv``).
+
+        Raises:
+            StorageError: The storage backend provides no SQL databases.
+        """
+        if self._kv is None:
+            if getattr(self._store, "sql_connection", None) is None:
+                raise StorageError(_NO_SYNC_KV.format(type(self._store).__name__))
+            self._kv = SyncKV(self)
+        return self._kv
+
+    def transaction_sync(self, fn: Callable[[], T], /) -> T:
+        """Run ``fn()`` in a savepoint of the object's database (``transactionSync``).
+
+        KV and SQL changes made by *fn* are kept if it returns and rolled back
+        if it raises (the exception propagates; the object is not reset).
+        Nestable, also inside :meth:`transaction`. The changes commit with
+        the object's other writes; they are not separately durable. *fn* must
+        be synchronous: if it returns an awaitable, that is closed unrun, the
+        savepoint is rolled back and ``TypeError`` is raised.
+
+        Raises:
+            StorageError: The storage backend provides no SQL databases
+                ("Durable Object is not backed by SQL.").
+        """
+        self._owner.check_usable()
+        if getattr(self._store, "sql_connection", None) is None:
+            raise StorageError("Durable Object is not backed by SQL.")
+        sql = self.sql
+        layers = self._layers
+        if len(layers) > 1 and self not in in_transaction.get():
+            raise TransactionError(_OTHER_TRANSACTION.format("transaction_sync()"))
+        conn = sql._connection()
+        layer = _Layer()
+        layer.sync = True
+        layers.append(layer)
+        token = in_transaction.set(in_transaction.get() | {self})
+        try:
+            try:
+                self._sql_enter(conn, need_transaction=True)
+            except BaseException:
+                layers.pop()
+                raise
+            try:
+                result = fn()
+            except BaseException:
+                self._close_layer(layer, commit=False)
+                raise
+            if inspect.isawaitable(result):
+                if inspect.iscoroutine(result):
+                    result.close()
+                self._close_layer(layer, commit=False)
+                raise TypeError(
+                    "transaction_sync() takes a synchronous function, but "
+                    f"{getattr(fn, '__qualname__', fn)!r} returned an awaitable; "
+                    "its changes were rolled back (use `await "
+                    "storage.transaction(fn)` for async code)"
+                )
+            self._close_layer(layer, commit=True)
+            return result
+        finally:
+            in_transaction.reset(token)
+
+    def _sql_connection(self) -> sqlite3.Connection:
+        """The object's database connection, from the backend."""
+        conn = self._store.sql_connection()  # type: ignore[attr-defined]
+        return conn  # type: ignore[no-any-return]
+
+    def _sql_enter(self, conn: sqlite3.Connection, *, need_transaction: bool) -> bool:
+        """Prepare *conn* for a user statement; return True if it began a transaction.
+
+        Opens the object's implicit transaction when the statement may write,
+        and the savepoints of the transactions this task is inside.
+        """
+        layers = self._layers
+        if len(layers) > 1 and self not in in_transaction.get():
+            raise TransactionError(_OTHER_TRANSACTION.format("sql.exec()"))
+        began = False
+        if need_transaction and not conn.in_transaction:
+            conn.execute("BEGIN")
+            began = True
+        if len(layers) > 1 and conn.in_transaction:
+            for depth, layer in enumerate(layers[1:]):
+                if layer.savepoint is None:
+                    kind = "_cf_sync_savepoint_" if layer.sync else "_cf_savepoint_"
+                    conn.execute(f"SAVEPOINT {kind}{depth}")
+                    layer.savepoint = f"{kind}{depth}"
+        return began
+
+    def _sql_wrote(self) -> None:
+        """A user statement changed the database: it commits with the next batch."""
+        layer = self._record()
+        layer.sql_dirty = True
+
+    def _sql_dirty(self) -> bool:
+        """True while the open SQL transaction holds changes or savepoints."""
+        return any(layer.sql_dirty or layer.savepoint for layer in self._layers)
+
+    def _wipe_sql(self) -> bool:
+        """Drop every user table, view, index and trigger (for delete_all()).
+
+        Returns True if something was dropped (the open transaction then
+        holds changes to commit).
+        """
+        opener = getattr(self._store, "sql_connection", None)
+        if opener is None:
+            return False
+        conn: sqlite3.Connection | None = opener(create=False)
+        if conn is None:
+            return False
+        sql = self.sql
+        if conn is not sql._conn:
+            sql._configure(conn)
+        return wipe_database(conn, lambda: self._sql_enter(conn, need_transaction=True))
+
+    # -- point-in-time recovery ------------------------------------------------
+
+    def _pitr(self, op: str) -> Any:
+        method = getattr(self._store, op, None)
+        if method is None:
+            raise StorageError(
+                "This Durable Object's storage back-end does not implement "
+                f"point-in-time recovery ({type(self._store).__name__})."
+            )
+        return method
+
+    async def get_current_bookmark(self) -> str:
+        """Return a bookmark for the current state (``getCurrentBookmark``).
+
+        Writes not yet committed are committed first, so the bookmark covers
+        everything this object did so far.
+
+        Raises:
+            StorageError: The backend does not keep history.
+        """
+        self._owner.check_usable()
+        method = self._pitr("current_bookmark")
+        await self._owner.wait_durable()
+        return await method()  # type: ignore[no-any-return]
+
+    async def get_bookmark_for_time(self, when: float | datetime) -> str:
+        """Return a bookmark for the state at *when* (``getBookmarkForTime``).
+
+        *when* is epoch milliseconds or an aware datetime within the backend's
+        retention window (30 days by default); a time in the future means now.
+
+        Raises:
+            StorageError: The backend does not keep history.
+            ValueError: *when* is older than the retention window.
+        """
+        self._owner.check_usable()
+        ms = _alarm_ms(when, "get_bookmark_for_time()")
+        method = self._pitr("bookmark_for_time")
+        await self._owner.wait_durable()
+        return await method(ms, self._owner.now_ms())  # type: ignore[no-any-return]
+
+    async def on_next_session_restore_bookmark(self, bookmark: str) -> str:
+        """Restore the object to *bookmark* the next time it starts.
+
+        Returns a bookmark for the state just before that restore, which
+        undoes it (``onNextSessionRestoreBookmark``). The restore covers KV and
+        SQL data and the alarm; call ``ctx.abort()`` to restart now.
+
+        Raises:
+            StorageError: The backend does not keep history.
+            ValueError: *bookmark* is malformed, not this object's, or outside
+                the retention window.
+        """
+        self._owner.check_usable()
+        if not isinstance(cast("object", bookmark), str):
+            raise TypeError(f"bookmark must be a str, not {type(bookmark).__name__}")
+        method = self._pitr("schedule_restore")
+        await self._owner.wait_durable()
+        return await method(bookmark, self._owner.now_ms())  # type: ignore[no-any-return]
 
     # -- used by the runtime -----------------------------------------------
 
@@ -697,6 +950,11 @@ class Storage:
 
     def _discard(self) -> None:
         """Drop everything not committed (the object was reset)."""
+        sql = self._sql
+        if sql is not None and sql._conn is not None:
+            with contextlib.suppress(Exception):
+                if sql._conn.in_transaction:
+                    sql._conn.execute("ROLLBACK")
         self._layers = [_Layer()]
         self._inflight = []
         self._cache.clear()

@@ -39,13 +39,29 @@ _DONE_NONE: _Done[None] = _Done(None)
 class _Layer:
     """Writes not yet committed: a pending batch or an open transaction."""
 
-    __slots__ = ("alarm", "alarm_changed", "delete_all", "writes")
+    __slots__ = (
+        "alarm",
+        "alarm_changed",
+        "delete_all",
+        "savepoint",
+        "sql_dirty",
+        "sync",
+        "writes",
+    )
 
     def __init__(self) -> None:
         self.writes: dict[str, bytes | None] = {}
         self.delete_all = False
         self.alarm_changed = False
         self.alarm: int | None = None
+        # SQL: changes made in the object's open SQLite transaction, the
+        # savepoint a transaction layer opened (lazily, at its first SQL
+        # statement), and whether it is a transaction_sync() layer.
+        self.sql_dirty = False
+        self.savepoint: str | None = None
+        self.sync = False
 
     def __bool__(self) -> bool:
-        return bool(self.writes) or self.delete_all or self.alarm_changed
+        return (
+            bool(self.writes) or self.delete_all or self.alarm_changed or self.sql_dirty
+        )

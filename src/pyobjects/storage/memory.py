@@ -6,16 +6,27 @@ an alarm hold no state at all: handles are lazy, and an object whose last key
 is deleted (and whose alarm is cleared) is dropped, taking its remembered name
 with it. A million objects touched without writes therefore cost nothing.
 
+Objects may also hold an SQL database: an in-memory SQLite database per
+object, created by its first SQL statement (``sql_connection``) and kept with
+its data, so SQL works in unit tests without touching disk. Key-value data
+stays in the sorted dict (nothing can observe the difference: user SQL may
+not read ``_cf_`` tables); a commit ends the SQL transaction first and then
+applies the key-value writes, which cannot fail, so a batch stays atomic.
+
 Every operation completes without suspending.
 """
 
 from __future__ import annotations
 
+import sqlite3
 import typing
+import weakref
 from itertools import islice
 from typing import TYPE_CHECKING
 
 from sortedcontainers import SortedDict
+
+from pyobjects._errors import StorageError
 
 from ._base import AlarmEntry, check_batch, check_namespace, check_object_id
 
@@ -28,12 +39,37 @@ __all__ = ["MemoryBackend"]
 
 
 class _ObjectState:
-    __slots__ = ("alarm", "data", "name")
+    __slots__ = ("alarm", "data", "name", "sql")
 
     def __init__(self) -> None:
         self.data: SortedDict = SortedDict()
         self.alarm: int | None = None
         self.name: str | None = None
+        self.sql: sqlite3.Connection | None = None
+
+    def holds_data(self) -> bool:
+        if self.data or self.alarm is not None:
+            return True
+        return self.sql is not None and _has_user_objects(self.sql)
+
+
+def _has_user_objects(conn: sqlite3.Connection) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM sqlite_schema WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
+        " AND name NOT LIKE '\\_cf\\_%' ESCAPE '\\' LIMIT 1"
+    ).fetchone()
+    return row is not None
+
+
+_RESERVED_TABLES = (
+    "CREATE TABLE _cf_KV (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE _cf_METADATA (key TEXT PRIMARY KEY, value) WITHOUT ROWID",
+)
+
+
+def _close_all(connections: list[sqlite3.Connection]) -> None:
+    for conn in connections:
+        conn.close()
 
 
 @typing.final
@@ -49,6 +85,9 @@ class MemoryBackend:
         self._namespaces: dict[str, dict[str, _ObjectState]] = {}
         # (namespace, object id) -> alarm time, for every object with an alarm.
         self._alarms: dict[tuple[str, str], int] = {}
+        # Every SQL database ever opened, closed when the backend is collected.
+        self._sql_connections: list[sqlite3.Connection] = []
+        weakref.finalize(self, _close_all, self._sql_connections)
 
     def open(self, namespace: str, object_id: str, /) -> _MemoryStore:
         """Return a handle on one object's storage; allocates nothing else."""
@@ -59,7 +98,8 @@ class MemoryBackend:
     async def list_object_ids(self, namespace: str, /) -> list[str]:
         """Return the sorted ids of the namespace's objects with a key or an alarm."""
         check_namespace(namespace)
-        return sorted(self._namespaces.get(namespace, ()))
+        objects = self._namespaces.get(namespace, {})
+        return sorted(oid for oid, state in objects.items() if state.holds_data())
 
     async def pending_alarms(self) -> list[AlarmEntry]:
         """Return every pending alarm, ordered by time, namespace and id."""
@@ -122,6 +162,16 @@ class _MemoryStore:
         state = objects.get(self._object_id)
         if state is None:
             state = objects[self._object_id] = _ObjectState()
+        if state.sql is not None and state.sql.in_transaction:
+            # The only step that can fail (a deferred foreign key, say): run
+            # it first, so that a failure leaves the key-value data untouched.
+            try:
+                state.sql.execute("COMMIT")
+            except sqlite3.Error as exc:
+                state.sql.execute("ROLLBACK")
+                raise StorageError(
+                    f"cannot commit object {self._namespace}/{self._object_id}: {exc}"
+                ) from exc
         data = state.data
         if batch.delete_all:
             data.clear()
@@ -138,11 +188,34 @@ class _MemoryStore:
                 backend._alarms[self._namespace, self._object_id] = batch.alarm
         if batch.name is not None:
             state.name = batch.name
-        if not data and state.alarm is None:
+        if not data and state.alarm is None and state.sql is None:
             # Empty objects keep no memory around (their name goes with them).
             del objects[self._object_id]
             if not objects:
                 del backend._namespaces[self._namespace]
+
+    def sql_connection(self, *, create: bool = True) -> sqlite3.Connection | None:
+        """Return the object's in-memory SQL database (the SQL capability).
+
+        Created on first use when *create*; otherwise ``None`` until then.
+        """
+        backend = self._backend
+        objects = backend._namespaces.get(self._namespace)
+        state = None if objects is None else objects.get(self._object_id)
+        if state is not None and state.sql is not None:
+            return state.sql
+        if not create:
+            return None
+        if state is None:
+            objects = backend._namespaces.setdefault(self._namespace, {})
+            state = objects[self._object_id] = _ObjectState()
+        state.sql = sqlite3.connect(":memory:", isolation_level=None)
+        # The reserved tables exist (empty) as in SQLiteBackend, so user SQL
+        # gets the same "access ... is prohibited" errors on every backend.
+        for statement in _RESERVED_TABLES:
+            state.sql.execute(statement)
+        backend._sql_connections.append(state.sql)
+        return state.sql
 
     def close(self) -> None:
         """Do nothing: a memory handle holds nothing open."""

@@ -45,18 +45,30 @@ own database, dropping stale rows and correcting outdated times.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
+import time
 import typing
 from collections import OrderedDict
+from datetime import timedelta
 from typing import TYPE_CHECKING, Literal
 
 from pyobjects._errors import StorageError
 
 from ._base import AlarmEntry, check_batch, check_namespace, check_object_id
+from ._history import (
+    UNDO,
+    History,
+    WalState,
+    bookmark,
+    parse_bookmark,
+    read_pages,
+    read_wal_commits,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from ._base import ListQuery, WriteBatch
 
@@ -94,6 +106,8 @@ _DELETE_META = "DELETE FROM _cf_METADATA WHERE key = ?"
 _HOLDS_DATA = (
     "SELECT EXISTS (SELECT 1 FROM _cf_KV)"
     " OR EXISTS (SELECT 1 FROM _cf_METADATA WHERE key = 'alarm')"
+    " OR EXISTS (SELECT 1 FROM sqlite_schema WHERE name NOT LIKE '\\_cf\\_%' ESCAPE"
+    " '\\' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\')"
 )
 _LIST = {
     (start, end, reverse): "SELECT key, value FROM _cf_KV"
@@ -107,6 +121,18 @@ _LIST = {
 }
 
 _Key = tuple[str, str]
+
+# Archive the WAL into the history after this many commits (and whenever a
+# connection closes or a bookmark is asked for).
+_ARCHIVE_EVERY = 256
+_NO_PITR = (
+    "This Durable Object's storage back-end does not implement point-in-time "
+    "recovery (SQLiteBackend was created with pitr_retention=0)."
+)
+
+
+def _system_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 def _encode(key: str) -> bytes:
@@ -157,9 +183,15 @@ class SQLiteBackend:
         synchronous: SQLite's ``PRAGMA synchronous`` for every database; see
             the module documentation for what each level survives.
         max_open_connections: How many object databases may be open at once.
+        pitr_retention: How far back point-in-time recovery reaches (a
+            ``timedelta`` or seconds; default 30 days, as in Cloudflare). Each
+            commit's changed pages are kept that long, compressed, in
+            ``<object_id>.history`` next to the object's database; ``0``
+            keeps no history and disables the bookmark API.
 
     Raises:
-        ValueError: If ``synchronous`` or ``max_open_connections`` is invalid.
+        ValueError: If ``synchronous``, ``max_open_connections`` or
+            ``pitr_retention`` is invalid.
     """
 
     def __init__(
@@ -168,11 +200,32 @@ class SQLiteBackend:
         *,
         synchronous: Literal["off", "normal", "full", "extra"] = "normal",
         max_open_connections: int = 256,
+        pitr_retention: timedelta | float = timedelta(days=30),
     ) -> None:
         if synchronous not in _SYNCHRONOUS:
             raise ValueError(f"invalid synchronous level: {synchronous!r}")
         if max_open_connections < 1:
             raise ValueError("max_open_connections must be at least 1")
+        seconds = (
+            pitr_retention.total_seconds()
+            if isinstance(pitr_retention, timedelta)
+            else pitr_retention
+        )
+        if not isinstance(typing.cast("object", seconds), (int, float)) or not (
+            0 <= seconds < float("inf")
+        ):
+            raise ValueError(
+                f"pitr_retention must be a duration >= 0, not {pitr_retention!r}"
+            )
+        self._retention_ms = int(seconds * 1000)
+        self._now_ms: Callable[[], int] = _system_ms
+        # Per open object database: its WAL as far as archived.
+        self._wal: dict[_Key, WalState] = {}
+        # Objects to restore when they next start, and objects whose restore
+        # marker was already checked since this backend (re)started.
+        self._pending_restores: set[_Key] = set()
+        self._checked: set[_Key] = set()
+        self._restoring = False
         self._directory = os.fspath(directory)
         self._synchronous = _SYNCHRONOUS[synchronous]
         self._sync_directories = synchronous in {"full", "extra"}
@@ -186,13 +239,24 @@ class SQLiteBackend:
     def open(self, namespace: str, object_id: str, /) -> _SQLiteStore:
         """Return a handle on one object's storage; creates no file.
 
+        A restore scheduled with ``on_next_session_restore_bookmark`` is
+        applied here: a new handle is the object's next session.
+
         Raises:
             ValueError: If the namespace or the id is malformed, or the
                 namespace would collide with the alarm index file.
         """
         _check_name(namespace)
         check_object_id(object_id)
-        return _SQLiteStore(self, (namespace, object_id))
+        key = (namespace, object_id)
+        store = _SQLiteStore(self, key)
+        if key in self._pending_restores:
+            store.restored_alarm = self._restore(key)
+        return store
+
+    def use_clock(self, now_ms: Callable[[], int], /) -> None:
+        """Take commit times for the history from the runtime's clock."""
+        self._now_ms = now_ms
 
     async def list_object_ids(self, namespace: str, /) -> list[str]:
         """Return the sorted ids of the namespace's objects with a key or an alarm."""
@@ -279,6 +343,7 @@ class SQLiteBackend:
         """
         while self._connections:
             self._discard(next(iter(self._connections)))
+        self._checked.clear()
         if self._index is not None:
             index, self._index = self._index, None
             index.close()
@@ -288,6 +353,9 @@ class SQLiteBackend:
         try:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            if self._retention_ms and schema is _OBJECT_SCHEMA:
+                # Only the history archiver checkpoints (see _history).
+                conn.execute("PRAGMA wal_autocheckpoint = 0")
             tables = {
                 name
                 for (name,) in conn.execute(
@@ -332,16 +400,150 @@ class SQLiteBackend:
             raise StorageError(f"cannot open {path}: {exc}") from exc
         self._connections[key] = conn
         self._open_connections += 1
-        while len(self._connections) > self._max_open:
-            self._discard(next(iter(self._connections)))
+        if self._retention_ms:
+            try:
+                self._start_history(key, conn, path)
+            except BaseException:
+                self._discard(key)
+                raise
+        if len(self._connections) > self._max_open:
+            # Close the least recently used, except those inside an SQL
+            # transaction (closing would roll back uncommitted SQL).
+            for old in list(self._connections):
+                if len(self._connections) <= self._max_open or old == key:
+                    break
+                if not self._connections[old].in_transaction:
+                    self._discard(old)
         return conn
 
     def _discard(self, key: _Key) -> None:
         """Close the object's connection, if open (rolling back any transaction)."""
+        conn = self._connections.get(key)
+        if conn is not None and key in self._wal and not conn.in_transaction:
+            # On failure the WAL stays; the next open records the whole database.
+            with contextlib.suppress(StorageError, sqlite3.Error, OSError):
+                self._archive(key, conn)
         conn = self._connections.pop(key, None)
+        self._wal.pop(key, None)
         if conn is not None:
             self._open_connections -= 1
             conn.close()
+
+    # -- point-in-time recovery -------------------------------------------------
+
+    def _paths(self, key: _Key) -> tuple[str, History]:
+        namespace, object_id = key
+        base = os.path.join(self._directory, namespace, object_id)
+        return base + ".sqlite", History(base + ".history", namespace, object_id)
+
+    def _start_history(self, key: _Key, conn: sqlite3.Connection, path: str) -> None:
+        """Bring the history up to date with a database that was just opened.
+
+        A WAL left over (an unclean shutdown: its commit times were lost) or
+        a database without history is recorded whole, as one commit now.
+        """
+        _, history = self._paths(key)
+        wal = path + "-wal"
+        leftover = os.path.exists(wal) and os.path.getsize(wal) > 0
+        if leftover or not history.exists():
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            (page_size,) = conn.execute("PRAGMA page_size").fetchone()
+            pages = read_pages(path, page_size)
+            history.append(
+                [(self._now_ms(), len(pages), pages)], page_size, self._cutoff()
+            )
+        self._wal[key] = WalState()
+        if key not in self._checked and not self._restoring:
+            self._checked.add(key)
+            row = conn.execute(_GET_META, ("restore",)).fetchone()
+            if row is not None:
+                self._pending_restores.add(key)
+
+    def _cutoff(self) -> int:
+        return self._now_ms() - self._retention_ms
+
+    def _archive(self, key: _Key, conn: sqlite3.Connection) -> None:
+        """Move the WAL's new commits into the history, then checkpoint."""
+        state = self._wal[key]
+        path, history = self._paths(key)
+        commits, end, page_size = read_wal_commits(path + "-wal", state.offset)
+        if commits:
+            times = state.times
+            now = self._now_ms()
+            history.append(
+                [
+                    (times[i] if i < len(times) else now, c.db_pages, c.pages)
+                    for i, c in enumerate(commits)
+                ],
+                page_size,
+                self._cutoff(),
+            )
+        state.times = []
+        state.offset = end
+        (busy, _, _) = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if not busy:
+            state.offset = 0
+
+    def _committed(self, key: _Key, conn: sqlite3.Connection) -> None:
+        """A commit succeeded: note its time, archive now and then."""
+        state = self._wal.get(key)
+        if state is None:
+            return
+        state.times.append(self._now_ms())
+        if len(state.times) >= _ARCHIVE_EVERY:
+            self._archive(key, conn)
+
+    def _history_for(self, key: _Key) -> tuple[sqlite3.Connection, History]:
+        """The object's connection, with its history brought up to date."""
+        if not self._retention_ms:
+            raise StorageError(_NO_PITR)
+        conn = self._acquire(key, create=True)
+        assert conn is not None
+        if conn.in_transaction:
+            raise StorageError("cannot read the history inside an open transaction")
+        try:
+            self._archive(key, conn)
+        except (sqlite3.Error, OSError) as exc:
+            raise StorageError(f"cannot update the history: {exc}") from exc
+        return conn, self._paths(key)[1]
+
+    def _restore(self, key: _Key) -> int | None:
+        """Apply a scheduled restore; return the alarm of the restored state."""
+        self._pending_restores.discard(key)
+        conn, history = self._history_for(key)
+        row = conn.execute(_GET_META, ("restore",)).fetchone()
+        if row is None:
+            return _read_alarm(conn)
+        target, before = (int(x) for x in str(row[0]).split(":"))
+        latest = history.latest()
+        path, _ = self._paths(key)
+        self._discard(key)
+        temporary = path + ".restore"
+        try:
+            history.rebuild(target, temporary)
+            for suffix in ("-wal", "-shm"):
+                if os.path.exists(path + suffix):
+                    os.remove(path + suffix)
+            os.replace(temporary, path)
+            _fsync_directory(os.path.dirname(path))
+        except OSError as exc:
+            raise StorageError(f"cannot restore {path}: {exc}") from exc
+        self._restoring = True
+        try:
+            restored = self._acquire(key, create=True)
+        finally:
+            self._restoring = False
+        assert restored is not None
+        restored.execute(_DELETE_META, ("restore",))
+        self._archive(key, restored)
+        # "Just before the restore" is what the undo bookmark stands for.
+        history.set_meta(f"undo:{before}", latest)
+        alarm = _read_alarm(restored)
+        if alarm is None:
+            self._index_clear(key)
+        else:
+            self._index_set(key, alarm)
+        return alarm
 
     def _index_connection(self, *, create: bool) -> sqlite3.Connection | None:
         if self._index is not None:
@@ -396,11 +598,14 @@ def _read_alarm(conn: sqlite3.Connection) -> int | None:
 
 @typing.final
 class _SQLiteStore:
-    __slots__ = ("_backend", "_key")
+    __slots__ = ("_backend", "_key", "restored_alarm")
 
     def __init__(self, backend: SQLiteBackend, key: _Key) -> None:
         self._backend = backend
         self._key = key
+        # Set (to the restored alarm, maybe None) when opening restored the
+        # object; the runtime reschedules its alarm then.
+        self.restored_alarm: int | bool | None = False
 
     def _fail(self, what: str, exc: sqlite3.Error) -> StorageError:
         namespace, object_id = self._key
@@ -484,8 +689,10 @@ class _SQLiteStore:
             conn = backend._acquire(key, create=True)
             assert conn is not None
         try:
+            in_sql = conn.in_transaction  # SQL of this batch awaits its COMMIT
             if (
-                len(puts) + len(deletes) == 1
+                not in_sql
+                and len(puts) + len(deletes) == 1
                 and not batch.delete_all
                 and not alarm_changed
                 and name is None
@@ -493,7 +700,8 @@ class _SQLiteStore:
                 # The hot path: one statement is a transaction of its own.
                 conn.execute(*((_PUT, puts[0]) if puts else (_DELETE, deletes[0])))
             else:
-                conn.execute("BEGIN IMMEDIATE")
+                if not in_sql:
+                    conn.execute("BEGIN IMMEDIATE")
                 if batch.delete_all:
                     conn.execute(_DELETE_ALL)
                 if deletes:
@@ -517,6 +725,63 @@ class _SQLiteStore:
         if alarm_changed and alarm is None:
             # Object first, index second: the index stays a superset.
             backend._index_clear(key)
+        backend._committed(key, conn)
+
+    def sql_connection(self, *, create: bool = True) -> sqlite3.Connection | None:
+        """Return the object's database connection (the SQL capability).
+
+        The storage front end runs user SQL on it, inside a transaction that
+        :meth:`commit` completes. Without *create*, ``None`` if the object
+        has no file yet.
+        """
+        return self._backend._acquire(self._key, create=create)
+
+    async def current_bookmark(self) -> str:
+        """A bookmark for the state after the last commit."""
+        backend = self._backend
+        _, history = backend._history_for(self._key)
+        return bookmark(*self._key, history.latest())
+
+    async def bookmark_for_time(self, when_ms: int, now_ms: int) -> str:
+        """A bookmark for the state at *when_ms* (epoch ms)."""
+        backend = self._backend
+        if not backend._retention_ms:
+            raise StorageError(_NO_PITR)
+        if when_ms < now_ms - backend._retention_ms:
+            raise ValueError(
+                "get_bookmark_for_time() needs a time within the last "
+                f"{backend._retention_ms / 86_400_000:g} days (pitr_retention)"
+            )
+        _, history = backend._history_for(self._key)
+        seq = history.seq_for_time(min(when_ms, now_ms))
+        if seq is None:
+            raise ValueError(
+                "get_bookmark_for_time(): this object has no history that old "
+                "(it was created later, or history was kept only since then)"
+            )
+        return bookmark(*self._key, seq)
+
+    async def schedule_restore(self, text: str, now_ms: int) -> str:
+        """Restore to *text* when the object next starts; return the undo bookmark."""
+        backend = self._backend
+        key = self._key
+        seq, kind = parse_bookmark(*key, text)
+        conn, history = backend._history_for(key)
+        if kind == UNDO:
+            undone = history.get_meta(f"undo:{seq}")
+            seq = history.latest() if undone is None else undone
+        if not history.has(seq):
+            raise ValueError(
+                f"bookmark {text!r} is older than the history kept (pitr_retention)"
+            )
+        latest = history.latest()
+        try:
+            conn.execute(_SET_META, ("restore", f"{seq}:{latest}"))
+        except sqlite3.Error as exc:
+            raise self._fail("schedule a restore of", exc) from exc
+        backend._pending_restores.add(key)
+        backend._committed(key, conn)
+        return bookmark(*key, latest, UNDO)
 
     def close(self) -> None:
         """Close this object's database connection; the data stays."""
