@@ -250,6 +250,12 @@ class SQLiteBackend:
         check_object_id(object_id)
         key = (namespace, object_id)
         store = _SQLiteStore(self, key)
+        if self._retention_ms and key not in self._checked:
+            # First start since this backend (re)started: look for a restore
+            # scheduled by an earlier process (opening checks the marker). A
+            # file that cannot be opened fails later, at its first real use.
+            with contextlib.suppress(StorageError):
+                self._acquire(key, create=False)
         if key in self._pending_restores:
             store.restored_alarm = self._restore(key)
         return store
@@ -765,6 +771,8 @@ class _SQLiteStore:
         """Restore to *text* when the object next starts; return the undo bookmark."""
         backend = self._backend
         key = self._key
+        if not backend._retention_ms:
+            raise StorageError(_NO_PITR)
         seq, kind = parse_bookmark(*key, text)
         conn, history = backend._history_for(key)
         if kind == UNDO:

@@ -1,0 +1,318 @@
+"""Point-in-time recovery (reference §8.6) on SQLiteBackend."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pyobjects import DurableObject, DurableObjectResetError, Runtime, StorageError
+from pyobjects.storage import MemoryBackend, SQLiteBackend
+from pyobjects.testing import ManualClock
+
+DAY_MS = 86_400_000
+
+
+class Notes(DurableObject):
+    def __init__(self, ctx: Any, env: Any) -> None:
+        super().__init__(ctx, env)
+        ctx.storage.sql.exec("CREATE TABLE IF NOT EXISTS notes (body TEXT)")
+
+    async def add(self, body: str) -> None:
+        self.ctx.storage.sql.exec("INSERT INTO notes VALUES (?)", body)
+        self.ctx.storage.put("last", body)
+
+    async def set_alarm(self, at: int | None) -> None:
+        if at is None:
+            self.ctx.storage.delete_alarm()
+        else:
+            self.ctx.storage.set_alarm(at)
+
+    async def alarm(self, info: Any) -> None:
+        pass
+
+    async def state(self) -> tuple[list[str], Any, Any]:
+        notes = [r["body"] for r in self.ctx.storage.sql.exec("SELECT body FROM notes")]
+        storage = self.ctx.storage
+        return notes, await storage.get("last"), await storage.get_alarm()
+
+    async def bookmark(self) -> str:
+        return await self.ctx.storage.get_current_bookmark()
+
+    async def bookmark_for(self, when: int) -> str:
+        return await self.ctx.storage.get_bookmark_for_time(when)
+
+    async def schedule(self, bookmark: str) -> str:
+        return await self.ctx.storage.on_next_session_restore_bookmark(bookmark)
+
+    async def restart(self) -> None:
+        self.ctx.abort("restoring")
+
+
+START = 1_700_000_000_000
+
+
+async def restore_now(rt: Runtime, name: str, bookmark: str) -> str:
+    stub = rt.env.N.get_by_name(name)
+    undo: str = await stub.schedule(bookmark)
+    with pytest.raises(DurableObjectResetError, match="restoring"):
+        await stub.restart()
+    return undo
+
+
+async def test_restore_brings_back_exactly_that_state_and_undo(tmp_path: Path) -> None:
+    clock = ManualClock(start_ms=START)
+    async with Runtime(
+        bindings={"N": Notes}, storage=SQLiteBackend(tmp_path), clock=clock
+    ) as rt:
+        stub = rt.env.N.get_by_name("a")
+        await stub.add("one")
+        await stub.set_alarm(START + DAY_MS)
+        first = await stub.bookmark()
+        await clock.advance(1000)
+        await stub.add("two")
+        await stub.set_alarm(START + 2 * DAY_MS)
+        second = await stub.bookmark()
+        await stub.add("three")
+        assert await stub.state() == (
+            ["one", "two", "three"],
+            "three",
+            START + 2 * DAY_MS,
+        )
+
+        undo = await restore_now(rt, "a", first)
+        stub = rt.env.N.get_by_name("a")
+        assert await stub.state() == (["one"], "one", START + DAY_MS)
+
+        # The undo bookmark brings back the state just before the restore.
+        await restore_now(rt, "a", undo)
+        stub = rt.env.N.get_by_name("a")
+        assert await stub.state() == (
+            ["one", "two", "three"],
+            "three",
+            START + 2 * DAY_MS,
+        )
+        await restore_now(rt, "a", second)
+        assert await rt.env.N.get_by_name("a").state() == (
+            ["one", "two"],
+            "two",
+            START + 2 * DAY_MS,
+        )
+        latest = await rt.env.N.get_by_name("a").bookmark()
+        assert sorted([latest, second, first, undo]) == [first, second, undo, latest]
+
+
+async def test_restored_alarm_is_scheduled(tmp_path: Path) -> None:
+    clock = ManualClock(start_ms=START)
+    fired: list[int] = []
+
+    class Alarmed(Notes):
+        async def alarm(self, info: Any) -> None:
+            fired.append(clock.now_ms())
+
+    async with Runtime(
+        bindings={"N": Alarmed}, storage=SQLiteBackend(tmp_path), clock=clock
+    ) as rt:
+        stub = rt.env.N.get_by_name("a")
+        await stub.set_alarm(START + 5000)
+        with_alarm = await stub.bookmark()
+        await stub.set_alarm(None)
+        await restore_now(rt, "a", with_alarm)
+        # The restore happens when the object next starts; its alarm with it.
+        assert (await rt.env.N.get_by_name("a").state())[2] == START + 5000
+        await clock.advance(10_000)
+        assert fired == [START + 5000]
+
+
+async def test_bookmark_for_time(tmp_path: Path) -> None:
+    clock = ManualClock(start_ms=START)
+    async with Runtime(
+        bindings={"N": Notes},
+        storage=SQLiteBackend(tmp_path, pitr_retention=timedelta(days=2)),
+        clock=clock,
+    ) as rt:
+        stub = rt.env.N.get_by_name("a")
+        await stub.add("one")
+        at_one = clock.now_ms()
+        await clock.advance(DAY_MS)
+        await stub.add("two")
+        assert await stub.bookmark_for(at_one) < await stub.bookmark()
+        assert await stub.bookmark_for(clock.now_ms() + 10_000) == await stub.bookmark()
+        with pytest.raises(ValueError, match="within the last 2 days"):
+            await stub.bookmark_for(clock.now_ms() - 3 * DAY_MS)
+        with pytest.raises(ValueError, match="no history that old"):
+            await stub.bookmark_for(START - 1)
+        with pytest.raises(TypeError, match="get_bookmark_for_time"):
+            await stub.bookmark_for("yesterday")
+        await restore_now(rt, "a", await stub.bookmark_for(at_one))
+        assert (await rt.env.N.get_by_name("a").state())[0] == ["one"]
+
+
+async def test_old_history_is_folded_away(tmp_path: Path) -> None:
+    clock = ManualClock(start_ms=START)
+    async with Runtime(
+        bindings={"N": Notes},
+        storage=SQLiteBackend(tmp_path, pitr_retention=timedelta(days=1)),
+        clock=clock,
+    ) as rt:
+        stub = rt.env.N.get_by_name("a")
+        await stub.add("old")
+        old = await stub.bookmark()
+        await clock.advance(1000)
+        await stub.add("older")  # the state at the cutoff: still restorable
+        await clock.advance(2 * DAY_MS)
+        for i in range(3):
+            await stub.add(f"new{i}")
+        middle = await stub.bookmark()
+        await stub.add("last")
+        await stub.bookmark()  # archives, and prunes what is older than a day
+        with pytest.raises(ValueError, match="older than the history kept"):
+            await stub.schedule(old)
+        await restore_now(rt, "a", middle)
+        assert (await rt.env.N.get_by_name("a").state())[0] == [
+            "old",
+            "older",
+            "new0",
+            "new1",
+            "new2",
+        ]
+
+
+async def test_many_commits_across_archives(tmp_path: Path) -> None:
+    clock = ManualClock(start_ms=START)
+    async with Runtime(
+        bindings={"N": Notes}, storage=SQLiteBackend(tmp_path), clock=clock
+    ) as rt:
+        stub = rt.env.N.get_by_name("a")
+        marks = {}
+        for i in range(600):  # more than two automatic archives
+            await stub.add(f"n{i}")
+            if i in (10, 300):
+                marks[i] = await stub.bookmark()
+        await restore_now(rt, "a", marks[300])
+        notes, last, _ = await rt.env.N.get_by_name("a").state()
+        assert notes == [f"n{i}" for i in range(301)]
+        assert last == "n300"
+        await restore_now(rt, "a", marks[10])
+        assert (await rt.env.N.get_by_name("a").state())[0] == [
+            f"n{i}" for i in range(11)
+        ]
+
+
+async def test_restore_waits_for_the_next_start_even_across_a_restart(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock(start_ms=START)
+    async with Runtime(
+        bindings={"N": Notes}, storage=SQLiteBackend(tmp_path), clock=clock
+    ) as rt:
+        stub = rt.env.N.get_by_name("a")
+        await stub.add("one")
+        mark = await stub.bookmark()
+        await stub.add("two")
+        await stub.schedule(mark)
+        # Not restarted yet: the session goes on with the current data.
+        assert (await stub.state())[0] == ["one", "two"]
+    # A new process (new backend instance) restores at the object's start.
+    async with Runtime(
+        bindings={"N": Notes}, storage=SQLiteBackend(tmp_path), clock=clock
+    ) as rt:
+        assert (await rt.env.N.get_by_name("a").state())[0] == ["one"]
+    async with Runtime(
+        bindings={"N": Notes}, storage=SQLiteBackend(tmp_path), clock=clock
+    ) as rt:
+        # Restored once, not at every start.
+        stub = rt.env.N.get_by_name("a")
+        await stub.add("three")
+        assert (await stub.state())[0] == ["one", "three"]
+
+
+async def test_bad_bookmarks(tmp_path: Path) -> None:
+    async with Runtime(bindings={"N": Notes}, storage=SQLiteBackend(tmp_path)) as rt:
+        a = rt.env.N.get_by_name("a")
+        b = rt.env.N.get_by_name("b")
+        await a.add("x")
+        mark = await a.bookmark()
+        with pytest.raises(ValueError, match="belongs to another Durable Object"):
+            await b.schedule(mark)
+        for bad in ["", "nope", mark.upper(), mark[:-1] + "g", mark.replace("-", "")]:
+            with pytest.raises(ValueError, match="bookmark"):
+                await a.schedule(bad)
+        with pytest.raises(TypeError, match="bookmark must be a str"):
+            await a.schedule(123)
+        assert len(mark.split("-")) == 4
+
+
+async def test_pitr_unavailable(tmp_path: Path) -> None:
+    message = (
+        "This Durable Object's storage back-end does not implement point-in-time "
+        "recovery"
+    )
+    for backend in (MemoryBackend(), SQLiteBackend(tmp_path, pitr_retention=0)):
+        async with Runtime(bindings={"N": Notes}, storage=backend) as rt:
+            stub = rt.env.N.get_by_name("a")
+            await stub.add("x")
+            with pytest.raises(StorageError, match=message):
+                await stub.bookmark()
+            with pytest.raises(StorageError, match=message):
+                await stub.bookmark_for(START)
+            with pytest.raises(StorageError, match=message):
+                await stub.schedule(
+                    "0" * 8 + "-" + "0" * 8 + "-" + "0" * 8 + "-" + "0" * 32
+                )
+    assert history_files(tmp_path) == []
+    with pytest.raises(ValueError, match="pitr_retention"):
+        SQLiteBackend(tmp_path, pitr_retention=-1)
+
+
+def leave_a_wal_behind(tmp_path: Path, hex_id: str) -> None:
+    """Commit with a raw connection and leave its WAL, as a killed process would.
+
+    Copies of the files are kept and put back after the connection closed
+    (closing checkpoints and removes the WAL).
+    """
+    [path] = tmp_path.rglob(f"{hex_id}.sqlite")
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA wal_autocheckpoint = 0")
+    conn.execute("INSERT INTO notes VALUES ('written before the crash')")
+    saved = {suffix: Path(f"{path}{suffix}.saved") for suffix in ("", "-wal")}
+    for suffix, copy in saved.items():
+        shutil.copyfile(f"{path}{suffix}", copy)
+    conn.close()
+    for suffix, copy in saved.items():
+        os.replace(copy, f"{path}{suffix}")
+    assert os.path.getsize(f"{path}-wal") > 0
+
+
+def history_files(tmp_path: Path) -> list[Path]:
+    return list(tmp_path.rglob("*.history"))
+
+
+async def test_history_recovers_from_an_unclean_shutdown(tmp_path: Path) -> None:
+    clock = ManualClock(start_ms=START)
+    async with Runtime(
+        bindings={"N": Notes}, storage=SQLiteBackend(tmp_path), clock=clock
+    ) as rt:
+        stub = rt.env.N.get_by_name("a")
+        await stub.add("one")
+        mark = await stub.bookmark()
+        hex_id = str(stub.id)
+    leave_a_wal_behind(tmp_path, hex_id)
+    async with Runtime(
+        bindings={"N": Notes}, storage=SQLiteBackend(tmp_path), clock=clock
+    ) as rt:
+        stub = rt.env.N.get_by_name("a")
+        assert (await stub.state())[0] == ["one", "written before the crash"]
+        after = await stub.bookmark()
+        await restore_now(rt, "a", mark)
+        assert (await rt.env.N.get_by_name("a").state())[0] == ["one"]
+        await restore_now(rt, "a", after)
+        assert (await rt.env.N.get_by_name("a").state())[0] == [
+            "one",
+            "written before the crash",
+        ]
