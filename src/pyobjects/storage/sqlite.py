@@ -486,7 +486,9 @@ class SQLiteBackend:
             )
         state.times = []
         state.offset = end
-        (busy, _, _) = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        # RESTART, not TRUNCATE: the next commits overwrite the WAL from the
+        # start (new salts) instead of growing a fresh file page by page.
+        (busy, _, _) = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
         if not busy:
             state.offset = 0
 
