@@ -91,6 +91,10 @@ class WalState:
 
     offset: int = 0  # bytes of the WAL already archived
     times: list[int] = field(default_factory=list)  # commit times not archived
+    # The salts of a WAL generation archived in full and then checkpointed
+    # with RESTART: until the next write rewrites the header, the file still
+    # holds that generation, and it must not be archived twice.
+    done: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,28 +105,33 @@ class WalCommit:
     db_pages: int
 
 
-def read_wal_commits(path: str, offset: int) -> tuple[list[WalCommit], int, int]:
+def read_wal_commits(
+    path: str, offset: int, done: tuple[int, int] | None = None
+) -> tuple[list[WalCommit], int, int, tuple[int, int] | None]:
     """Read the commits of the WAL at *path* from byte *offset*.
 
-    Returns the commits, the offset after the last commit frame, and the
-    page size. Frames after the last commit frame (a transaction still being
-    written, or one rolled back) are left alone.
+    Returns the commits, the offset after the last commit frame, the page
+    size and the WAL's salts. Frames after the last commit frame (a
+    transaction still being written, or one rolled back) are left alone; a
+    WAL whose salts are *done* has nothing new.
     """
     try:
         with open(path, "rb") as f:
             header = f.read(_WAL_HEADER.size)
             if len(header) < _WAL_HEADER.size:
-                return [], offset, 0
+                return [], offset, 0, None
             magic, _version, page_size, _seq, salt1, salt2, _c1, _c2 = (
                 _WAL_HEADER.unpack(header)
             )
             if magic not in _WAL_MAGIC:
                 raise StorageError(f"{path} is not a SQLite WAL file")
+            if (salt1, salt2) == done:
+                return [], 0, page_size, done
             start = max(offset, _WAL_HEADER.size)
             f.seek(start)
             data = f.read()
     except FileNotFoundError:
-        return [], offset, 0
+        return [], offset, 0, None
     commits: list[WalCommit] = []
     pending: dict[int, bytes] = {}
     frame_size = _FRAME_HEADER.size + page_size
@@ -138,7 +147,7 @@ def read_wal_commits(path: str, offset: int) -> tuple[list[WalCommit], int, int]
             commits.append(WalCommit(pending, db_pages))
             pending = {}
             end = start + pos
-    return commits, end, page_size
+    return commits, end, page_size, (salt1, salt2)
 
 
 class History:

@@ -472,7 +472,9 @@ class SQLiteBackend:
         """Move the WAL's new commits into the history, then checkpoint."""
         state = self._wal[key]
         path, history = self._paths(key)
-        commits, end, page_size = read_wal_commits(path + "-wal", state.offset)
+        commits, end, page_size, salts = read_wal_commits(
+            path + "-wal", state.offset, state.done
+        )
         if commits:
             times = state.times
             now = self._now_ms()
@@ -491,6 +493,7 @@ class SQLiteBackend:
         (busy, _, _) = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
         if not busy:
             state.offset = 0
+            state.done = salts
 
     def _committed(self, key: _Key, conn: sqlite3.Connection) -> None:
         """A commit succeeded: note its time, archive now and then."""
