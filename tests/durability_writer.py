@@ -16,10 +16,18 @@ from pyobjects.storage import SQLiteBackend, Transaction
 
 
 class Ledger(DurableObject):
+    def __init__(self, ctx: Any, env: Any) -> None:
+        super().__init__(ctx, env)
+        ctx.storage.sql.exec(
+            "CREATE TABLE IF NOT EXISTS ledger (run INTEGER, i INTEGER,"
+            " PRIMARY KEY (run, i))"
+        )
+
     async def record(self, run: int, i: int) -> None:
-        # Three keys written without a yield: one atomic batch.
+        # Three keys and an SQL row written without a yield: one atomic batch.
         storage = self.ctx.storage
         storage.put(f"a:{run}:{i:06}", i)
+        storage.sql.exec("INSERT INTO ledger (run, i) VALUES (?, ?)", run, i)
         storage.put(f"b:{run}:{i:06}", i)
         storage.put(f"c:{run}:{i:06}", {"i": i, "pad": "x" * 200})
 

@@ -78,7 +78,8 @@ async def test_acknowledged_writes_survive_sigkill(
             async def dump(
                 instance: Any, ctx: pyobjects.DurableObjectState
             ) -> dict[str, Any]:
-                out: dict[str, Any] = {}
+                rows = ctx.storage.sql.exec("SELECT run, i FROM ledger").raw()
+                out: dict[str, Any] = {"@sql": {(run, i) for run, i in rows}}
                 start = None
                 while True:
                     page = (
@@ -100,6 +101,7 @@ async def test_acknowledged_writes_survive_sigkill(
                     if kind == "ack":
                         for prefix in "abc":
                             assert f"{prefix}:{run}:{i:06}" in data, (run, obj, i)
+                        assert (run, i) in data["@sql"], (run, obj, i)
                     else:
                         assert f"t:{run}:{i:06}" in data, (run, obj, i)
                 # No batch is half-applied: a, b and c exist together or not at all.
@@ -112,6 +114,9 @@ async def test_acknowledged_writes_survive_sigkill(
                     for prefix in "abc"
                 }
                 assert present["a"] == present["b"] == present["c"]
+                # ... and the SQL row of the same batch with them.
+                sql_rows = {f"{i:06}" for r, i in data["@sql"] if r == run}
+                assert sql_rows == present["a"]
                 txn_keys += sum(1 for k in data if k.startswith(f"t:{run}:"))
             # Every transaction wrote its key and bumped the total together.
             assert data.get("total", 0) == txn_keys
