@@ -72,8 +72,36 @@ def test_api_names_from_the_contract_exist() -> None:
     assert issubclass(pyobjects.StorageLimitError, ValueError)
     assert issubclass(pyobjects.SerializationError, TypeError)
     assert issubclass(pyobjects.SqlError, pyobjects.StorageError)
-    for name in ["MemoryBackend", "SQLiteBackend", "StorageBackend"]:
+    for name in [
+        "MemoryBackend",
+        "SQLiteBackend",
+        "StorageBackend",
+        "SqlStorage",
+        "SqlCursor",
+        "SyncKV",
+        "SqlObjectStore",
+        "PitrObjectStore",
+    ]:
         assert hasattr(pyobjects.storage, name), name
+    # Cloudflare spellings of the SQL and PITR surface.
+    for cls, names in [
+        (
+            pyobjects.storage.Storage,
+            [
+                "transactionSync",
+                "getCurrentBookmark",
+                "getBookmarkForTime",
+                "onNextSessionRestoreBookmark",
+            ],
+        ),
+        (pyobjects.storage.SqlStorage, ["databaseSize"]),
+        (
+            pyobjects.storage.SqlCursor,
+            ["toArray", "columnNames", "rowsRead", "rowsWritten"],
+        ),
+    ]:
+        for name in names:
+            assert hasattr(cls, name), (cls, name)
     for name in [
         "ManualClock",
         "run_in_durable_object",

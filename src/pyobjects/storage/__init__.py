@@ -5,9 +5,13 @@ from ._base import (
     AlarmEntry as AlarmEntry,
     ListQuery as ListQuery,
     ObjectStore as ObjectStore,
+    PitrObjectStore as PitrObjectStore,
+    SqlObjectStore as SqlObjectStore,
     StorageBackend as StorageBackend,
     WriteBatch as WriteBatch,
 )
+from ._sql import SqlCursor as SqlCursor, SqlStorage as SqlStorage
+from ._sync_kv import SyncKV as SyncKV
 from ._transaction import Transaction as Transaction
 from .memory import MemoryBackend as MemoryBackend
 from .sqlite import SQLiteBackend as SQLiteBackend
@@ -17,9 +21,14 @@ __all__ = (
     "ListQuery",
     "MemoryBackend",
     "ObjectStore",
+    "PitrObjectStore",
     "SQLiteBackend",
+    "SqlCursor",
+    "SqlObjectStore",
+    "SqlStorage",
     "Storage",
     "StorageBackend",
+    "SyncKV",
     "Transaction",
     "WriteBatch",
 )

@@ -8,6 +8,16 @@ lives once in the storage front end (:mod:`pyobjects.storage._api`).
 Reads and commits are awaitable so that a server-backed store can suspend;
 the built-in local backends complete them without suspending, which is what
 makes a cached or local read atomic with the code around it (the input gate).
+
+Two capabilities are optional, discovered on the store with ``getattr``:
+
+- SQL (:class:`SqlObjectStore`): the store hands out the object's own
+  ``sqlite3`` database; the front end runs user SQL on it inside the object's
+  transaction, and :meth:`ObjectStore.commit` ends that transaction with the
+  key-value batch, so both commit together. Without it, ``ctx.storage.sql``,
+  ``kv`` and ``transaction_sync`` raise Cloudflare's "not backed by SQL"
+  errors.
+- Point-in-time recovery (:class:`PitrObjectStore`): bookmarks and restores.
 """
 
 from __future__ import annotations
@@ -19,12 +29,15 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 if TYPE_CHECKING:
+    import sqlite3
     from collections.abc import Mapping, Sequence
 
 __all__ = [
     "AlarmEntry",
     "ListQuery",
     "ObjectStore",
+    "PitrObjectStore",
+    "SqlObjectStore",
     "StorageBackend",
     "WriteBatch",
     "check_batch",
@@ -108,6 +121,46 @@ class ObjectStore(Protocol):
 
     def close(self) -> None:
         """Release what this handle holds open; the data stays."""
+        ...
+
+
+class SqlObjectStore(ObjectStore, Protocol):
+    """An object store that also holds an SQL database for the object."""
+
+    def sql_connection(self, *, create: bool = True) -> sqlite3.Connection | None:
+        """Return the object's database connection, opened in autocommit mode.
+
+        The front end may leave a transaction open on it (``BEGIN``, then user
+        statements and savepoints); the next :meth:`commit` must apply its
+        batch inside that transaction and ``COMMIT`` it (all or nothing), and
+        a backend must never close a connection while a transaction is open
+        on it. Without *create*, return ``None`` if the object has no
+        database yet. User SQL may not touch tables whose names start with
+        ``_cf_``, so the backend may keep its own data there.
+        """
+        ...
+
+
+class PitrObjectStore(ObjectStore, Protocol):
+    """An object store that keeps history for point-in-time recovery.
+
+    Bookmarks are strings that sort in time order. A scheduled restore takes
+    effect the next time the backend's ``open()`` is called for the object
+    (its next session); ``open()`` then sets ``restored_alarm`` on the
+    store it returns to the restored alarm, so that the runtime reschedules
+    it.
+    """
+
+    async def current_bookmark(self) -> str:
+        """A bookmark for the state after the last commit."""
+        ...
+
+    async def bookmark_for_time(self, when_ms: int, now_ms: int, /) -> str:
+        """A bookmark for the state at *when_ms* (``ValueError`` if too old)."""
+        ...
+
+    async def schedule_restore(self, bookmark: str, now_ms: int, /) -> str:
+        """Restore to *bookmark* at the next session; return the undo bookmark."""
         ...
 
 
