@@ -433,6 +433,53 @@ async def _check_validation(run: _Run) -> None:
         store.close()
 
 
+async def _check_sql(run: _Run) -> None:
+    """The optional SQL capability: KV batch and SQL transaction commit as one."""
+    namespace = run.namespace("sql")
+    store = run.open(namespace, 1)
+    opener = getattr(store, "sql_connection", None)
+    if opener is None:
+        store.close()
+        return  # a backend without SQL: nothing to check
+    conn = opener()
+    _expect(conn is not None, True, "sql_connection() returns a connection")
+    _expect(conn.in_transaction, False, "a fresh connection is in autocommit mode")
+    conn.execute("BEGIN")
+    conn.execute("CREATE TABLE t (a)")
+    conn.execute("INSERT INTO t VALUES (1)")
+    await store.commit(WriteBatch(writes={"k": b"v"}))
+    _expect(conn.in_transaction, False, "commit() ends the open SQL transaction")
+    # A batch that fails leaves the SQL of its transaction uncommitted too.
+    conn.execute("BEGIN")
+    conn.execute("INSERT INTO t VALUES (2)")
+    try:
+        await store.commit(WriteBatch(writes={"k": "not bytes"}))  # type: ignore[dict-item]
+    except TypeError:
+        pass
+    else:
+        raise AssertionError("commit() of a bad batch must raise TypeError")
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")  # what the front end does on a failed commit
+    store.close()
+    again = run.open(namespace, 1)
+    reopened = getattr(again, "sql_connection")(create=False)  # noqa: B009
+    _expect(reopened is not None, True, "the database exists after a commit")
+    rows = reopened.execute("SELECT a FROM t").fetchall()
+    _expect(rows, [(1,)], "committed SQL rows after close() and open()")
+    _expect(await again.get(["k"]), {"k": b"v"}, "KV committed with the SQL")
+    _expect(
+        await run.backend.list_object_ids(namespace),
+        [_object_id(1)],
+        "an object with data is listed",
+    )
+    reopened.execute("DROP TABLE t")
+    await again.commit(WriteBatch(delete_all=True))
+    again.close()
+    empty = run.open(namespace, 2)
+    _expect(getattr(empty, "sql_connection")(create=False), None, "no database yet")  # noqa: B009
+    empty.close()
+
+
 _CHECKS = (
     _check_get,
     _check_overwrite_and_delete,
@@ -447,4 +494,5 @@ _CHECKS = (
     _check_pending_alarms,
     _check_close_and_reopen,
     _check_validation,
+    _check_sql,
 )
