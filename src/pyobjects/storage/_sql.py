@@ -319,6 +319,9 @@ _RENAME_TO_RESERVED = re.compile(r"\bRENAME\s+TO\s+[\"'`\[]?_cf_", re.IGNORECASE
 _COMMENTS = re.compile(r"--[^\n]*|/\*.*?(?:\*/|$)", re.DOTALL)
 _BLANK = re.compile(r"[\s;]*")
 _MAX_INT = 2**63
+# SQL texts whose read/write classification is remembered (an unknown text
+# just runs inside a transaction, which is always safe).
+_MAX_CLASSIFIED = 4096
 
 
 def allowed_name(name: str | None) -> bool:
@@ -767,6 +770,8 @@ class SqlStorage:
                 if prepared:
                     # Only a statement that compiled is classified for good
                     # ("no such table" may stop SQLite before the INSERT).
+                    if len(self._writes) >= _MAX_CLASSIFIED:
+                        self._writes.clear()  # SQL built by string formatting
                     self._writes[text] = writes
             if writes:
                 storage._sql_wrote()
