@@ -831,3 +831,48 @@ async def test_sql_in_memory_backend_touches_no_disk(tmp_path: Any) -> None:
             lambda s: _ret(s.sql.exec("CREATE TABLE t (a); INSERT INTO t VALUES (1)"))
         )
     assert os.listdir(tmp_path) == before
+
+
+async def test_errors_of_statements_that_ran_before(h: Harness) -> None:
+    # A statement that ran once takes a shorter path; its errors are the same.
+    async def body(s: Storage) -> None:
+        sql = s.sql
+        sql.exec("CREATE TABLE t (a INTEGER PRIMARY KEY)")
+        assert sql.exec("SELECT ? AS v", 1).one() == {"v": 1}
+        with pytest.raises(ValueError, match="64-bit INTEGER"):
+            sql.exec("SELECT ? AS v", 2**63)
+        with pytest.raises(ValueError, match="lone surrogate"):
+            sql.exec("SELECT ? AS v", "\udc00")
+        with pytest.raises(TypeError, match="binding 1 is dict"):
+            sql.exec("SELECT ? AS v", {})
+        error = sql_error(lambda: sql.exec("SELECT ? AS v"))
+        assert str(error) == "Wrong number of parameter bindings for SQL query."
+        sql.exec("INSERT INTO t VALUES (?)", 1)
+        error = sql_error(lambda: sql.exec("INSERT INTO t VALUES (?)", 1))
+        assert error.code == "SQLITE_CONSTRAINT"
+        sql.exec("INSERT INTO t VALUES (?)", 2)
+        assert sql.exec("SELECT count(*) AS n FROM t").one() == {"n": 2}
+
+    await h.run(body)
+    assert await h.run(lambda s: _ret(s.sql.exec("SELECT a FROM t").to_array())) == [
+        {"a": 1},
+        {"a": 2},
+    ]
+
+
+async def test_statements_are_authorized_again_after_a_schema_change(
+    h: Harness,
+) -> None:
+    async def body(s: Storage) -> None:
+        sql = s.sql
+        sql.exec("CREATE VIEW v AS SELECT 1 AS a")
+        assert sql.exec("SELECT * FROM v").to_array() == [{"a": 1}]
+        sql.exec("DROP VIEW v")
+        try:
+            sql.exec("CREATE VIEW v AS SELECT key AS a FROM _cf_KV")
+        except SqlError:
+            return  # refused at creation: nothing more to check
+        with pytest.raises(SqlError, match="prohibited"):
+            sql.exec("SELECT * FROM v")
+
+    await h.run(body)

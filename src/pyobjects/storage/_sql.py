@@ -319,6 +319,7 @@ _RENAME_TO_RESERVED = re.compile(r"\bRENAME\s+TO\s+[\"'`\[]?_cf_", re.IGNORECASE
 _COMMENTS = re.compile(r"--[^\n]*|/\*.*?(?:\*/|$)", re.DOTALL)
 _BLANK = re.compile(r"[\s;]*")
 _MAX_INT = 2**63
+_PLAIN_TYPES: Final = frozenset([int, float, str, bytes, type(None)])
 # SQL texts whose read/write classification is remembered (an unknown text
 # just runs inside a transaction, which is always safe).
 _MAX_CLASSIFIED = 4096
@@ -556,6 +557,7 @@ class SqlStorage:
     __slots__ = (
         "_auth_error",
         "_conn",
+        "_known",
         "_sql",
         "_storage",
         "_untrusted",
@@ -568,6 +570,8 @@ class SqlStorage:
         self._conn: sqlite3.Connection | None = None
         # SQL text -> whether it writes (learnt from the authorizer).
         self._writes: dict[str, bool] = {}
+        # Single-statement queries that ran: query -> (text run, writes).
+        self._known: dict[str, tuple[str, bool]] = {}
         self._untrusted = False
         self._wrote = False
         self._auth_error: str | None = None
@@ -594,6 +598,7 @@ class SqlStorage:
         # statement this instance runs is authorized (and classified) again.
         conn.set_authorizer(self._authorize)
         self._writes.clear()
+        self._known.clear()
         self._conn = conn
 
     def _authorize(
@@ -696,10 +701,41 @@ class SqlStorage:
         """
         storage = self._storage
         storage._owner.check_usable()
+        for value in bindings:
+            if type(value) not in _PLAIN_TYPES:
+                for index, value in enumerate(bindings, 1):
+                    _check_binding(index, value)
+                break
+        known = self._known.get(query)
+        if known is not None:
+            # The hot path: a single statement that ran before, outside any
+            # transaction() (most calls). Same rules as below, fewer steps.
+            conn = storage._sql_connection()
+            if conn is self._conn and len(storage._layers) == 1:
+                text, writes = known
+                if writes:
+                    if not conn.in_transaction:
+                        conn.execute("BEGIN")
+                    if not storage._layers[0].sql_dirty:
+                        storage._sql_wrote()
+                changes = conn.total_changes
+                self._untrusted = True
+                self._auth_error = None
+                try:
+                    cursor = conn.execute(text, bindings)
+                    description = cursor.description
+                    rows = [] if description is None else cursor.fetchall()
+                except (sqlite3.Error, OverflowError, UnicodeEncodeError) as exc:
+                    raise self._error(exc, last=True) from exc
+                finally:
+                    self._untrusted = False
+                return SqlCursor(
+                    [] if description is None else [d[0] for d in description],
+                    rows,
+                    conn.total_changes - changes,
+                )
         if not isinstance(query, str):
             raise TypeError(f"SQL query must be a str, not {type(query).__name__}")
-        for index, value in enumerate(bindings, 1):
-            _check_binding(index, value)
         conn = self._connection()
         if ";" in query:
             pieces = split_statements(query)
@@ -727,7 +763,38 @@ class SqlStorage:
             rows = cursor.fetchall()
         except sqlite3.Error as exc:
             raise sql_error(exc) from exc
+        if len(pieces) == 1:
+            text = pieces[0] + _USER_SUFFIX
+            classified = self._writes.get(text)
+            if classified is not None:
+                if len(self._known) >= _MAX_CLASSIFIED:
+                    self._known.clear()
+                self._known[query] = (text, classified)
         return SqlCursor(names, rows, conn.total_changes - changes)
+
+    def _error(self, exc: BaseException, *, last: bool) -> BaseException:
+        """The error to raise for what running a user statement raised."""
+        if isinstance(exc, OverflowError):
+            return ValueError(
+                f"an SQL binding is outside SQLite's 64-bit INTEGER range ({exc})"
+            )
+        if isinstance(exc, UnicodeEncodeError):
+            return ValueError(
+                f"an SQL binding cannot be encoded as UTF-8 (lone surrogate): {exc}"
+            )
+        if isinstance(exc, sqlite3.ProgrammingError):
+            if "number of bindings" in str(exc):
+                return SqlError(
+                    "Wrong number of parameter bindings for SQL query."
+                    if last
+                    else "When executing multiple SQL statements in a single call, "
+                    "only the last statement can have parameters."
+                )
+            return sql_error(exc)
+        assert isinstance(exc, sqlite3.Error)
+        if self._auth_error is not None:
+            return SqlError(self._auth_error)
+        return sql_error(exc)
 
     def _run(
         self,
@@ -750,19 +817,8 @@ class SqlStorage:
         try:
             cursor = conn.execute(text, bindings)
             prepared = True
-        except sqlite3.ProgrammingError as exc:
-            if "number of bindings" in str(exc):
-                raise SqlError(
-                    "Wrong number of parameter bindings for SQL query."
-                    if last
-                    else "When executing multiple SQL statements in a single call, "
-                    "only the last statement can have parameters."
-                ) from exc
-            raise sql_error(exc) from exc
-        except sqlite3.Error as exc:
-            if self._auth_error is not None:
-                raise SqlError(self._auth_error) from exc
-            raise sql_error(exc) from exc
+        except (sqlite3.Error, OverflowError, UnicodeEncodeError) as exc:
+            raise self._error(exc, last=last) from exc
         finally:
             self._untrusted = False
             if writes is None:
