@@ -148,6 +148,16 @@ async def _call(method: Any, *args: Any) -> None:
         await result
 
 
+def _vanished(message: Any, code: int) -> bool:
+    """True if the peer went away without a close frame.
+
+    That is code 1006 by convention. uvicorn reports a lost connection as
+    1005 without a ``reason`` key, while a close frame that carried no code
+    (1005, as a browser's plain ``ws.close()`` sends) comes with one.
+    """
+    return code == 1006 or (code == 1005 and "reason" not in message)
+
+
 def _sendable_code(code: int) -> int:
     """A close code allowed on the wire (1005/1006/1015 never are)."""
     if code in {1000, 1001, 1002, 1003} or 1007 <= code <= 1014:
@@ -201,7 +211,7 @@ class _Bridge:
             kind = message["type"]
             if kind == "websocket.disconnect":
                 code = int(message.get("code") or 1005)
-                if code == 1006:
+                if _vanished(message, code):
                     await self._disconnected()
                 else:
                     await self._closed(code, str(message.get("reason") or ""))
