@@ -61,6 +61,13 @@ class MemoryBackend:
         check_namespace(namespace)
         return sorted(self._namespaces.get(namespace, ()))
 
+    async def list_namespaces(self) -> list[str]:
+        """Return the sorted namespaces holding at least one object with data.
+
+        Read-only (for inspection tools); not part of the backend protocol.
+        """
+        return sorted(self._namespaces)
+
     async def pending_alarms(self) -> list[AlarmEntry]:
         """Return every pending alarm, ordered by time, namespace and id."""
         return [
