@@ -282,3 +282,44 @@ async def test_disconnect_messages_are_told_apart(
             await peer.next()
             await peer.to_app.send({"type": "websocket.disconnect", **message})
     assert sockets[0].events[-1] == event
+
+
+class RefusingSocket(FakeClientSocket):
+    async def send(self, message: str | bytes) -> None:
+        self.events.append(("refused", message))
+        raise RuntimeError("socket closed")
+
+    def close(self, code: int, reason: str) -> None:
+        super().close(code, reason)
+        raise RuntimeError("already closed")
+
+
+async def test_errors_of_the_object_socket_do_not_break_the_bridge() -> None:
+    refusing = RefusingSocket()
+
+    async def fetch(request: Request, env: Any) -> Response:
+        return Response(status=101, websocket=refusing)
+
+    app = App(Worker(fetch, bindings={}))
+    async with lifespan(app):
+        async with websocket(app) as peer:
+            await peer.next()
+            await peer.send_text("dropped")
+            await peer.disconnect(1000, "done")
+    assert refusing.events == [
+        ("accept",),
+        ("refused", "dropped"),
+        ("close", 1000, "done"),
+    ]
+
+
+async def test_bad_handshakes_and_refusals() -> None:
+    async def fetch(request: Request, env: Any) -> Response:
+        return Response("no", status=403, headers={"x-bad": "ŝ"})
+
+    app = App(Worker(fetch, bindings={}))
+    async with lifespan(app):
+        async with websocket(app, headers=[("host", "bad host")]) as peer:
+            assert (await peer.next())["status"] == 400
+        async with websocket(app) as peer:
+            assert (await peer.next())["status"] == 500  # header not Latin-1

@@ -161,3 +161,21 @@ async def test_entrypoint_base_fetch_is_not_implemented() -> None:
 def test_worker_names_are_exported() -> None:
     for name in ("Worker", "WorkerEntrypoint", "ExecutionContext"):
         assert getattr(pyobjects, name).__module__ == "pyobjects"
+
+
+async def test_wait_until_after_the_runtime_stopped_is_refused() -> None:
+    kept: list[ExecutionContext] = []
+
+    async def fetch(request: Request, env: Any, ctx: ExecutionContext) -> Response:
+        kept.append(ctx)
+        return Response("ok")
+
+    app = App(Worker(fetch, bindings={}))
+    async with lifespan(app):
+        await http(app)
+
+    async def never() -> None:
+        raise AssertionError  # pragma: no cover
+
+    with pytest.raises(pyobjects.RuntimeClosedError):
+        kept[0].wait_until(never())  # closed without a "never awaited" warning
