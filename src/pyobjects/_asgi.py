@@ -11,6 +11,7 @@ in :mod:`pyobjects._asgi_ws`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import logging
 import traceback
@@ -36,7 +37,7 @@ from ._asgi_ws import serve_websocket
 from ._errors import RuntimeClosedError
 from ._http import Request, Response
 from ._runtime import Runtime
-from ._worker import ExecutionContext, Worker
+from ._worker import Worker
 from .storage.memory import MemoryBackend
 
 if TYPE_CHECKING:
@@ -258,12 +259,9 @@ class App:
 
     # -- HTTP ----------------------------------------------------------------
 
-    def _context(self, runtime: Runtime) -> ExecutionContext:
-        background = self._background
-        return ExecutionContext(lambda aw: background.spawn(runtime, aw))
-
     async def _invoke(self, runtime: Runtime, request: Request) -> Response:
-        return await self.worker._dispatch(request, runtime.env, self._context(runtime))
+        spawn = functools.partial(self._background.spawn, runtime)
+        return await self.worker._dispatch(request, runtime.env, spawn)
 
     def _not_running(self) -> Response:
         if not self._warned_not_running:
@@ -304,7 +302,8 @@ class App:
             await send_response(send, _too_large(limit), head=False)
             return
         try:
-            request = Request(url, method=method, headers=headers, body=body)
+            request = Request(url, method=method, body=body)
+            request.headers = headers  # checked already: skip a second pass
         except (ValueError, TypeError) as exc:
             await send_response(send, plain(400, f"Bad Request: {exc}\n"), head=False)
             return

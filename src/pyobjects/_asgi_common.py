@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 import logging
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any, TypeAlias, final
 from urllib.parse import quote
 
@@ -30,6 +30,7 @@ __all__ = [
     "response_messages",
     "send_quietly",
     "send_response",
+    "trusted_headers",
 ]
 
 logger = logging.getLogger("pyobjects.asgi")
@@ -42,6 +43,8 @@ Send: TypeAlias = Callable[[Message], Awaitable[None]]
 _HOST_RE = re.compile(
     r"[A-Za-z0-9._~-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?"
 )
+_NAME_RE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token
+_BAD_VALUE_RE = re.compile(rb"[\r\n\x00]")
 # Characters a path may hold unescaped (RFC 3986 pchar plus "/" and "%").
 _PATH_SAFE = "/:@!$&'()*+,;=-._~%"
 
@@ -71,12 +74,7 @@ def request_parts(scope: Scope) -> tuple[str, Headers]:
     Raises:
         BadRequestError: For a malformed ``Host`` or header.
     """
-    try:
-        headers = Headers(
-            [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
-        )
-    except ValueError as exc:
-        raise BadRequestError(str(exc)) from None
+    headers = trusted_headers(scope["headers"])
     scheme = str(scope.get("scheme") or "http")
     scheme = {"ws": "http", "wss": "https"}.get(scheme, scheme)
     host = headers.get("host")
@@ -100,6 +98,28 @@ def request_parts(scope: Scope) -> tuple[str, Headers]:
     query = bytes(scope.get("query_string") or b"").decode("latin-1")
     url = f"{scheme}://{host}{path}"
     return (f"{url}?{query}" if query else url), headers
+
+
+def trusted_headers(raw: Iterable[tuple[bytes, bytes]]) -> Headers:
+    """Build :class:`Headers` from an ASGI header list.
+
+    The hot path of every request: one C-level regex check per field instead
+    of ``Headers.append``'s Python checks, with the same outcome for what an
+    HTTP server can deliver (token names, no CR/LF/NUL in values).
+
+    Raises:
+        BadRequestError: For a malformed name or value.
+    """
+    items = []
+    for name, value in raw:
+        if _NAME_RE.fullmatch(name) is None or _BAD_VALUE_RE.search(value):
+            raise BadRequestError(f"invalid header: {bytes(name)!r}: {bytes(value)!r}")
+        items.append(
+            (name.decode("latin-1").lower(), value.decode("latin-1").strip(" \t"))
+        )
+    headers = Headers()
+    headers._items = items  # already checked and normalised as Headers does
+    return headers
 
 
 def content_length(headers: Headers) -> int | None:

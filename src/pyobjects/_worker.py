@@ -8,6 +8,7 @@ runs nothing by itself; :class:`pyobjects.asgi.App` serves it.
 
 from __future__ import annotations
 
+import enum
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -84,6 +85,12 @@ class WorkerEntrypoint:
         )
 
 
+class _Mode(enum.Enum):
+    FUNCTION = "fetch(request, env)"
+    FUNCTION_WITH_CTX = "fetch(request, env, ctx)"
+    ENTRYPOINT = "WorkerEntrypoint"
+
+
 def _takes_ctx(fn: Callable[..., Any]) -> bool:
     """True if *fn* accepts a third positional argument (``ctx``)."""
     try:
@@ -111,10 +118,10 @@ class Worker:
     ``pyobjects serve module:worker``.
     """
 
-    __slots__ = ("_call", "bindings", "fetch", "vars")
+    __slots__ = ("_mode", "bindings", "fetch", "vars")
 
     fetch: FetchHandler | type[WorkerEntrypoint]
-    _call: Callable[[Request, Env, ExecutionContext], Awaitable[object]]
+    _mode: _Mode
     bindings: Mapping[str, type[DurableObject] | DurableObjectBinding]
     vars: Mapping[str, Any]
 
@@ -133,12 +140,10 @@ class Worker:
                 )
             if fetch.fetch is WorkerEntrypoint.fetch:
                 raise TypeError(f"{fetch.__name__} does not define fetch()")
-            self._call = _entrypoint_caller(fetch)
+            self._mode = _Mode.ENTRYPOINT
         elif callable(fetch):
-            if _takes_ctx(fetch):
-                self._call = fetch
-            else:
-                self._call = _two_arg_caller(fetch)
+            takes_ctx = _takes_ctx(fetch)
+            self._mode = _Mode.FUNCTION_WITH_CTX if takes_ctx else _Mode.FUNCTION
         else:
             raise TypeError(
                 "Worker() takes an async fetch function or a WorkerEntrypoint "
@@ -153,10 +158,21 @@ class Worker:
         self.vars = MappingProxyType(dict(vars or {}))
 
     async def _dispatch(
-        self, request: Request, env: Env, ctx: ExecutionContext
+        self, request: Request, env: Env, spawn: Callable[[Awaitable[Any]], None]
     ) -> Response:
-        """Run the entry point for one request and check what it returns."""
-        response = await self._call(request, env, ctx)
+        """Run the entry point for one request and check what it returns.
+
+        *spawn* runs ``ctx.wait_until()`` work; the context is built only for
+        entry points that take one.
+        """
+        fetch: Any = self.fetch
+        mode = self._mode
+        if mode is _Mode.FUNCTION:
+            response = await fetch(request, env)
+        elif mode is _Mode.FUNCTION_WITH_CTX:
+            response = await fetch(request, env, ExecutionContext(spawn))
+        else:
+            response = await fetch(ExecutionContext(spawn), env).fetch(request)
         if not isinstance(response, Response):
             raise TypeError(
                 f"the worker's fetch() must return a pyobjects.Response, "
@@ -167,21 +183,3 @@ class Worker:
     def __repr__(self) -> str:
         name = getattr(self.fetch, "__qualname__", repr(self.fetch))
         return f"<Worker {name} bindings={sorted(self.bindings)}>"
-
-
-def _entrypoint_caller(
-    cls: type[WorkerEntrypoint],
-) -> Callable[[Request, Env, ExecutionContext], Awaitable[object]]:
-    async def call(request: Request, env: Env, ctx: ExecutionContext) -> object:
-        return await cls(ctx, env).fetch(request)
-
-    return call
-
-
-def _two_arg_caller(
-    fn: FetchHandler,
-) -> Callable[[Request, Env, ExecutionContext], Awaitable[object]]:
-    async def call(request: Request, env: Env, ctx: ExecutionContext) -> object:
-        return await fn(request, env)
-
-    return call
