@@ -44,3 +44,20 @@ def serve() -> Iterator[Callable[..., str]]:
     yield start
     for thread in reversed(started):
         thread.stop()
+
+
+@pytest.fixture
+def serve_on_trio() -> Iterator[Callable[[Any], str]]:
+    """Like ``serve``, with hypercorn running the app on trio."""
+    from .servers import HypercornTrioThread  # imported late: optional server
+
+    started: list[HypercornTrioThread] = []
+
+    def start(app: Any) -> str:
+        thread = HypercornTrioThread(app)
+        started.append(thread)
+        return thread.start()
+
+    yield start
+    for thread in reversed(started):
+        thread.stop()

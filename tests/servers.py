@@ -48,3 +48,64 @@ class ServerThread:
             self.server.force_exit = True
             self.thread.join(STARTUP_TIMEOUT)
         assert not self.thread.is_alive(), "uvicorn did not stop"
+
+
+class HypercornTrioThread:
+    """hypercorn on trio in a thread: the App under a real server on trio."""
+
+    def __init__(self, app: Any) -> None:
+        from hypercorn.config import Config  # optional server
+
+        self.app = app
+        self.config = Config()
+        self.config.bind = ["127.0.0.1:0"]
+        self.config.accesslog = None
+        self.config.errorlog = None
+        self.ready = threading.Event()
+        self.url = ""
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import trio
+
+        try:
+            trio.run(self._main)
+        except BaseException as exc:  # reported to the test thread
+            self.error = exc
+            self.ready.set()
+
+    async def _main(self) -> None:
+        import trio
+        from hypercorn.trio import serve
+
+        self.stop_event = trio.Event()
+        self.token = trio.lowlevel.current_trio_token()
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(self._serve, serve)
+            self.url = binds[0]
+            self.ready.set()
+
+    async def _serve(self, serve: Any, task_status: Any) -> None:
+        await serve(
+            self.app,
+            self.config,
+            shutdown_trigger=self.stop_event.wait,
+            task_status=task_status,
+        )
+
+    def start(self) -> str:
+        self.thread.start()
+        if not self.ready.wait(STARTUP_TIMEOUT):
+            raise TimeoutError("hypercorn did not start in time")
+        if self.error is not None:
+            raise RuntimeError("hypercorn failed to start") from self.error
+        return self.url
+
+    def stop(self) -> None:
+        import trio
+
+        if self.thread.is_alive() and self.error is None:
+            trio.from_thread.run_sync(self.stop_event.set, trio_token=self.token)
+        self.thread.join(STARTUP_TIMEOUT)
+        assert not self.thread.is_alive(), "hypercorn did not stop"
