@@ -1,13 +1,13 @@
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from pyobjects.storage import MemoryBackend, SQLiteBackend, StorageBackend
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
 
@@ -24,3 +24,40 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StorageB
         yield MemoryBackend()
     else:
         yield SQLiteBackend(tmp_path / "data")
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., str]]:
+    """Start ASGI apps under a real uvicorn on 127.0.0.1; stopped at teardown.
+
+    ``url = serve(app, **uvicorn_config)`` returns the base URL.
+    """
+    from .servers import ServerThread  # imported late: needs the server extra
+
+    started: list[ServerThread] = []
+
+    def start(app: Any, **config: Any) -> str:
+        thread = ServerThread(app, **config)
+        started.append(thread)
+        return thread.start()
+
+    yield start
+    for thread in reversed(started):
+        thread.stop()
+
+
+@pytest.fixture
+def serve_on_trio() -> Iterator[Callable[[Any], str]]:
+    """Like ``serve``, with hypercorn running the app on trio."""
+    from .servers import HypercornTrioThread  # imported late: optional server
+
+    started: list[HypercornTrioThread] = []
+
+    def start(app: Any) -> str:
+        thread = HypercornTrioThread(app)
+        started.append(thread)
+        return thread.start()
+
+    yield start
+    for thread in reversed(started):
+        thread.stop()

@@ -9,7 +9,12 @@ import sys
 
 import pytest
 
-PUBLIC_MODULES = ["pyobjects", "pyobjects.storage", "pyobjects.testing"]
+PUBLIC_MODULES = [
+    "pyobjects",
+    "pyobjects.asgi",
+    "pyobjects.storage",
+    "pyobjects.testing",
+]
 
 
 @pytest.mark.parametrize("name", PUBLIC_MODULES)

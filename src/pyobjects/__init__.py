@@ -35,6 +35,11 @@ from ._state import (
 )
 from ._stub import DurableObjectStub as DurableObjectStub
 from ._version import __version__ as __version__
+from ._worker import (
+    ExecutionContext as ExecutionContext,
+    Worker as Worker,
+    WorkerEntrypoint as WorkerEntrypoint,
+)
 
 __all__ = (
     "AlarmInfo",
@@ -49,6 +54,7 @@ __all__ = (
     "DurableObjectState",
     "DurableObjectStub",
     "Env",
+    "ExecutionContext",
     "Headers",
     "InvalidIdError",
     "MessageTooLargeError",
@@ -64,6 +70,8 @@ __all__ = (
     "StorageLimitError",
     "SystemClock",
     "TransactionError",
+    "Worker",
+    "WorkerEntrypoint",
 )
 
 for _name in __all__:

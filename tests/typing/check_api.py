@@ -34,3 +34,25 @@ async def http_types() -> None:
     response = pyobjects.Response.from_json({"a": 1})
     assert_type(await response.text(), str)
     assert_type(response.status, int)
+
+
+async def worker_types(request: pyobjects.Request) -> None:
+    from pyobjects.asgi import App
+
+    async def fetch(
+        request: pyobjects.Request, env: pyobjects.Env
+    ) -> pyobjects.Response:
+        return pyobjects.Response("ok")
+
+    class Entry(pyobjects.WorkerEntrypoint):
+        async def fetch(self, request: pyobjects.Request) -> pyobjects.Response:
+            assert_type(self.env, pyobjects.Env)
+            assert_type(self.ctx, pyobjects.ExecutionContext)
+            return pyobjects.Response("ok")
+
+    app = App(pyobjects.Worker(fetch, bindings={}), idle_timeout=None)
+    App(pyobjects.Worker(Entry, bindings={}, vars={"A": 1}))
+    async with app.running() as runtime:
+        assert_type(runtime, pyobjects.Runtime)
+        assert_type(app.runtime, pyobjects.Runtime)
+    assert_type(app.max_body_size, int | None)

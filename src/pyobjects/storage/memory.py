@@ -101,6 +101,13 @@ class MemoryBackend:
         objects = self._namespaces.get(namespace, {})
         return sorted(oid for oid, state in objects.items() if state.holds_data())
 
+    async def list_namespaces(self) -> list[str]:
+        """Return the sorted namespaces holding at least one object with data.
+
+        Read-only (for inspection tools); not part of the backend protocol.
+        """
+        return sorted(self._namespaces)
+
     async def pending_alarms(self) -> list[AlarmEntry]:
         """Return every pending alarm, ordered by time, namespace and id."""
         return [

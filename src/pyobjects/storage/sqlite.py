@@ -294,6 +294,32 @@ class SQLiteBackend:
                 ids.append(object_id)
         return ids
 
+    async def list_namespaces(self) -> list[str]:
+        """Return the sorted namespaces that have at least one object file.
+
+        Read-only (for ``pyobjects inspect``); not part of the backend
+        protocol. An object file may hold no data any more; use
+        :meth:`list_object_ids` to see which objects do.
+        """
+        try:
+            with os.scandir(self._directory) as scan:
+                entries = sorted(scan, key=lambda e: e.name)
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise StorageError(f"cannot list {self._directory}: {exc}") from exc
+        found = []
+        for entry in entries:
+            try:
+                _check_name(entry.name)
+            except ValueError:
+                continue  # the alarm index, or not ours
+            if entry.is_dir() and any(
+                name.endswith(".sqlite") for name in os.listdir(entry.path)
+            ):
+                found.append(entry.name)
+        return found
+
     async def pending_alarms(self) -> list[AlarmEntry]:
         """Return every pending alarm, ordered by time, namespace and id.
 

@@ -1,0 +1,323 @@
+"""The click commands behind ``pyobjects`` (needs the ``server`` extra)."""
+
+from __future__ import annotations
+
+import datetime
+import importlib
+import json
+import os
+import signal
+import socket
+import sys
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import anyio
+import click
+
+from ._asgi import App
+from ._inspect import ObjectSummary, dump_object, find_object, summarize
+from ._worker import Worker
+from .storage.memory import MemoryBackend
+from .storage.sqlite import SQLiteBackend
+
+if TYPE_CHECKING:
+    from .storage._base import StorageBackend
+
+__all__ = ["cli"]
+
+DEFAULT_STORAGE = ".pyobjects"
+_LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="pyobjects")
+def cli() -> None:
+    """Serve and inspect pyobjects Durable Objects."""
+
+
+def load_worker(target: str, app_dir: str) -> Worker:
+    """Import ``module:attribute`` (relative to *app_dir*) and check it is a Worker."""
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise click.BadParameter(
+            f"expected MODULE:WORKER (for example app:worker), got {target!r}",
+            param_hint="MODULE:WORKER",
+        )
+    path = os.path.abspath(app_dir)
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and module_name.startswith(exc.name):
+            raise click.BadParameter(
+                f"cannot import module {module_name!r} (from {path})",
+                param_hint="MODULE:WORKER",
+            ) from None
+        raise
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise click.BadParameter(
+                f"module {module_name!r} has no attribute {attr!r}",
+                param_hint="MODULE:WORKER",
+            ) from None
+    if isinstance(obj, App):
+        raise click.BadParameter(
+            f"{target} is a pyobjects.asgi.App; name its pyobjects.Worker "
+            "(pyobjects serve builds the App), or run the App with uvicorn",
+            param_hint="MODULE:WORKER",
+        )
+    if not isinstance(obj, Worker):
+        raise click.BadParameter(
+            f"{target} is a {type(obj).__name__}, not a pyobjects.Worker",
+            param_hint="MODULE:WORKER",
+        )
+    return obj
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        # Listen now, so that a client reading the printed URL can connect at
+        # once; uvicorn accepts the queued connections when it has started.
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+class _Stopped(Exception):
+    """SIGTERM, seen after uvicorn's graceful shutdown."""
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> NoReturn:
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again
+    # for the previous handler: this one, which makes that a normal exit.
+    raise _Stopped
+
+
+@cli.command()
+@click.argument("target", metavar="MODULE:WORKER")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface.")
+@click.option(
+    "--port",
+    default=8787,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="TCP port; 0 picks a free one.",
+)
+@click.option(
+    "--storage",
+    type=click.Path(file_okay=False),
+    default=None,
+    help=f"Directory of the SQLite storage.  [default: ./{DEFAULT_STORAGE}]",
+)
+@click.option("--memory", is_flag=True, help="Keep storage in memory (lost on exit).")
+@click.option(
+    "--debug", is_flag=True, help="Show tracebacks in 500 responses (never in prod)."
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(_LOG_LEVELS),
+    default="info",
+    show_default=True,
+    help="uvicorn's log level.",
+)
+@click.option(
+    "--app-dir",
+    default=".",
+    show_default=True,
+    type=click.Path(file_okay=False, exists=True),
+    help="Directory MODULE is imported from.",
+)
+def serve(
+    target: str,
+    host: str,
+    port: int,
+    storage: str | None,
+    memory: bool,
+    debug: bool,
+    log_level: str,
+    app_dir: str,
+) -> None:
+    """Serve MODULE:WORKER (a pyobjects.Worker) over HTTP and WebSockets.
+
+    Runs uvicorn. Ctrl-C (or SIGTERM) stops accepting connections, lets
+    running requests finish, flushes every pending write and exits with 0.
+    """
+    if storage is not None and memory:
+        raise click.UsageError("--storage and --memory cannot be used together")
+    try:
+        import uvicorn  # optional: the server extra
+    except ModuleNotFoundError:
+        raise click.ClickException(
+            "pyobjects serve needs uvicorn: pip install 'pyobjects[server]'"
+        ) from None
+    worker = load_worker(target, app_dir)
+    backend: StorageBackend
+    if memory:
+        backend, where = MemoryBackend(), "in memory"
+    else:
+        directory = storage if storage is not None else DEFAULT_STORAGE
+        backend, where = SQLiteBackend(directory), f"SQLite in {directory}"
+    app = App(worker, storage=backend, debug=debug)
+    sock = _bind(host, port)
+    config = uvicorn.Config(
+        app,
+        lifespan="on",
+        log_level=log_level,
+        ws_max_size=app.max_message_size,
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+    bound = sock.getsockname()[1]
+    url_host = f"[{host}]" if ":" in host else host
+    click.echo(
+        f"pyobjects: serving {target} at http://{url_host}:{bound} "
+        f"(storage: {where}); press Ctrl-C to stop"
+    )
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        server.run(sockets=[sock])
+    except (KeyboardInterrupt, _Stopped):
+        pass  # uvicorn re-raises the signal it handled gracefully
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        sock.close()
+    if not server.started:
+        raise click.ClickException("the server did not start (see the log above)")
+    click.echo("pyobjects: stopped; pending writes flushed")
+
+
+# -- inspect --------------------------------------------------------------------
+
+
+def _format_alarm(alarm: int | None) -> str:
+    if alarm is None:
+        return "-"
+    when = datetime.datetime.fromtimestamp(alarm / 1000, tz=datetime.UTC)
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _summary_json(summary: ObjectSummary) -> dict[str, Any]:
+    return {
+        "namespace": summary.namespace,
+        "id": summary.object_id,
+        "name": summary.name,
+        "keys": summary.keys,
+        "size": summary.size,
+        "alarm": summary.alarm,
+    }
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(
+            cell.ljust(width) for cell, width in zip(row, widths, strict=True)
+        ).rstrip()
+        for row in rows
+    ]
+
+
+def _print_summaries(summaries: list[ObjectSummary], namespaces: list[str]) -> None:
+    for namespace in namespaces:
+        objects = [s for s in summaries if s.namespace == namespace]
+        noun = "object" if len(objects) == 1 else "objects"
+        click.echo(f"{namespace}: {len(objects)} {noun}")
+        if not objects:
+            continue
+        rows = [["  ID", "NAME", "KEYS", "BYTES", "ALARM (UTC)"]]
+        rows += [
+            [
+                "  " + s.object_id,
+                "-" if s.name is None else repr(s.name),
+                str(s.keys),
+                str(s.size),
+                _format_alarm(s.alarm),
+            ]
+            for s in objects
+        ]
+        for line in _table(rows):
+            click.echo(line)
+
+
+@cli.command()
+@click.option(
+    "--storage",
+    type=click.Path(file_okay=False),
+    default=DEFAULT_STORAGE,
+    show_default=True,
+    help="Directory of the SQLite storage.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.argument("namespace", required=False)
+@click.argument("object_ref", metavar="[OBJECT]", required=False)
+def inspect(
+    storage: str, as_json: bool, namespace: str | None, object_ref: str | None
+) -> None:
+    """List stored objects, or dump one object's keys and values.
+
+    Without arguments, list every namespace and its objects (ids, names when
+    known, key counts, bytes stored and pending alarms). With NAMESPACE, list
+    that namespace only. With NAMESPACE OBJECT (64 hex digits, or the name
+    the object was reached by), print its keys and decoded values. Reads
+    only; safe while a server runs on the same storage.
+    """
+    if not os.path.isdir(storage):
+        raise click.ClickException(f"no pyobjects storage at {storage}")
+    backend = SQLiteBackend(storage)
+    try:
+        if object_ref is not None:
+            assert namespace is not None
+            anyio.run(_dump, backend, namespace, object_ref, as_json)
+        else:
+            anyio.run(_list, backend, namespace, as_json)
+    except ValueError as exc:  # a malformed namespace name
+        raise click.ClickException(str(exc)) from None
+    finally:
+        anyio.run(backend.aclose)
+
+
+async def _list(backend: SQLiteBackend, namespace: str | None, as_json: bool) -> None:
+    namespaces = await backend.list_namespaces() if namespace is None else [namespace]
+    summaries = await summarize(backend, namespaces)
+    if as_json:
+        click.echo(json.dumps([_summary_json(s) for s in summaries], indent=2))
+    elif not namespaces:
+        click.echo("no stored objects")
+    else:
+        _print_summaries(summaries, namespaces)
+
+
+async def _dump(
+    backend: SQLiteBackend, namespace: str, ref: str, as_json: bool
+) -> None:
+    object_id = await find_object(backend, namespace, ref)
+    if object_id is None:
+        raise click.ClickException(
+            f"no stored object {ref!r} in namespace {namespace!r} "
+            "(give its 64 hex digits or its name)"
+        )
+    summary, items = await dump_object(backend, namespace, object_id)
+    if as_json:
+        document = _summary_json(summary)
+        document["data"] = [{"key": k, "value": repr(v)} for k, v in items]
+        click.echo(json.dumps(document, indent=2))
+        return
+    name = "" if summary.name is None else f" (name {summary.name!r})"
+    click.echo(f"{namespace} {object_id}{name}")
+    click.echo(
+        f"keys: {summary.keys}, bytes: {summary.size}, "
+        f"alarm: {_format_alarm(summary.alarm)}"
+    )
+    for key, value in items:
+        click.echo(f"  {key!r}: {value!r}")

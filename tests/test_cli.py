@@ -1,0 +1,272 @@
+"""The ``pyobjects`` command line: ``serve`` (a real subprocess) and ``inspect``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from pyobjects import Runtime
+from pyobjects._cli import main
+from pyobjects._cli_commands import cli
+from pyobjects._inspect import list_namespaces
+from pyobjects.storage import MemoryBackend, SQLiteBackend, StorageBackend, WriteBatch
+
+from .cli_app import Counter
+
+ROOT = Path(__file__).parent.parent
+HEX = "0123456789abcdef" * 4
+
+
+def _populate(directory: Path) -> dict[str, str]:
+    """Store a named object with an alarm, an unnamed one and junk; return ids."""
+
+    async def run() -> dict[str, str]:
+        async with Runtime(
+            bindings={"COUNTER": Counter}, storage=SQLiteBackend(directory)
+        ) as rt:
+            named = rt.env.COUNTER.get_by_name("global")
+            await named.fetch("https://x/?alarm")
+            unnamed = rt.env.COUNTER.get(rt.env.COUNTER.new_unique_id())
+            await unnamed.fetch("https://x/")
+            await unnamed.fetch("https://x/")
+            return {"named": str(named.id), "unnamed": str(unnamed.id)}
+
+    ids = anyio.run(run)
+    junk = SQLiteBackend(directory)
+    store = junk.open("OTHER", HEX)
+
+    async def write_junk() -> None:
+        await store.commit(WriteBatch(writes={"bad": b"\xc1", "ok": b"\x01"}))
+        await junk.aclose()
+
+    anyio.run(write_junk)
+    return ids
+
+
+def test_inspect_lists_namespaces_objects_names_and_alarms(tmp_path: Path) -> None:
+    ids = _populate(tmp_path / "data")
+    result = CliRunner().invoke(cli, ["inspect", "--storage", str(tmp_path / "data")])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "COUNTER: 2 objects" in out
+    assert "OTHER: 1 object\n" in out
+    named_line = next(line for line in out.splitlines() if ids["named"] in line)
+    assert "'global'" in named_line
+    assert named_line.split()[2:4] == ["1", "6"]  # 1 key, "value" + 1 byte
+    assert named_line.rstrip().endswith("Z")  # the pending alarm, in UTC
+    unnamed_line = next(line for line in out.splitlines() if ids["unnamed"] in line)
+    assert unnamed_line.split()[1:3] == ["-", "1"]
+
+
+def test_inspect_json_and_one_namespace(tmp_path: Path) -> None:
+    ids = _populate(tmp_path / "data")
+    result = CliRunner().invoke(
+        cli, ["inspect", "--storage", str(tmp_path / "data"), "--json", "COUNTER"]
+    )
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    by_id = {row["id"]: row for row in rows}
+    assert by_id[ids["named"]]["name"] == "global"
+    assert isinstance(by_id[ids["named"]]["alarm"], int)
+    assert by_id[ids["unnamed"]] == {
+        "namespace": "COUNTER",
+        "id": ids["unnamed"],
+        "name": None,
+        "keys": 1,
+        "size": 6,
+        "alarm": None,
+    }
+
+
+def test_inspect_dumps_one_object_by_name_or_id(tmp_path: Path) -> None:
+    ids = _populate(tmp_path / "data")
+    storage = str(tmp_path / "data")
+    by_name = CliRunner().invoke(
+        cli, ["inspect", "--storage", storage, "COUNTER", "global"]
+    )
+    assert by_name.exit_code == 0, by_name.output
+    assert f"COUNTER {ids['named']} (name 'global')" in by_name.output
+    assert "  'value': 1" in by_name.output
+    by_id = CliRunner().invoke(
+        cli, ["inspect", "--storage", storage, "--json", "COUNTER", ids["unnamed"]]
+    )
+    document = json.loads(by_id.output)
+    assert document["data"] == [{"key": "value", "value": "2"}]
+    junk = CliRunner().invoke(cli, ["inspect", "--storage", storage, "OTHER", HEX])
+    assert "'bad': <undecodable: 1 bytes" in junk.output
+    assert "'ok': 1" in junk.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["COUNTER", "nobody"], "no stored object 'nobody'"),
+        (["bad/namespace"], "invalid namespace name"),
+    ],
+)
+def test_inspect_errors(tmp_path: Path, args: list[str], message: str) -> None:
+    _populate(tmp_path / "data")
+    result = CliRunner().invoke(
+        cli, ["inspect", "--storage", str(tmp_path / "data"), *args]
+    )
+    assert result.exit_code == 1
+    assert message in result.output
+
+
+def test_inspect_empty_and_missing_storage(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    empty = CliRunner().invoke(cli, ["inspect", "--storage", str(tmp_path / "empty")])
+    assert (empty.exit_code, empty.output) == (0, "no stored objects\n")
+    missing = CliRunner().invoke(cli, ["inspect", "--storage", str(tmp_path / "nope")])
+    assert missing.exit_code == 1
+    assert "no pyobjects storage at" in missing.output
+
+
+async def test_backends_list_their_namespaces(backend: StorageBackend) -> None:
+    assert await backend.list_namespaces() == []  # type: ignore[attr-defined]
+    for namespace in ("B", "A"):
+        await backend.open(namespace, HEX).commit(WriteBatch(writes={"k": b"v"}))
+    assert await backend.list_namespaces() == ["A", "B"]  # type: ignore[attr-defined]
+    await backend.aclose()
+
+
+async def test_sqlite_list_namespaces_skips_what_is_not_a_namespace(
+    tmp_path: Path,
+) -> None:
+    backend = SQLiteBackend(tmp_path)
+    (tmp_path / "not a namespace").mkdir()
+    (tmp_path / "no-objects").mkdir()
+    (tmp_path / "stray-file").write_text("")
+    await backend.open("REAL", HEX).commit(WriteBatch(alarm_changed=True, alarm=5))
+    assert await backend.list_namespaces() == ["REAL"]
+    await backend.aclose()
+
+
+def test_inspect_needs_a_backend_that_lists_namespaces() -> None:
+    class Opaque:
+        pass
+
+    with pytest.raises(TypeError, match="cannot list its namespaces"):
+        anyio.run(list_namespaces, Opaque())  # type: ignore[arg-type]
+    assert anyio.run(list_namespaces, MemoryBackend()) == []
+
+
+# -- serve -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["nocolon"], "expected MODULE:WORKER"),
+        (["tests.no_such_module:worker"], "cannot import module"),
+        (["tests.cli_app:missing"], "has no attribute 'missing'"),
+        (["tests.cli_app:not_a_worker"], "is a int, not a pyobjects.Worker"),
+        (["tests.cli_app:app"], "is a pyobjects.asgi.App"),
+        (["tests.cli_app:worker", "--memory", "--storage", "x"], "cannot be used"),
+    ],
+)
+def test_serve_usage_errors(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(cli, ["serve", "--app-dir", str(ROOT), *args])
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_serve_reports_a_port_in_use() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = CliRunner().invoke(
+            cli,
+            ["serve", "--app-dir", str(ROOT), "tests.cli_app:worker", "--port", port],
+        )
+    assert result.exit_code == 1
+    assert "cannot listen on 127.0.0.1" in result.output
+
+
+def _serve(*args: str, cwd: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "pyobjects", "serve", "tests.cli_app:worker", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _url_of(process: subprocess.Popen[str], *, storage: str = "") -> str:
+    assert process.stdout is not None
+    line = process.stdout.readline()  # the first line names the URL
+    assert "pyobjects: serving tests.cli_app:worker at http://127.0.0.1:" in line, line
+    assert f"(storage: {storage}" in line
+    return line.split(" at ")[1].split()[0]
+
+
+def _stop(process: subprocess.Popen[str], sig: signal.Signals) -> tuple[int, str, str]:
+    process.send_signal(sig)
+    out, err = process.communicate(timeout=30)
+    return process.returncode, out, err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_serve_flushes_writes_on_ctrl_c(tmp_path: Path, sig: signal.Signals) -> None:
+    process = _serve("--port", "0", cwd=tmp_path)  # default storage: ./.pyobjects
+    try:
+        url = _url_of(process, storage="SQLite in .pyobjects")
+        with httpx.Client(base_url=url, timeout=10) as client:
+            assert client.get("/global").text == "1"
+            assert client.get("/global?alarm").text == "2"
+    finally:
+        code, out, err = _stop(process, sig)
+    assert code == 0, err
+    assert "pending writes flushed" in out
+    storage = tmp_path / ".pyobjects"
+    result = CliRunner().invoke(
+        cli, ["inspect", "--storage", str(storage), "COUNTER", "global"]
+    )
+    assert "'value': 2" in result.output
+    assert "alarm: 20" in result.output  # an ISO date, this century
+
+
+def test_serve_in_memory(tmp_path: Path) -> None:
+    process = _serve("--memory", "--port", "0", "--debug", cwd=tmp_path)
+    try:
+        url = _url_of(process, storage="in memory")
+        with httpx.Client(base_url=url, timeout=10) as client:
+            assert client.get("/m").text == "1"
+    finally:
+        code, _, _ = _stop(process, signal.SIGINT)
+    assert code == 0
+    assert not (tmp_path / ".pyobjects").exists()
+
+
+def test_main_explains_a_missing_click(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delitem(sys.modules, "pyobjects._cli_commands")
+    monkeypatch.setitem(sys.modules, "click", None)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 2
+    assert "pip install 'pyobjects[server]'" in capsys.readouterr().err
+
+
+def test_main_runs_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "serve" in out
+    assert "inspect" in out
