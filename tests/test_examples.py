@@ -30,6 +30,23 @@ def test_counter_example_keeps_counting_across_runs(tmp_path: Path) -> None:
     assert "counter 'burst': 10 -> 20" in second
 
 
+def test_sql_migration_example_migrates_and_keeps_the_data() -> None:
+    output = _run("sql_migration.py").splitlines()
+    assert output[0] == "run 1: schema version 1 (migrated from 0), indexes []"
+    assert output[1].startswith("run 1: query plan: SCAN")  # the whole table
+    assert output[2] == (
+        "run 2: schema version 2 (migrated from 1), indexes ['notes_open']"
+    )
+    assert output[3] == (
+        "run 2: open notes after the restart: ['call Charles', 'write the report']"
+    )
+    assert output[4].startswith("run 2: query plan: SEARCH")
+    assert "USING INDEX notes_open" in output[4]
+    assert len(output) == 5
+
+
 def test_every_example_is_tested() -> None:
     scripts = {p.name for p in EXAMPLES.glob("*.py")}
-    assert scripts == {"counter.py"}, "add a test for each new example"
+    assert scripts == {"counter.py", "sql_migration.py"}, (
+        "add a test for each new example"
+    )
