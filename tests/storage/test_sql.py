@@ -216,6 +216,8 @@ async def test_bad_bindings(h: Harness) -> None:
             assert str(error) == "Wrong number of parameter bindings for SQL query."
         with pytest.raises(TypeError, match="must be a str"):
             s.sql.exec(b"SELECT 1")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="must be a str, not list"):
+            s.sql.exec(["SELECT 1"])  # type: ignore[arg-type]
 
     await h.run(body)
 
@@ -384,6 +386,8 @@ async def test_limits(h: Harness) -> None:
             sql_error(lambda: sql.exec("SELECT 'a' LIKE ?", pattern))
         )
         sql.exec("SELECT 'a' LIKE ?", "a" * 50)
+        huge = "SELECT 1 WHERE 1 IN (" + ",".join(["1"] * 12_000) + ")"
+        assert "statement too big" in str(sql_error(lambda: sql.exec(huge)))
         compound = " UNION ALL ".join(["SELECT 1"] * 6)
         assert "too many terms in compound SELECT" in str(
             sql_error(lambda: sql.exec(compound))

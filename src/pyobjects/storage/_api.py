@@ -860,7 +860,7 @@ class Storage:
         if method is None:
             raise StorageError(
                 "This Durable Object's storage back-end does not implement "
-                f"point-in-time recovery ({type(self._store).__name__})."
+                "point-in-time recovery."
             )
         return method
 

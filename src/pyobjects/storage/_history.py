@@ -52,6 +52,14 @@ _SCHEMA: Final = (
 PLAIN, UNDO = 0, 1
 
 
+def _compress(page: bytes) -> bytes:
+    # A 4 KiB window and little memory: a page is 4 KiB, and setting up
+    # zlib.compress()'s default 32 KiB window costs more than compressing.
+    # zlib.decompress() reads the result (the window size is in the header).
+    compressor = zlib.compressobj(1, zlib.DEFLATED, 12, 2)
+    return compressor.compress(page) + compressor.flush()
+
+
 def _digest(namespace: str, object_id: str) -> str:
     return hashlib.sha256(f"{namespace}/{object_id}".encode()).hexdigest()[:32]
 
@@ -203,7 +211,7 @@ class History:
                 conn.executemany(
                     "INSERT INTO pages (pgno, seq, data) VALUES (?, ?, ?)",
                     [
-                        (pgno, seq, zlib.compress(page, 1))
+                        (pgno, seq, _compress(page))
                         for pgno, page in pages.items()
                         if pgno <= db_pages
                     ],

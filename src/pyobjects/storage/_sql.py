@@ -319,6 +319,7 @@ _RENAME_TO_RESERVED = re.compile(r"\bRENAME\s+TO\s+[\"'`\[]?_cf_", re.IGNORECASE
 _COMMENTS = re.compile(r"--[^\n]*|/\*.*?(?:\*/|$)", re.DOTALL)
 _BLANK = re.compile(r"[\s;]*")
 _MAX_INT = 2**63
+_STATEMENT_ERRORS = (sqlite3.Error, OverflowError, UnicodeEncodeError, MemoryError)
 _PLAIN_TYPES: Final = frozenset([int, float, str, bytes, type(None)])
 # SQL texts whose read/write classification is remembered (an unknown text
 # just runs inside a transaction, which is always safe).
@@ -701,6 +702,8 @@ class SqlStorage:
         """
         storage = self._storage
         storage._owner.check_usable()
+        if type(query) is not str and not isinstance(query, str):
+            raise TypeError(f"SQL query must be a str, not {type(query).__name__}")
         for value in bindings:
             if type(value) not in _PLAIN_TYPES:
                 for index, value in enumerate(bindings, 1):
@@ -725,7 +728,7 @@ class SqlStorage:
                     cursor = conn.execute(text, bindings)
                     description = cursor.description
                     rows = [] if description is None else cursor.fetchall()
-                except (sqlite3.Error, OverflowError, UnicodeEncodeError) as exc:
+                except _STATEMENT_ERRORS as exc:
                     raise self._error(exc, last=True) from exc
                 finally:
                     self._untrusted = False
@@ -734,8 +737,6 @@ class SqlStorage:
                     rows,
                     conn.total_changes - changes,
                 )
-        if not isinstance(query, str):
-            raise TypeError(f"SQL query must be a str, not {type(query).__name__}")
         conn = self._connection()
         if ";" in query:
             pieces = split_statements(query)
@@ -778,6 +779,13 @@ class SqlStorage:
             return ValueError(
                 f"an SQL binding is outside SQLite's 64-bit INTEGER range ({exc})"
             )
+        if isinstance(exc, MemoryError):
+            # SQLite reports a statement over SQLITE_LIMIT_VDBE_OP (25,000
+            # instructions) as out of memory.
+            return SqlError(
+                "statement too big (over 25,000 SQLite instructions, or out of "
+                "memory): SQLITE_NOMEM"
+            )
         if isinstance(exc, UnicodeEncodeError):
             return ValueError(
                 f"an SQL binding cannot be encoded as UTF-8 (lone surrogate): {exc}"
@@ -817,7 +825,7 @@ class SqlStorage:
         try:
             cursor = conn.execute(text, bindings)
             prepared = True
-        except (sqlite3.Error, OverflowError, UnicodeEncodeError) as exc:
+        except _STATEMENT_ERRORS as exc:
             raise self._error(exc, last=last) from exc
         finally:
             self._untrusted = False
@@ -840,7 +848,9 @@ class SqlStorage:
     def database_size(self) -> int:
         """Bytes in use: (page_count - freelist_count) x page_size.
 
-        Cloudflare's ``databaseSize``; KV data counts too (same database).
+        Cloudflare's ``databaseSize``. On SQLiteBackend the KV data counts
+        too (it lives in the same file); MemoryBackend keeps KV data outside
+        the SQL database, so there it does not.
         """
         self._storage._owner.check_usable()
         conn = self._connection()
