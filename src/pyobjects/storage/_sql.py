@@ -525,17 +525,20 @@ class SqlCursor:
         Raises:
             SqlError: If there is no row, or more than one.
         """
-        remaining = len(self._rows) - self._pos
+        rows = self._rows
+        pos = self._pos
+        remaining = len(rows) - pos
+        if remaining == 1:
+            self._pos = pos + 1
+            return dict(zip(self._names, rows[pos]))  # noqa: B905  # same length
         if remaining == 0:
             raise SqlError(
                 "Expected exactly one result from SQL query, but got no results."
             )
-        if remaining > 1:
-            self._pos = len(self._rows)
-            raise SqlError(
-                "Expected exactly one result from SQL query, but got multiple results."
-            )
-        return next(self)
+        self._pos = len(rows)
+        raise SqlError(
+            "Expected exactly one result from SQL query, but got multiple results."
+        )
 
     def raw(self) -> Iterator[builtins.list[Any]]:
         """Iterate the remaining rows as lists, sharing this cursor's position."""
@@ -710,14 +713,20 @@ class SqlStorage:
                     _check_binding(index, value)
                 break
         known = self._known.get(query)
-        if known is not None:
+        conn = self._conn
+        if known is not None and conn is not None and len(storage._layers) == 1:
             # The hot path: a single statement that ran before, outside any
             # transaction() (most calls). Same rules as below, fewer steps.
-            conn = storage._sql_connection()
-            if conn is self._conn and len(storage._layers) == 1:
+            try:
+                in_transaction = conn.in_transaction
+            except sqlite3.ProgrammingError:
+                # The backend closed the connection (its LRU): the path
+                # below reopens and configures it.
+                in_transaction = None
+            if in_transaction is not None:
                 text, writes = known
                 if writes:
-                    if not conn.in_transaction:
+                    if not in_transaction:
                         conn.execute("BEGIN")
                     if not storage._layers[0].sql_dirty:
                         storage._sql_wrote()
