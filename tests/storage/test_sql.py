@@ -880,3 +880,26 @@ async def test_statements_are_authorized_again_after_a_schema_change(
             sql.exec("SELECT * FROM v")
 
     await h.run(body)
+
+
+async def test_sql_after_the_backend_closed_the_connection(tmp_path: Any) -> None:
+    # With one open database at a time, two objects keep closing each other's
+    # connection between events; statements that ran before reopen it.
+    from pyobjects.storage import SQLiteBackend
+
+    backend = SQLiteBackend(tmp_path, max_open_connections=1)
+    async with Runtime(bindings={"P": Plain}, storage=backend) as rt:
+        a, b = Harness(rt, "a"), Harness(rt, "b")
+        for h in (a, b):
+            await h.run(lambda s: _ret(s.sql.exec("CREATE TABLE t (a)")))
+        for i in range(3):
+            for h in (a, b):
+
+                async def insert(s: Storage, i: int = i) -> None:
+                    s.sql.exec("INSERT INTO t VALUES (?)", i)
+
+                await h.run(insert)
+        for h in (a, b):
+            rows = await h.run(lambda s: _ret(s.sql.exec("SELECT a FROM t").to_array()))
+            assert rows == [{"a": 0}, {"a": 1}, {"a": 2}]
+        assert backend._open_connections == 1
