@@ -50,3 +50,15 @@ def test_every_example_is_tested() -> None:
     assert scripts == {"counter.py", "sql_migration.py"}, (
         "add a test for each new example"
     )
+    # The applications (one directory each) are tested in tests/examples/.
+    apps = {p.name for p in EXAMPLES.iterdir() if p.is_dir() and p.name[0] != "_"}
+    assert apps == {"counter_service", "conditional_store"}, (
+        "add tests/examples/test_<name>.py for each new application"
+    )
+    tests = Path(__file__).parent / "examples"
+    listing = (EXAMPLES.parent / "docs" / "examples.md").read_text()
+    for app in apps:
+        assert (EXAMPLES / app / "app.py").is_file()
+        assert (EXAMPLES / app / "README.md").is_file()
+        assert (tests / f"test_{app}.py").is_file()
+        assert f"examples/{app}/" in listing, "list it in docs/examples.md"

@@ -1,0 +1,1 @@
+"""Tests of the applications in examples/, over real HTTP and in process."""
