@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import anyio
 import anyio.lowlevel
 
+from ._context import current_actor as current_actor
 from ._errors import DurableObjectResetError
 from ._gates import InputGate, OutputGate
 from ._state import BlockConcurrencyHandle, DurableObjectState
@@ -47,11 +48,6 @@ MAX_VISIBLE_NAME_BYTES = 1024
 
 _bcw_depth: contextvars.ContextVar[int] = contextvars.ContextVar(
     "pyobjects_bcw_depth", default=0
-)
-# The object whose event is running in this task, if any: its pending writes
-# must be durable before a call it makes to another object leaves it.
-current_actor: contextvars.ContextVar[Actor | None] = contextvars.ContextVar(
-    "pyobjects_current_actor", default=None
 )
 # A commit slower than this (EWMA, nanoseconds) makes events wait one event-loop
 # turn before committing while other calls are in flight, so concurrent events
