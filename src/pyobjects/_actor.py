@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from ._ids import DurableObjectId
     from ._namespace import DurableObjectNamespace
     from ._runtime import Runtime
+    from ._websocket import WebSocket
     from .storage._base import ObjectStore
 
 logger = logging.getLogger("pyobjects")
@@ -163,6 +164,7 @@ class Actor(StorageOwner):
         "output_gate",
         "reset_scopes",
         "runtime",
+        "sockets",
         "storage",
         "store",
     )
@@ -196,6 +198,9 @@ class Actor(StorageOwner):
         self.idle_since = 0
         self.idle_queued_at = 0
         self.reset_scopes: list[anyio.CancelScope] = []
+        # Open plain (non-hibernatable) WebSockets accepted by this instance:
+        # they keep it from being evicted.
+        self.sockets: set[WebSocket] | None = None
 
     def construct(self) -> None:
         """Run the user's constructor (synchronously)."""
@@ -255,15 +260,16 @@ class Actor(StorageOwner):
         """The runtime clock's time."""
         return self.runtime.clock.now_ms()
 
-    async def wait_durable(self) -> None:
+    async def wait_durable(self, target: int | None = None) -> None:
         """Wait until the writes made so far are durable (then check for a reset).
 
-        Only writes made before the call count: writes other events make
-        meanwhile are theirs to wait for, so a stream of events never keeps
-        one of them waiting.
+        Only writes made before the call (or up to write number *target*)
+        count: writes other events make meanwhile are theirs to wait for, so
+        a stream of events never keeps one of them waiting.
         """
         gate = self.output_gate
-        target = gate.write_seq
+        if target is None:
+            target = gate.write_seq
         while gate.durable_seq < target and self.broken is None:
             if self.flushing:
                 # A (suspending) commit is under way: wait for it, then commit
@@ -299,12 +305,16 @@ class Actor(StorageOwner):
 
     @property
     def quiescent(self) -> bool:
-        """True when nothing runs, waits or remains to be written."""
+        """True when nothing runs, waits or remains to be written.
+
+        Open plain WebSockets count as activity; hibernatable ones do not.
+        """
         return (
             self.active == 0
             and self.input_gate.is_open
             and not self.flush_scheduled
             and not self.storage._has_pending
+            and not self.sockets
         )
 
     def reset_error(self) -> BaseException:
@@ -331,6 +341,21 @@ class Actor(StorageOwner):
         for scope in self.reset_scopes:
             scope.cancel()
         self.store.close()
+        if self.sockets or self.namespace._hubs:
+            self._drop_websockets()
+
+    def _drop_websockets(self) -> None:
+        """A reset disconnects the object's WebSockets, hibernatable ones too.
+
+        As in workerd, where a broken actor takes its hibernation manager
+        with it: peers see an abnormal close (1006), the object no events.
+        """
+        sockets, self.sockets = self.sockets, None
+        for ws in sockets or ():
+            ws._abort()
+        hub = self.namespace._hubs.get(self.id)
+        if hub is not None and not self.evicted:
+            hub.reset()
 
     def evict(self) -> None:
         """Drop this (quiescent) instance; storage stays for the next one."""
@@ -338,6 +363,10 @@ class Actor(StorageOwner):
         self.runtime._forget(self)
         self.store.close()
         self.instance = None
+        if self.namespace._hubs:
+            hub = self.namespace._hubs.get(self.id)
+            if hub is not None:
+                hub.instance_evicted()  # its sockets hibernate
         # Break the actor <-> ctx/storage cycles so that reference counting
         # frees the instance at once (a million evictions would otherwise be
         # left to the cyclic GC); stray references now fail with a clear error.
