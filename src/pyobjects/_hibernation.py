@@ -210,6 +210,8 @@ class Hub:
 
     def event(self, ws: WebSocket, kind: str, payload: Any) -> None:
         """Queue an event of *ws*; its events are delivered one by one."""
+        if not self.runtime._running:  # pragma: no cover - needs a crash mid-loop
+            return  # the runtime is stopping: no more events
         events = ws._events
         if events is None:
             events = ws._events = deque()
