@@ -526,23 +526,17 @@ class WebSocket:
     def _abort(self, error: BaseException | None = None) -> None:
         """This end's side vanished (transport gone, object reset).
 
-        Nothing more is sent or delivered here, and the peer sees an abnormal
-        close (or *error*).
+        Nothing more is sent or delivered here, no event reaches this side,
+        and the peer sees an abnormal close (or *error*).
         """
-        if self._outbox:
-            self._outbox.clear()
         if self._events:
             self._events.clear()
         self._hub = None
-        self._closed_out = True
-        if self._closed_in is None:
-            self._closed_in = _ABNORMAL
-        self._wake()
-        self._check_finished()
-        self._peer._peer_vanished(error)
+        self._lost(None)
+        self._peer._lost(error)
 
-    def _peer_vanished(self, error: BaseException | None) -> None:
-        """The other end vanished without a close frame."""
+    def _lost(self, error: BaseException | None) -> None:
+        """The connection ended without a close frame."""
         if self._outbox:
             self._outbox.clear()  # nobody is left to receive them
         self._closed_out = True
