@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import anyio
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    import anyio
-
+    from pyobjects import WebSocket, WebSocketClose
     from pyobjects.storage import (
         AlarmEntry,
         ListQuery,
@@ -73,3 +74,13 @@ class ControlledBackend:
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+async def recv(ws: WebSocket) -> str | bytes | WebSocketClose:
+    """``await ws.receive()``, failing instead of hanging if nothing comes.
+
+    The limit is real time but never reached by a passing test (what it waits
+    for is already on its way); it turns a regression into a quick failure.
+    """
+    with anyio.fail_after(5):
+        return await ws.receive()

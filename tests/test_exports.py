@@ -71,12 +71,22 @@ def test_api_names_from_the_contract_exist() -> None:
         "DurableObjectResetError",
         "OverloadedError",
         "RuntimeClosedError",
+        "WebSocket",
+        "WebSocketPair",
+        "WebSocketClose",
+        "WebSocketRequestResponsePair",
+        "WebSocketError",
+        "WebSocketLimitError",
+        "WebSocketStateError",
     ]:
         assert hasattr(pyobjects, name), name
     assert issubclass(pyobjects.InvalidIdError, ValueError)
     assert issubclass(pyobjects.StorageLimitError, ValueError)
     assert issubclass(pyobjects.SerializationError, TypeError)
     assert issubclass(pyobjects.SqlError, pyobjects.StorageError)
+    assert issubclass(pyobjects.WebSocketLimitError, ValueError)
+    assert issubclass(pyobjects.WebSocketStateError, TypeError)
+    assert issubclass(pyobjects.WebSocketError, pyobjects.PyObjectsError)
     for name in [
         "MemoryBackend",
         "SQLiteBackend",

@@ -20,6 +20,12 @@ from ._errors import (
     StorageError as StorageError,
     StorageLimitError as StorageLimitError,
     TransactionError as TransactionError,
+    WebSocketError as WebSocketError,
+    WebSocketLimitError as WebSocketLimitError,
+    WebSocketStateError as WebSocketStateError,
+)
+from ._hibernation import (
+    WebSocketRequestResponsePair as WebSocketRequestResponsePair,
 )
 from ._http import Headers as Headers, Request as Request, Response as Response
 from ._ids import DurableObjectId as DurableObjectId
@@ -35,6 +41,11 @@ from ._state import (
 )
 from ._stub import DurableObjectStub as DurableObjectStub
 from ._version import __version__ as __version__
+from ._websocket import (
+    WebSocket as WebSocket,
+    WebSocketClose as WebSocketClose,
+    WebSocketPair as WebSocketPair,
+)
 from ._worker import (
     ExecutionContext as ExecutionContext,
     Worker as Worker,
@@ -70,6 +81,13 @@ __all__ = (
     "StorageLimitError",
     "SystemClock",
     "TransactionError",
+    "WebSocket",
+    "WebSocketClose",
+    "WebSocketError",
+    "WebSocketLimitError",
+    "WebSocketPair",
+    "WebSocketRequestResponsePair",
+    "WebSocketStateError",
     "Worker",
     "WorkerEntrypoint",
 )

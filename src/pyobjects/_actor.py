@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import anyio
 import anyio.lowlevel
 
+from ._context import current_actor as current_actor
 from ._errors import DurableObjectResetError
 from ._gates import InputGate, OutputGate
 from ._state import BlockConcurrencyHandle, DurableObjectState
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from ._ids import DurableObjectId
     from ._namespace import DurableObjectNamespace
     from ._runtime import Runtime
+    from ._websocket import WebSocket
     from .storage._base import ObjectStore
 
 logger = logging.getLogger("pyobjects")
@@ -47,11 +49,6 @@ MAX_VISIBLE_NAME_BYTES = 1024
 
 _bcw_depth: contextvars.ContextVar[int] = contextvars.ContextVar(
     "pyobjects_bcw_depth", default=0
-)
-# The object whose event is running in this task, if any: its pending writes
-# must be durable before a call it makes to another object leaves it.
-current_actor: contextvars.ContextVar[Actor | None] = contextvars.ContextVar(
-    "pyobjects_current_actor", default=None
 )
 # A commit slower than this (EWMA, nanoseconds) makes events wait one event-loop
 # turn before committing while other calls are in flight, so concurrent events
@@ -167,6 +164,7 @@ class Actor(StorageOwner):
         "output_gate",
         "reset_scopes",
         "runtime",
+        "sockets",
         "storage",
         "store",
     )
@@ -198,6 +196,9 @@ class Actor(StorageOwner):
         self.idle_since = 0
         self.idle_queued_at = 0
         self.reset_scopes: list[anyio.CancelScope] = []
+        # Open plain (non-hibernatable) WebSockets accepted by this instance:
+        # they keep it from being evicted.
+        self.sockets: set[WebSocket] | None = None
 
     def construct(self) -> None:
         """Run the user's constructor (synchronously)."""
@@ -257,15 +258,16 @@ class Actor(StorageOwner):
         """The runtime clock's time."""
         return self.runtime.clock.now_ms()
 
-    async def wait_durable(self) -> None:
+    async def wait_durable(self, target: int | None = None) -> None:
         """Wait until the writes made so far are durable (then check for a reset).
 
-        Only writes made before the call count: writes other events make
-        meanwhile are theirs to wait for, so a stream of events never keeps
-        one of them waiting.
+        Only writes made before the call (or up to write number *target*)
+        count: writes other events make meanwhile are theirs to wait for, so
+        a stream of events never keeps one of them waiting.
         """
         gate = self.output_gate
-        target = gate.write_seq
+        if target is None:
+            target = gate.write_seq
         while gate.durable_seq < target and self.broken is None:
             if self.flushing:
                 # A (suspending) commit is under way: wait for it, then commit
@@ -301,12 +303,16 @@ class Actor(StorageOwner):
 
     @property
     def quiescent(self) -> bool:
-        """True when nothing runs, waits or remains to be written."""
+        """True when nothing runs, waits or remains to be written.
+
+        Open plain WebSockets count as activity; hibernatable ones do not.
+        """
         return (
             self.active == 0
             and self.input_gate.is_open
             and not self.flush_scheduled
             and not self.storage._has_pending
+            and not self.sockets
         )
 
     def reset_error(self) -> BaseException:
@@ -333,6 +339,21 @@ class Actor(StorageOwner):
         for scope in self.reset_scopes:
             scope.cancel()
         self.store.close()
+        if self.sockets or self.namespace._hubs:
+            self._drop_websockets()
+
+    def _drop_websockets(self) -> None:
+        """A reset disconnects the object's WebSockets, hibernatable ones too.
+
+        As in workerd, where a broken actor takes its hibernation manager
+        with it: peers see an abnormal close (1006), the object no events.
+        """
+        sockets, self.sockets = self.sockets, None
+        for ws in sockets or ():
+            ws._abort()
+        hub = self.namespace._hubs.get(self.id)
+        if hub is not None and not self.evicted:
+            hub.reset()
 
     def evict(self) -> None:
         """Drop this (quiescent) instance; storage stays for the next one."""
@@ -340,6 +361,10 @@ class Actor(StorageOwner):
         self.runtime._forget(self)
         self.store.close()
         self.instance = None
+        if self.namespace._hubs:
+            hub = self.namespace._hubs.get(self.id)
+            if hub is not None:
+                hub.instance_evicted()  # its sockets hibernate
         # Break the actor <-> ctx/storage cycles so that reference counting
         # frees the instance at once (a million evictions would otherwise be
         # left to the cyclic GC); stray references now fail with a clear error.

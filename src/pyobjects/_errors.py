@@ -13,7 +13,10 @@
     ├── DurableObjectError       flags: retryable / overloaded / durable_object_reset
     │   ├── DurableObjectResetError   the instance was reset (abort, failed commit, ...)
     │   └── OverloadedError           overloaded = True
-    └── RuntimeClosedError(PyObjectsError, RuntimeError)  use of a closed Runtime
+    ├── RuntimeClosedError(PyObjectsError, RuntimeError)  use of a closed Runtime
+    └── WebSocketError
+        ├── WebSocketLimitError(WebSocketError, ValueError)  tags, sockets, sizes
+        └── WebSocketStateError(WebSocketError, TypeError)   wrong state for the call
 
 Any exception that resets an object reaches the callers waiting on it with the
 attribute ``durable_object_reset = True`` set on it (Cloudflare's
@@ -35,6 +38,9 @@ __all__ = [
     "StorageError",
     "StorageLimitError",
     "TransactionError",
+    "WebSocketError",
+    "WebSocketLimitError",
+    "WebSocketStateError",
 ]
 
 
@@ -147,3 +153,62 @@ class OverloadedError(DurableObjectError):
 
 class RuntimeClosedError(PyObjectsError, RuntimeError):
     """The Runtime is not running (not entered yet, or already closed)."""
+
+
+class WebSocketError(PyObjectsError):
+    """A WebSocket was used in a way Cloudflare refuses."""
+
+
+_WEBSOCKET_LIMIT_MESSAGES = {
+    "tags": "a Hibernatable WebSocket cannot have more than {limit} tags",
+    "tag": '"{tag}" is longer than the max tag length ({limit} characters).',
+    "sockets": (
+        "only {limit} websockets can be accepted on a single Durable Object instance"
+    ),
+    # Cloudflare's message, missing space included.
+    "attachment": (
+        "A WebSocket 'attachment' cannot be larger than {limit} bytes."
+        "'attachment' was {size} bytes."
+    ),
+    "auto_request": (
+        "Request cannot be larger than {limit} bytes. "
+        "A request of size {size} was provided."
+    ),
+    "auto_response": (
+        "Response cannot be larger than {limit} bytes. "
+        "A response of size {size} was provided."
+    ),
+    "event_timeout": "Event timeout should not exceed {limit} ms.",
+    "message": (
+        "WebSocket messages cannot be larger than {limit} bytes. "
+        "A message of size {size} was provided."
+    ),
+}
+
+
+class WebSocketLimitError(WebSocketError, ValueError):
+    """A WebSocket limit was exceeded (Cloudflare's limits and messages).
+
+    ``kind`` names the limit: ``"tags"`` (tags per socket), ``"tag"`` (bytes
+    per tag), ``"sockets"`` (hibernatable sockets per object),
+    ``"attachment"``, ``"auto_request"``, ``"auto_response"``,
+    ``"event_timeout"`` or ``"message"``; ``limit`` and ``size`` hold the
+    limit and the size given.
+    """
+
+    def __init__(self, kind: str, *, limit: int, size: int, tag: str = "") -> None:
+        self.kind = kind
+        self.limit = limit
+        self.size = size
+        super().__init__(
+            _WEBSOCKET_LIMIT_MESSAGES[kind].format(limit=limit, size=size, tag=tag)
+        )
+
+
+class WebSocketStateError(WebSocketError, TypeError):
+    """A WebSocket method was called in a state that does not allow it.
+
+    For example ``send()`` before ``accept()``, ``accept()`` on a socket
+    given to ``ctx.accept_websocket()``, or ``get_tags()`` on a socket that is
+    not hibernatable. A ``TypeError``, as most of these are in Workers.
+    """

@@ -16,6 +16,7 @@ from ._actor import Actor, visible_id
 from ._alarms import AlarmScheduler
 from ._clock import Clock, SystemClock
 from ._errors import RuntimeClosedError
+from ._hibernation import close_all as close_websockets
 from ._ids import DurableObjectId
 from ._namespace import DurableObjectBinding, DurableObjectNamespace
 from ._object import HANDLER_NAMES, DurableObject
@@ -228,6 +229,9 @@ class Runtime:
                 with anyio.CancelScope(shield=True):
                     await self._flush_all()
         finally:
+            # Deliver what the flush made durable, then close every WebSocket
+            # with 1001 ("going away"); after a crash they are already gone.
+            close_websockets(self, clean=not self._crashed)
             self._running = False
             self._closed = True
             closed = RuntimeClosedError("the Runtime was closed")
@@ -296,6 +300,7 @@ class Runtime:
         self._running = False
         self._closed = True
         self._crashed = True
+        close_websockets(self, clean=False)  # connections drop, no close frames
         crashed = RuntimeClosedError("the Runtime crashed (simulated)")
         for ns in self._namespaces:
             for actor in list(ns._actors.values()):

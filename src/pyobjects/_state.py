@@ -6,13 +6,17 @@ from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, final
 
 import anyio
 
+from . import _hibernation
 from ._aliases import camel_aliases
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Generator
+    from collections.abc import Awaitable, Callable, Generator, Iterable
+    from datetime import datetime
 
     from ._actor import Actor
+    from ._hibernation import WebSocketRequestResponsePair
     from ._ids import DurableObjectId
+    from ._websocket import WebSocket
     from .storage._api import Storage
 
 __all__ = ["BlockConcurrencyHandle", "DurableObjectState"]
@@ -51,7 +55,18 @@ class BlockConcurrencyHandle(Generic[T]):
 
 
 @final
-@camel_aliases("block_concurrency_while", "wait_until")
+@camel_aliases(
+    "block_concurrency_while",
+    "wait_until",
+    "accept_websocket",
+    "get_websockets",
+    "get_tags",
+    "set_websocket_auto_response",
+    "get_websocket_auto_response",
+    "get_websocket_auto_response_timestamp",
+    "set_hibernatable_websocket_event_timeout",
+    "get_hibernatable_websocket_event_timeout",
+)
 class DurableObjectState:
     """The state of one Durable Object instance (``ctx``); built by the runtime.
 
@@ -104,6 +119,81 @@ class DurableObjectState:
         are exact.
         """
         return self._actor.runtime.clock.now_ms()
+
+    # -- hibernatable WebSockets ---------------------------------------------
+
+    def accept_websocket(self, ws: WebSocket, tags: Iterable[str] = ()) -> None:
+        """Accept the server end *ws* as a hibernatable WebSocket of this object.
+
+        Its messages, close and errors become events that call
+        ``websocket_message``, ``websocket_close`` and ``websocket_error``,
+        and it stays connected while the object hibernates (is evicted when
+        idle); the next event builds the object again. Duplicate *tags* are
+        dropped. Do not call ``ws.accept()`` as well. Mirrors
+        ``ctx.acceptWebSocket()``.
+
+        Raises:
+            WebSocketStateError: If *ws* or its pair was already accepted.
+            WebSocketLimitError: More than 10 tags, a tag over 256 bytes, or
+                more than 32,768 sockets on the object.
+        """
+        _hibernation.accept_websocket(self._actor, ws, tags)
+
+    def get_websockets(self, tag: str | None = None) -> list[WebSocket]:
+        """Return the object's hibernatable sockets that are still connected.
+
+        Newest first; with *tag*, only those with the tag, in the order they
+        were accepted. A socket stays listed until its ``websocket_close``
+        (or ``websocket_error``) handler has run.
+        """
+        return _hibernation.get_websockets(self._actor, tag)
+
+    def get_tags(self, ws: WebSocket) -> list[str]:
+        """Return the tags *ws* was accepted with.
+
+        Raises:
+            WebSocketStateError: If *ws* is not a hibernatable socket.
+        """
+        return _hibernation.get_tags(ws)
+
+    def set_websocket_auto_response(
+        self, pair: WebSocketRequestResponsePair | None = None
+    ) -> None:
+        """Answer a text message equal to ``pair.request`` with ``pair.response``.
+
+        The runtime answers by itself, without building or waking the object,
+        and records the time (`get_websocket_auto_response_timestamp`). With
+        no argument, stop answering. Mirrors ``ctx.setWebSocketAutoResponse()``.
+
+        Raises:
+            WebSocketLimitError: If the request or the response is over 2,048
+                UTF-8 bytes.
+        """
+        _hibernation.set_auto_response(self._actor, pair)
+
+    def get_websocket_auto_response(self) -> WebSocketRequestResponsePair | None:
+        """Return the auto-response pair in effect, or ``None``."""
+        return _hibernation.get_auto_response(self._actor)
+
+    def get_websocket_auto_response_timestamp(self, ws: WebSocket) -> datetime | None:
+        """Return when *ws* was last answered automatically (UTC), or ``None``."""
+        return _hibernation.get_auto_response_timestamp(ws)
+
+    def set_hibernatable_websocket_event_timeout(self, ms: int | None = None) -> None:
+        """Limit how long a WebSocket event may run, in milliseconds.
+
+        A handler still running after *ms* resets the object (and so
+        disconnects its sockets). ``None`` or 0 removes the limit (the
+        default). Mirrors ``ctx.setHibernatableWebSocketEventTimeout()``.
+
+        Raises:
+            WebSocketLimitError: Above 604,800,000 ms (7 days).
+        """
+        _hibernation.set_event_timeout(self._actor, ms)
+
+    def get_hibernatable_websocket_event_timeout(self) -> int | None:
+        """Return the event timeout in milliseconds, or ``None``."""
+        return _hibernation.get_event_timeout(self._actor)
 
     def __repr__(self) -> str:
         return f"<DurableObjectState {self.id!r}>"

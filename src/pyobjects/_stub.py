@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, final
 import anyio
 import anyio.lowlevel
 
-from ._actor import current_actor
+from ._context import current_actor
 from ._errors import SerializationError
 from ._http import HeadersInit, Request, Response
 from ._serialization import copy_args, copy_value

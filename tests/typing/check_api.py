@@ -56,3 +56,22 @@ async def worker_types(request: pyobjects.Request) -> None:
         assert_type(runtime, pyobjects.Runtime)
         assert_type(app.runtime, pyobjects.Runtime)
     assert_type(app.max_body_size, int | None)
+
+
+async def websocket_types(ctx: pyobjects.DurableObjectState) -> None:
+    client, server = pyobjects.WebSocketPair()
+    assert_type(client, pyobjects.WebSocket)
+    assert_type(pyobjects.WebSocketPair()[1], pyobjects.WebSocket)
+    ctx.accept_websocket(server, ["room"])
+    assert_type(ctx.get_websockets(), list[pyobjects.WebSocket])
+    assert_type(ctx.get_tags(server), list[str])
+    assert_type(
+        ctx.get_websocket_auto_response(),
+        pyobjects.WebSocketRequestResponsePair | None,
+    )
+    assert_type(ctx.get_hibernatable_websocket_event_timeout(), int | None)
+    assert_type(await client.receive(), str | bytes | pyobjects.WebSocketClose)
+    async for message in client:
+        assert_type(message, str | bytes)
+    assert_type(server.ready_state, int)
+    assert_type(server.deserialize_attachment(), Any)

@@ -99,10 +99,13 @@ async def evict(stub: DurableObjectStub) -> None:
     """Drop the object's live instance as the platform would after idling.
 
     Pending writes are committed first; storage and the alarm stay, and the
-    next call constructs a fresh instance from them.
+    next call constructs a fresh instance from them. Hibernatable WebSockets
+    stay connected (they hibernate); their next event builds the instance.
 
     Raises:
-        RuntimeError: If the object has no live instance or is busy.
+        RuntimeError: If the object has no live instance, is busy, or has
+            open WebSockets that are not hibernatable (accepted with
+            ``ws.accept()``).
     """
     stub = _check_stub(stub, "evict")
     namespace = stub._namespace
@@ -113,6 +116,12 @@ async def evict(stub: DurableObjectStub) -> None:
     if actor.active or not actor.input_gate.is_open:
         raise RuntimeError(
             f"cannot evict Durable Object {stub.id}: it is still handling events"
+        )
+    if actor.sockets:
+        raise RuntimeError(
+            f"cannot evict Durable Object {stub.id}: it has open WebSockets that "
+            "are not hibernatable (accepted with ws.accept(), not "
+            "ctx.accept_websocket())"
         )
     actor.evict()
 
