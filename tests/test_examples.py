@@ -52,7 +52,7 @@ def test_every_example_is_tested() -> None:
     )
     # The applications (one directory each) are tested in tests/examples/.
     apps = {p.name for p in EXAMPLES.iterdir() if p.is_dir() and p.name[0] != "_"}
-    assert apps == {"counter_service", "conditional_store"}, (
+    assert apps == {"counter_service", "conditional_store", "chat_room"}, (
         "add tests/examples/test_<name>.py for each new application"
     )
     tests = Path(__file__).parent / "examples"
