@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
+
+from pyobjects import Response, WebSocketPair
 
 
 @dataclass(frozen=True)
@@ -72,3 +75,14 @@ class FakeClientSocket:
             self.events.append(("object-closed", item.code))
             self.ended.set()
         return item
+
+
+def upgrade(socket: Any, headers: dict[str, str] | None = None) -> Response:
+    """``Response(status=101)`` carrying *socket* in place of a real client end.
+
+    ``Response()`` itself takes only a fresh end of a ``WebSocketPair``; the
+    bridge is duck-typed, which is what these fakes test.
+    """
+    response = Response(status=101, websocket=WebSocketPair()[0], headers=headers)
+    response.websocket = socket
+    return response

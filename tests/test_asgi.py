@@ -18,6 +18,7 @@ from pyobjects.asgi import App
 from pyobjects.storage import MemoryBackend, SQLiteBackend
 
 from .asgi_driver import http, lifespan
+from .fake_websocket import upgrade as fake_upgrade
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, MutableMapping
@@ -350,7 +351,7 @@ async def test_websocket_response_to_plain_http() -> None:
             released.append("disconnect")
 
     async def fetch(request: Request, env: Any) -> Response:
-        return Response(status=101, websocket=Socket())
+        return fake_upgrade(Socket())
 
     app = App(Worker(fetch, bindings={}))
     async with lifespan(app):

@@ -26,7 +26,7 @@ from websockets.sync.client import connect
 from pyobjects import DurableObject, Request, Response, Worker
 from pyobjects.asgi import App
 
-from .fake_websocket import FakeClientSocket
+from .fake_websocket import FakeClientSocket, upgrade
 
 Serve = Callable[..., str]
 
@@ -65,7 +65,7 @@ def make_app(sockets: list[FakeClientSocket] | None = None, **options: Any) -> A
             return Response("go away", status=403)
         ws = FakeClientSocket(close_after=2 if request.query == "close" else None)
         sockets.append(ws)
-        return Response(status=101, websocket=ws)
+        return upgrade(ws)
 
     return App(Worker(fetch, bindings={"COUNTER": Counter}), **options)
 

@@ -16,7 +16,7 @@ from pyobjects import Request, Response, Worker
 from pyobjects.asgi import App
 
 from .asgi_driver import lifespan, websocket
-from .fake_websocket import FakeClientSocket
+from .fake_websocket import FakeClientSocket, upgrade
 
 
 def make_app(sockets: list[FakeClientSocket], **options: Any) -> App:
@@ -26,7 +26,7 @@ def make_app(sockets: list[FakeClientSocket], **options: Any) -> App:
         if request.path == "/boom":
             raise RuntimeError("secret")
         if request.path == "/not-a-socket":
-            return Response(status=101, websocket=object())
+            return upgrade(object())
         assert request.method == "GET"
         assert request.headers["upgrade"] == "websocket"
         assert request.url.startswith("http://example.test/")
@@ -36,7 +36,7 @@ def make_app(sockets: list[FakeClientSocket], **options: Any) -> App:
         )
         sockets.append(socket)
         headers = {"sec-websocket-protocol": "chat", "x-extra": "1"}
-        return Response(status=101, websocket=socket, headers=headers)
+        return upgrade(socket, headers)
 
     return App(Worker(fetch, bindings={}), **options)
 
@@ -239,7 +239,7 @@ async def test_a_failing_object_socket_closes_the_peer_with_1011(
     broken = BrokenSocket()
 
     async def fetch(request: Request, env: Any) -> Response:
-        return Response(status=101, websocket=broken)
+        return upgrade(broken)
 
     app = App(Worker(fetch, bindings={}))
     async with lifespan(app):
@@ -298,7 +298,7 @@ async def test_errors_of_the_object_socket_do_not_break_the_bridge() -> None:
     refusing = RefusingSocket()
 
     async def fetch(request: Request, env: Any) -> Response:
-        return Response(status=101, websocket=refusing)
+        return upgrade(refusing)
 
     app = App(Worker(fetch, bindings={}))
     async with lifespan(app):

@@ -40,7 +40,8 @@ from ._asgi_common import (
     response_messages,
     send_quietly,
 )
-from ._http import Request, Response
+from ._http import Request, Response, check_websocket
+from ._websocket import WebSocket
 
 if TYPE_CHECKING:
     from ._asgi import App
@@ -96,6 +97,8 @@ async def serve_websocket(app: App, scope: Scope, receive: Receive, send: Send) 
                     f"lacks {', '.join(missing)}; pass the client end of a "
                     "WebSocketPair"
                 )
+            if isinstance(client, WebSocket):
+                check_websocket(client)  # not accepted, nor bridged already
             accept = _accept_message(response)
             await _call(client.accept)
     except Exception:

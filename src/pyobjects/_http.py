@@ -14,6 +14,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Self, TypeAlias, cast, final
 from urllib.parse import urlsplit
 
+from ._websocket import NEW, WebSocket
+
 __all__ = ["Headers", "HeadersInit", "Request", "Response"]
 
 HeadersInit: TypeAlias = "Headers | Mapping[str, str] | Iterable[tuple[str, str]]"
@@ -219,6 +221,22 @@ class Request(_Body):
         return f"<Request {self.method} {self.url}>"
 
 
+def check_websocket(websocket: object) -> None:
+    """Raise unless *websocket* is an end of a pair that can go to the client."""
+    if not isinstance(websocket, WebSocket):
+        raise TypeError(
+            "Response(websocket=...) takes the client end of a WebSocketPair "
+            f"(client, server = WebSocketPair()), not {type(websocket).__name__}"
+        )
+    if websocket._mode != NEW:
+        raise TypeError(
+            "Response(websocket=...) got a WebSocket that was already accepted "
+            "(or returned in a response): return the client end of the pair and "
+            "accept the server end (client, server = WebSocketPair(); "
+            "ctx.accept_websocket(server); Response(status=101, websocket=client))"
+        )
+
+
 @final
 class Response(_Body):
     """An HTTP response with a status, headers and a body.
@@ -242,6 +260,7 @@ class Response(_Body):
         if websocket is not None:
             if status != 101:
                 raise ValueError("a Response with a websocket must have status 101")
+            check_websocket(websocket)
         elif not 200 <= status <= 599:
             raise ValueError(f"status must be in 200..599, got {status}")
         self.status = status
