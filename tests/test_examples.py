@@ -52,9 +52,12 @@ def test_every_example_is_tested() -> None:
     )
     # The applications (one directory each) are tested in tests/examples/.
     apps = {p.name for p in EXAMPLES.iterdir() if p.is_dir() and p.name[0] != "_"}
-    assert apps == {"counter_service", "conditional_store", "chat_room"}, (
-        "add tests/examples/test_<name>.py for each new application"
-    )
+    assert apps == {
+        "counter_service",
+        "conditional_store",
+        "chat_room",
+        "collab_doc",
+    }, "add tests/examples/test_<name>.py for each new application"
     tests = Path(__file__).parent / "examples"
     listing = (EXAMPLES.parent / "docs" / "examples.md").read_text()
     for app in apps:
