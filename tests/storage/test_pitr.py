@@ -5,15 +5,21 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import threading
+from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from pyobjects import DurableObject, DurableObjectResetError, Runtime, StorageError
-from pyobjects.storage import MemoryBackend, SQLiteBackend
+from pyobjects.storage import MemoryBackend, SQLiteBackend, WriteBatch, sqlite
+from pyobjects.storage._history import History, parse_bookmark
 from pyobjects.testing import ManualClock
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 DAY_MS = 86_400_000
 
@@ -316,3 +322,252 @@ async def test_history_recovers_from_an_unclean_shutdown(tmp_path: Path) -> None
             "one",
             "written before the crash",
         ]
+
+
+# -- the archiver's worker thread ----------------------------------------------
+
+NS = "notes"
+OID = "a" * 64
+WORKER = "pyobjects-history"
+
+
+def put(**values: bytes) -> WriteBatch:
+    return WriteBatch(writes=values)
+
+
+def seq(bookmark: str) -> int:
+    return parse_bookmark(NS, OID, bookmark)[0]
+
+
+def marker(root: Path) -> Path:
+    return root / NS / f"{OID}.history-pending"
+
+
+def workers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == WORKER]
+
+
+def recorded_commits(root: Path) -> int:
+    with closing(sqlite3.connect(root / NS / f"{OID}.history")) as conn:
+        (count,) = conn.execute("SELECT count(*) FROM commits").fetchone()
+    return int(count)
+
+
+@pytest.fixture
+def held_appends(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
+    """Appends to histories wait until the returned event is set."""
+    release = threading.Event()
+    append = History.append
+
+    def held(self: History, *args: Any) -> int:
+        release.wait(10)
+        return append(self, *args)
+
+    monkeypatch.setattr(History, "append", held)
+    yield release
+    release.set()
+
+
+async def reopen_after_restore(
+    backend: SQLiteBackend, store: Any, bookmark: str
+) -> Any:
+    await store.schedule_restore(bookmark, 0)
+    return backend.open(NS, OID)  # the next session restores
+
+
+async def test_a_crash_before_the_worker_wrote_an_archive(
+    tmp_path: Path, held_appends: threading.Event
+) -> None:
+    live = tmp_path / "live"
+    backend = SQLiteBackend(live)
+    store = backend.open(NS, OID)
+    held_appends.set()
+    await store.commit(put(k=b"one"))
+    first = await store.current_bookmark()
+    held_appends.clear()
+    await store.commit(put(k=b"two", pad=bytes(10_000)))
+    # Archives (the job waits in the worker), checkpoints and closes: the
+    # database file has "two", the history does not.
+    store.close()
+    crashed = tmp_path / "crashed"
+    shutil.copytree(live, crashed)  # the process dies here
+    held_appends.set()
+    await backend.aclose()
+    assert marker(crashed).exists()
+    assert not marker(live).exists()
+
+    # Without the marker, the gap would go unnoticed: "two" is in no commit.
+    unmarked = tmp_path / "unmarked"
+    shutil.copytree(crashed, unmarked)
+    marker(unmarked).unlink()
+    backend = SQLiteBackend(unmarked)
+    assert await backend.open(NS, OID).current_bookmark() == first
+    await backend.aclose()
+
+    # With it, the next start records the whole database as one commit.
+    backend = SQLiteBackend(crashed)
+    store = backend.open(NS, OID)
+    assert await store.get(["k"]) == {"k": b"two"}
+    two = await store.current_bookmark()
+    assert seq(two) == seq(first) + 1
+    await store.commit(put(k=b"three"))
+    store = await reopen_after_restore(backend, store, two)
+    assert await store.get(["k", "pad"]) == {"k": b"two", "pad": bytes(10_000)}
+    store = await reopen_after_restore(backend, store, first)
+    assert await store.get(["k", "pad"]) == {"k": b"one"}
+    await backend.aclose()
+    assert not marker(crashed).exists()
+
+
+async def test_reopening_during_an_archive_waits_for_it(
+    tmp_path: Path, held_appends: threading.Event
+) -> None:
+    backend = SQLiteBackend(tmp_path)
+    store = backend.open(NS, OID)
+    held_appends.set()
+    await store.commit(put(k=b"one"))
+    first = await store.current_bookmark()
+    held_appends.clear()
+    await store.commit(put(k=b"two"))
+    store.close()
+    assert marker(tmp_path).exists()
+    timer = threading.Timer(0.2, held_appends.set)
+    timer.start()
+    # The marker is this process's own: reopening the database waits for the
+    # archive and records nothing more.
+    store = backend.open(NS, OID)
+    two = await store.current_bookmark()
+    timer.join()
+    assert not marker(tmp_path).exists()
+    assert seq(two) == seq(first) + 1
+    await store.commit(put(k=b"three"))
+    store = await reopen_after_restore(backend, store, two)
+    assert await store.get(["k"]) == {"k": b"two"}
+    await backend.aclose()
+
+
+async def test_a_failed_append_is_healed_by_recording_the_whole_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = SQLiteBackend(tmp_path)
+    store = backend.open(NS, OID)
+    await store.commit(put(k=b"one"))
+    first = await store.current_bookmark()
+    failures = [StorageError("disk full")]
+    append = History.append
+
+    def failing(self: History, *args: Any) -> int:
+        if failures:
+            raise failures.pop()
+        return append(self, *args)
+
+    monkeypatch.setattr(History, "append", failing)
+    await store.commit(put(k=b"two"))
+    with pytest.raises(StorageError, match="cannot update the history: disk full"):
+        await store.current_bookmark()
+    assert marker(tmp_path).exists()
+    await store.commit(put(k=b"three"))
+    three = await store.current_bookmark()  # heals: the whole database, once
+    assert seq(three) == seq(first) + 1
+    assert not marker(tmp_path).exists()
+    await store.commit(put(k=b"four"))
+    store = await reopen_after_restore(backend, store, three)
+    assert await store.get(["k"]) == {"k": b"three"}
+    store = await reopen_after_restore(backend, store, first)
+    assert await store.get(["k"]) == {"k": b"one"}
+    await backend.aclose()
+
+
+async def test_a_failed_archive_at_close_is_recorded_whole_at_the_next_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = SQLiteBackend(tmp_path)
+    store = backend.open(NS, OID)
+    await store.commit(put(k=b"one"))
+    first = await store.current_bookmark()
+    await store.commit(put(k=b"two"))
+
+    def broken(*args: Any) -> Any:
+        raise OSError("unreadable WAL")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(sqlite, "read_wal_commits", broken)
+        store.close()  # closing folds the WAL into the database all the same
+    assert marker(tmp_path).exists()
+    store = backend.open(NS, OID)
+    two = await store.current_bookmark()
+    assert seq(two) == seq(first) + 1
+    await store.commit(put(k=b"three"))
+    store = await reopen_after_restore(backend, store, two)
+    assert await store.get(["k"]) == {"k": b"two"}
+    await backend.aclose()
+    assert not marker(tmp_path).exists()
+
+
+async def test_aclose_drains_the_worker_and_the_backend_stays_usable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: list[str] = []
+    append = History.append
+
+    def recording(self: History, *args: Any) -> int:
+        threads.append(threading.current_thread().name)
+        return append(self, *args)
+
+    monkeypatch.setattr(History, "append", recording)
+    backend = SQLiteBackend(tmp_path)
+    marks = []
+    for round_ in range(2):
+        store = backend.open(NS, OID)
+        for i in range(300):  # archives on the way
+            await store.commit(put(k=str(i).encode(), round=bytes([round_])))
+        marks.append(await store.current_bookmark())
+        await store.commit(put(last=bytes([round_])))  # archived by aclose()
+        await backend.aclose()
+        assert workers() == []
+        assert not marker(tmp_path).exists()
+        # Everything was written: another backend finds the last commit.
+        other = SQLiteBackend(tmp_path)
+        assert seq(await other.open(NS, OID).current_bookmark()) == seq(marks[-1]) + 1
+        await other.aclose()
+    assert threads
+    assert set(threads) == {WORKER}
+    store = await reopen_after_restore(backend, backend.open(NS, OID), marks[0])
+    assert await store.get(["k", "round", "last"]) == {"k": b"299", "round": b"\0"}
+    await backend.aclose()
+    assert workers() == []
+
+
+async def test_bookmarks_after_a_restore_are_exact(tmp_path: Path) -> None:
+    backend = SQLiteBackend(tmp_path)
+    store = backend.open(NS, OID)
+    await store.commit(put(k=b"one"))
+    one = await store.current_bookmark()
+    await store.commit(WriteBatch(writes={"k": b"two"}, alarm_changed=True, alarm=7))
+    store = await reopen_after_restore(backend, store, one)
+    assert (await store.get(["k"]), await store.get_alarm()) == ({"k": b"one"}, None)
+    # Changes only the KV pages: the page of the alarm must stay as restored.
+    await store.commit(put(k=b"three"))
+    three = await store.current_bookmark()
+    await store.commit(put(k=b"four"))
+    store = await reopen_after_restore(backend, store, three)
+    assert (await store.get(["k"]), await store.get_alarm()) == ({"k": b"three"}, None)
+    await backend.aclose()
+
+
+async def test_big_commits_are_archived_sooner(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite, "_ARCHIVE_BYTES", 64 * 1024)
+    backend = SQLiteBackend(tmp_path)
+    store = backend.open(NS, OID)
+    for i in range(sqlite._ARCHIVE_FIRST):
+        await store.commit(put(k=bytes([i]) * 40_000))
+    backend._archiver.wait()
+    # The whole (empty) database when it was created, then every commit.
+    assert recorded_commits(tmp_path) == 1 + sqlite._ARCHIVE_FIRST
+    # Each of these commits is over half the threshold: archived at once.
+    await store.commit(put(k=b"x" * 40_000))
+    backend._archiver.wait()
+    assert recorded_commits(tmp_path) == 2 + sqlite._ARCHIVE_FIRST
+    await backend.aclose()

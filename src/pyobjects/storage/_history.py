@@ -20,21 +20,91 @@ WAL format (sqlite.org/fileformat2.html#walformat): a 32-byte header (magic,
 version, page size, checkpoint sequence, two salts, two checksums), then
 frames of a 24-byte header (page number, database size in pages for the last
 frame of a commit or 0, the two salts, two checksums) and one page.
+
+Archiving off the event loop
+----------------------------
+
+Compressing the pages and writing them into the history file is the
+expensive part of an archive, so an :class:`Archiver` (one per backend) does
+it on a worker thread. The event loop's thread only reads the new WAL frames
+into memory and checkpoints. The history then lags the database for a while,
+and a crash in that window must not leave a silent gap (a gap makes every
+later rebuild mix page versions). The ordering that prevents it:
+
+1. The loop reads the new commits of the WAL into memory.
+2. The loop *reserves* the job: the object counts one more job in flight,
+   and if no marker file ``<object_id>.history-pending`` exists (the object
+   had nothing in flight), it is created, and unless the backend runs with
+   ``synchronous="off"``, its directory is fsynced.
+3. The loop checkpoints the WAL (``RESTART``): from here on the database
+   file holds commits that the history does not have yet. Unless
+   ``synchronous="off"``, the checkpoint also syncs them to disk.
+4. The loop queues the job (its pages, commit times and the pruning
+   cutoff); only now may the worker write it, so the history never holds a
+   commit that a power loss could take from the database.
+5. The worker appends the job in one transaction of the history file; unless
+   ``synchronous="off"``, the history runs with ``synchronous=FULL``, so the
+   transaction is on disk when ``COMMIT`` returns.
+6. When the object has no job in flight any more (and none failed), the
+   worker deletes the marker.
+
+So a marker exists, durably, before any commit the history lacks reaches the
+database file, and goes away only after the history has them all, durably;
+a process crash, an OS crash or a power loss at any point leaves either a
+complete history or a marker. (With ``synchronous="off"`` nothing is synced:
+a process crash is covered, an OS crash or a power loss is not, as for the
+database itself.)
+When a database is opened and the backend has no job of its own in flight
+for it, a marker (like a left-over WAL, or a missing history) means the
+history may lack commits: the database is recorded whole, as one commit at
+that time, which makes every later state exact again. Only the states between
+the last archived commit and that moment are missing (a bookmark for a time
+in between gives the last archived commit). A lost ``unlink`` only leads to
+one redundant whole record.
+
+A failed append (a full disk, say) leaves the marker and makes the worker
+drop that object's later jobs: they would follow a gap. The loop's next
+archive of the object records the whole database instead, which heals the
+history; reading the history (bookmarks, restores) waits for the object's
+jobs and raises :class:`StorageError` if the history still has a gap.
+
+Jobs are applied in the order they were queued, so the commits of one
+object reach its history in commit order; the worker takes every job queued
+so far and writes each object's jobs in one transaction. Whatever reads a
+history (bookmarks, restores, reopening a database, closing the backend)
+first waits until that object's jobs are written, so results never depend
+on the worker's timing. The worker thread exists only while there is work:
+it ends as soon as the queue is empty (closing the backend joins it), and
+at most ``_MAX_QUEUED`` bytes of pages wait in memory (beyond that, queuing
+waits for the worker).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sqlite3
 import struct
+import threading
 import zlib
 from dataclasses import dataclass, field
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from pyobjects._errors import StorageError
 
-__all__ = ["History", "WalState", "bookmark", "parse_bookmark", "read_wal_commits"]
+if TYPE_CHECKING:
+    from collections.abc import Hashable, Sequence
+
+__all__ = [
+    "Archiver",
+    "History",
+    "WalState",
+    "bookmark",
+    "fsync_directory",
+    "parse_bookmark",
+    "read_wal_commits",
+]
 
 _WAL_HEADER = struct.Struct(">IIIIIIII")
 _FRAME_HEADER = struct.Struct(">IIIIII")
@@ -46,18 +116,58 @@ _SCHEMA: Final = (
     "CREATE TABLE IF NOT EXISTS pages (pgno INTEGER NOT NULL, seq INTEGER NOT NULL,"
     " data BLOB NOT NULL, PRIMARY KEY (pgno, seq)) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID",
+    # Pruning and time lookups visit only what changed since the last prune.
+    "CREATE INDEX IF NOT EXISTS pages_by_seq ON pages (seq)",
+    "CREATE INDEX IF NOT EXISTS commits_by_time ON commits (time_ms)",
 )
+
+# A page: a slice of the bytes read from a file, not copied.
+Page = bytes | memoryview
+# Commits to record: (time_ms, db_pages, {pgno: page}).
+Commits = list[tuple[int, int, dict[int, Page]]]
 
 # Bookmark kinds: the state after a commit, or "just before restore N".
 PLAIN, UNDO = 0, 1
 
+# Rows per INSERT statement of an append (3 parameters each, well below
+# SQLite's limit of 32766 parameters).
+_ROWS_PER_INSERT: Final = 256
+# At most this many bytes of pages wait for the worker; beyond, queuing waits.
+_MAX_QUEUED: Final = 64 << 20
 
-def _compress(page: bytes) -> bytes:
-    # A 4 KiB window and little memory: a page is 4 KiB, and setting up
-    # zlib.compress()'s default 32 KiB window costs more than compressing.
-    # zlib.decompress() reads the result (the window size is in the header).
-    compressor = zlib.compressobj(1, zlib.DEFLATED, 12, 2)
-    return compressor.compress(page) + compressor.flush()
+
+def _compress(page: Page) -> bytes:
+    # A 4 KiB window: a page is 4 KiB, and setting up zlib's default 32 KiB
+    # window costs more than compressing. One call per page: the archiver's
+    # worker thread gives up the GIL at each call into zlib, and waits to get
+    # it back while the event loop runs (zlib.decompress() reads the window
+    # size from the header).
+    return zlib.compress(page, 1, 12)
+
+
+def _insert(
+    conn: sqlite3.Connection, into: str, rows: Sequence[tuple[int, int, object]]
+) -> None:
+    # Many rows per statement: executemany() steps once per row, and each
+    # step gives up the GIL and waits to get it back (the archiver's worker
+    # thread slows the event loop's thread down at every exchange).
+    for start in range(0, len(rows), _ROWS_PER_INSERT):
+        chunk = rows[start : start + _ROWS_PER_INSERT]
+        conn.execute(
+            f"INSERT INTO {into} VALUES " + ",".join(["(?,?,?)"] * len(chunk)),
+            [value for row in chunk for value in row],
+        )
+
+
+def fsync_directory(path: str) -> None:
+    """Make the creation or removal of files in *path* durable."""
+    if os.name != "posix":  # pragma: no cover - directories cannot be fsynced
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _digest(namespace: str, object_id: str) -> str:
@@ -99,6 +209,7 @@ class WalState:
 
     offset: int = 0  # bytes of the WAL already archived
     times: list[int] = field(default_factory=list)  # commit times not archived
+    every: int = 1  # archive after this many commits (set by the backend)
     # The salts of a WAL generation archived in full and then checkpointed
     # with RESTART: until the next write rewrites the header, the file still
     # holds that generation, and it must not be archived twice.
@@ -109,7 +220,7 @@ class WalState:
 class WalCommit:
     """One committed transaction found in a WAL."""
 
-    pages: dict[int, bytes]
+    pages: dict[int, Page]
     db_pages: int
 
 
@@ -124,7 +235,9 @@ def read_wal_commits(
     WAL whose salts are *done* has nothing new.
     """
     try:
-        with open(path, "rb") as f:
+        # Unbuffered: a buffered read() of the rest after a seek is several
+        # times slower, and this runs on the event loop's thread.
+        with open(path, "rb", buffering=0) as f:
             header = f.read(_WAL_HEADER.size)
             if len(header) < _WAL_HEADER.size:
                 return [], offset, 0, None
@@ -141,7 +254,8 @@ def read_wal_commits(
     except FileNotFoundError:
         return [], offset, 0, None
     commits: list[WalCommit] = []
-    pending: dict[int, bytes] = {}
+    pending: dict[int, Page] = {}
+    view = memoryview(data)
     frame_size = _FRAME_HEADER.size + page_size
     pos = 0
     end = start
@@ -149,7 +263,7 @@ def read_wal_commits(
         pgno, db_pages, s1, s2, _c1, _c2 = _FRAME_HEADER.unpack_from(data, pos)
         if (s1, s2) != (salt1, salt2):
             break  # a frame of an earlier WAL generation
-        pending[pgno] = data[pos + _FRAME_HEADER.size : pos + frame_size]
+        pending[pgno] = view[pos + _FRAME_HEADER.size : pos + frame_size]
         pos += frame_size
         if db_pages:
             commits.append(WalCommit(pending, db_pages))
@@ -159,18 +273,28 @@ def read_wal_commits(
 
 
 class History:
-    """The history file of one object (opened for one operation at a time)."""
+    """The history file of one object (opened for one operation at a time).
 
-    def __init__(self, path: str, namespace: str, object_id: str) -> None:
+    Each operation opens its own connection, on the thread that calls it (the
+    event loop's, or the archiver's worker), and closes it.
+    """
+
+    def __init__(
+        self, path: str, namespace: str, object_id: str, *, durable: bool = False
+    ) -> None:
         self.path = path
+        # Present while the history may lack commits the database has.
+        self.marker = path + "-pending"
         self.namespace = namespace
         self.object_id = object_id
+        # FULL: an append is on disk when it returns (see the module docs).
+        self._synchronous = "FULL" if durable else "NORMAL"
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None)
         try:
             conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             for statement in _SCHEMA:
                 conn.execute(statement)
         except BaseException:
@@ -184,7 +308,7 @@ class History:
 
     def append(
         self,
-        commits: list[tuple[int, int, dict[int, bytes]]],
+        commits: Commits,
         page_size: int,
         cutoff_ms: int | None,
     ) -> int:
@@ -202,20 +326,18 @@ class History:
             (seq,) = conn.execute(
                 "SELECT coalesce(max(seq), 0) FROM commits"
             ).fetchone()
+            commit_rows = []
+            page_rows = []
             for time_ms, db_pages, pages in commits:
                 seq += 1
-                conn.execute(
-                    "INSERT INTO commits (seq, time_ms, db_pages) VALUES (?, ?, ?)",
-                    (seq, time_ms, db_pages),
-                )
-                conn.executemany(
-                    "INSERT INTO pages (pgno, seq, data) VALUES (?, ?, ?)",
-                    [
-                        (pgno, seq, _compress(page))
-                        for pgno, page in pages.items()
-                        if pgno <= db_pages
-                    ],
-                )
+                commit_rows.append((seq, time_ms, db_pages))
+                page_rows += [
+                    (pgno, seq, _compress(page))
+                    for pgno, page in pages.items()
+                    if pgno <= db_pages
+                ]
+            _insert(conn, "commits (seq, time_ms, db_pages)", commit_rows)
+            _insert(conn, "pages (pgno, seq, data)", page_rows)
             if cutoff_ms is not None:
                 self._prune(conn, cutoff_ms)
             conn.execute("COMMIT")
@@ -231,15 +353,23 @@ class History:
             "SELECT max(seq) FROM commits WHERE time_ms <= ?", (cutoff_ms,)
         ).fetchone()
         floor = row[0]
-        if floor is None:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'pruned'").fetchone()
+        pruned = 0 if row is None else int(row[0])
+        if floor is None or floor <= pruned:
             return
-        # Keep, per page, its newest version at the floor and everything later.
+        # Keep, per page, its newest version at the floor and everything
+        # later. The last prune left no page a version older than its newest
+        # at that floor, so only pages with a version since can lose any.
         conn.execute(
-            "DELETE FROM pages WHERE seq < ? AND EXISTS (SELECT 1 FROM pages AS p"
-            " WHERE p.pgno = pages.pgno AND p.seq > pages.seq AND p.seq <= ?)",
-            (floor, floor),
+            "DELETE FROM pages WHERE pgno IN (SELECT pgno FROM pages WHERE seq > ?"
+            " AND seq <= ?) AND seq < (SELECT max(seq) FROM pages AS p"
+            " WHERE p.pgno = pages.pgno AND p.seq <= ?)",
+            (pruned, floor, floor),
         )
         conn.execute("DELETE FROM commits WHERE seq < ?", (floor,))
+        conn.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('pruned', ?)", (floor,)
+        )
 
     def latest(self) -> int:
         """The last recorded commit's seq (0 if none)."""
@@ -329,12 +459,227 @@ class History:
             os.fsync(f.fileno())
 
 
-def read_pages(path: str, page_size: int) -> dict[int, bytes]:
+def read_pages(path: str, page_size: int) -> dict[int, Page]:
     """Every page of the database file at *path* (checkpointed, WAL empty)."""
-    pages = {}
-    with open(path, "rb") as f:
-        n = 1
-        while page := f.read(page_size):
-            pages[n] = page
-            n += 1
-    return pages
+    with open(path, "rb", buffering=0) as f:
+        view = memoryview(f.read())
+    return {
+        n // page_size + 1: view[n : n + page_size]
+        for n in range(0, len(view) - page_size + 1, page_size)
+    }
+
+
+@dataclass(slots=True)
+class _Job:
+    """Commits of one object, waiting for the worker."""
+
+    key: Hashable
+    history: History
+    commits: Commits
+    page_size: int
+    cutoff_ms: int | None
+    whole: bool  # the whole database, recorded as one commit: heals a gap
+    size: int  # bytes of pages held
+
+
+class Archiver:
+    """Append archives to history files on a worker thread (see the module docs).
+
+    One per backend. Every method but the worker's is called on the event
+    loop's thread; a job is reserved (:meth:`reserve`) before the database
+    is checkpointed, and queued (:meth:`submit`) after it, or given up
+    (:meth:`abandon`).
+
+    Args:
+        durable: Fsync the directory after creating a marker (the histories
+            are opened with ``durable`` too).
+    """
+
+    def __init__(self, *, durable: bool) -> None:
+        self._durable = durable
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._queue: list[_Job] = []
+        # Per object: jobs reserved, queued or being written.
+        self._in_flight: dict[Hashable, int] = {}
+        # Objects whose marker this archiver created and still owns.
+        self._marked: set[Hashable] = set()
+        # Objects whose history has a gap (and why), and those of them for
+        # which no whole record is queued yet.
+        self._broken: dict[Hashable, BaseException] = {}
+        self._heal: set[Hashable] = set()
+        self._bytes = 0  # of the pages in queued jobs and jobs being written
+        self._thread: threading.Thread | None = None  # the worker, while it runs
+        self._last: threading.Thread | None = None  # the worker to join
+
+    def reserve(self, key: Hashable, history: History) -> None:
+        """Count one more job of *key* and make sure its marker exists.
+
+        Call before checkpointing the database; follow with :meth:`submit`
+        or :meth:`abandon`.
+
+        Raises:
+            OSError: The marker cannot be created (nothing was reserved).
+        """
+        with self._lock:
+            self._mark(key, history)
+            self._in_flight[key] = self._in_flight.get(key, 0) + 1
+
+    def submit(
+        self,
+        key: Hashable,
+        history: History,
+        commits: Commits,
+        page_size: int,
+        cutoff_ms: int | None,
+        *,
+        whole: bool = False,
+    ) -> None:
+        """Queue a job reserved with :meth:`reserve`; start the worker if needed.
+
+        Waits while too many bytes of pages are queued already.
+        """
+        size = sum(len(page) for _, _, pages in commits for page in pages.values())
+        job = _Job(key, history, commits, page_size, cutoff_ms, whole, size)
+        with self._lock:
+            while self._bytes and self._bytes + size > _MAX_QUEUED:
+                self._changed.wait()
+            if whole:
+                self._heal.discard(key)
+            self._queue.append(job)
+            self._bytes += size
+            thread = None
+            if self._thread is None:
+                thread = threading.Thread(
+                    target=self._work, name="pyobjects-history", daemon=False
+                )
+                self._thread = self._last = thread
+        if thread is not None:
+            try:
+                thread.start()
+            except RuntimeError:  # pragma: no cover - shutting down, or no threads
+                self._work()  # write it here and now
+
+    def abandon(self, key: Hashable, error: BaseException) -> None:
+        """A reserved job will not come: the history of *key* may have a gap.
+
+        The marker that :meth:`reserve` made stays.
+        """
+        with self._lock:
+            self._in_flight[key] -= 1
+            if not self._in_flight[key]:
+                del self._in_flight[key]
+            self._break(key, error)
+            self._changed.notify_all()
+
+    def mark_broken(
+        self, key: Hashable, history: History, error: BaseException
+    ) -> None:
+        """The database of *key* was checkpointed past its history.
+
+        Raises:
+            OSError: The marker cannot be created.
+        """
+        with self._lock:
+            self._mark(key, history)
+            self._break(key, error)
+
+    def needs_whole(self, key: Hashable) -> bool:
+        """True if the history of *key* has a gap and no whole record is queued."""
+        with self._lock:
+            return key in self._heal
+
+    def wait(self, key: Hashable | None = None) -> BaseException | None:
+        """Wait until the jobs of *key* (or all jobs) are written.
+
+        Returns why the history of *key* has a gap, or None if it has none.
+        """
+        with self._lock:
+            if key is None:
+                while self._in_flight:
+                    self._changed.wait()
+                return None
+            while key in self._in_flight:
+                self._changed.wait()
+            return self._broken.get(key)
+
+    def close(self) -> None:
+        """Wait until every job is written and the worker thread has ended.
+
+        The archiver can be used again afterwards (it starts a new worker).
+        """
+        with self._lock:
+            while self._in_flight or self._thread is not None:
+                self._changed.wait()
+            last, self._last = self._last, None
+        if last is not None and last.ident is not None:
+            last.join()
+
+    # -- under the lock ----------------------------------------------------------
+
+    def _mark(self, key: Hashable, history: History) -> None:
+        if key in self._marked:
+            return
+        fd = os.open(history.marker, os.O_WRONLY | os.O_CREAT, 0o644)
+        os.close(fd)
+        if self._durable:
+            fsync_directory(os.path.dirname(history.marker) or ".")
+        self._marked.add(key)
+
+    def _break(self, key: Hashable, error: BaseException) -> None:
+        self._broken[key] = error
+        self._heal.add(key)
+
+    # -- the worker thread -------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                jobs = self._queue
+                if not jobs:
+                    self._thread = None
+                    self._changed.notify_all()
+                    return
+                self._queue = []
+            groups: dict[Hashable, list[_Job]] = {}
+            for job in jobs:
+                groups.setdefault(job.key, []).append(job)
+            for key, group in groups.items():
+                self._write(key, group)
+
+    def _write(self, key: Hashable, group: list[_Job]) -> None:
+        """Append one object's jobs (in queue order) in one transaction."""
+        with self._lock:
+            gap = self._broken.get(key)
+        broken = gap is not None
+        commits: Commits = []
+        for job in group:
+            if job.whole:
+                broken = False
+            if not broken:  # jobs after a gap are dropped: a whole record follows
+                commits.extend(job.commits)
+        error: BaseException | None = None
+        try:
+            if commits:
+                last = group[-1]
+                last.history.append(commits, last.page_size, last.cutoff_ms)
+        except BaseException as exc:  # kept; readers of the history raise it
+            error = exc
+        with self._lock:
+            if error is not None:
+                self._break(key, error)
+            elif gap is not None and not broken and self._broken.get(key) is gap:
+                # Healed, and no new gap was reported meanwhile.
+                del self._broken[key]
+            self._bytes -= sum(job.size for job in group)
+            left = self._in_flight[key] - len(group)
+            if left:
+                self._in_flight[key] = left
+            else:
+                del self._in_flight[key]
+                if key not in self._broken and key in self._marked:
+                    self._marked.discard(key)
+                    # If this fails, the next open records the database whole.
+                    with contextlib.suppress(OSError):
+                        os.unlink(group[-1].history.marker)
+            self._changed.notify_all()

@@ -59,9 +59,12 @@ from pyobjects._errors import StorageError
 from ._base import AlarmEntry, check_batch, check_namespace, check_object_id
 from ._history import (
     UNDO,
+    Archiver,
+    Commits,
     History,
     WalState,
     bookmark,
+    fsync_directory as _fsync_directory,
     parse_bookmark,
     read_pages,
     read_wal_commits,
@@ -121,10 +124,16 @@ _LIST = {
 }
 
 _Key = tuple[str, str]
+_WAL_HEADER_SIZE = 32
 
-# Archive the WAL into the history after this many commits (and whenever a
-# connection closes or a bookmark is asked for).
+# Archive the WAL into the history after this many commits, or after about
+# _ARCHIVE_BYTES of WAL, whichever comes first (and whenever a connection
+# closes or a bookmark is asked for). The size is estimated from the bytes
+# per commit of the previous archive: no system call per commit.
 _ARCHIVE_EVERY = 256
+_ARCHIVE_BYTES = 8 << 20
+# Before the first archive of a connection tells the bytes per commit.
+_ARCHIVE_FIRST = 16
 _NO_PITR = (
     "This Durable Object's storage back-end does not implement point-in-time "
     "recovery (SQLiteBackend was created with pitr_retention=0)."
@@ -162,16 +171,6 @@ def _encode_writes(
                 f"storage values must be bytes or None, not {type(value).__name__}"
             )
     return puts, deletes
-
-
-def _fsync_directory(path: str) -> None:
-    if os.name != "posix":  # pragma: no cover - directories cannot be fsynced
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @typing.final
@@ -226,6 +225,10 @@ class SQLiteBackend:
         self._pending_restores: set[_Key] = set()
         self._checked: set[_Key] = set()
         self._restoring = False
+        # Writes archives into the histories on a worker thread. Unless
+        # synchronous="off", histories are durable before their markers go.
+        self._durable_history = synchronous != "off"
+        self._archiver = Archiver(durable=self._durable_history)
         self._directory = os.fspath(directory)
         self._synchronous = _SYNCHRONOUS[synchronous]
         self._sync_directories = synchronous in {"full", "extra"}
@@ -368,13 +371,15 @@ class SQLiteBackend:
         return entries
 
     async def aclose(self) -> None:
-        """Close every open database.
+        """Close every open database, and finish writing the histories.
 
         Nothing is lost: if the backend is used again (say, by a restarted
         runtime), databases are reopened as needed, as after an eviction.
         """
         while self._connections:
             self._discard(next(iter(self._connections)))
+        # Every queued archive is written and the worker thread has ended.
+        self._archiver.close()
         self._checked.clear()
         if self._index is not None:
             index, self._index = self._index, None
@@ -451,10 +456,19 @@ class SQLiteBackend:
     def _discard(self, key: _Key) -> None:
         """Close the object's connection, if open (rolling back any transaction)."""
         conn = self._connections.get(key)
-        if conn is not None and key in self._wal and not conn.in_transaction:
-            # On failure the WAL stays; the next open records the whole database.
-            with contextlib.suppress(StorageError, sqlite3.Error, OSError):
+        if conn is not None and key in self._wal:
+            if conn.in_transaction:
+                # Closing would roll back too, and then fold the WAL into the
+                # database: its commits must be archived first.
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            try:
                 self._archive(key, conn)
+            except (StorageError, sqlite3.Error, OSError) as exc:
+                # Closing folds the WAL into the database anyway: the next
+                # open must record the whole database.
+                with contextlib.suppress(OSError):
+                    self._archiver.mark_broken(key, self._paths(key)[1], exc)
         conn = self._connections.pop(key, None)
         self._wal.pop(key, None)
         if conn is not None:
@@ -466,25 +480,29 @@ class SQLiteBackend:
     def _paths(self, key: _Key) -> tuple[str, History]:
         namespace, object_id = key
         base = os.path.join(self._directory, namespace, object_id)
-        return base + ".sqlite", History(base + ".history", namespace, object_id)
+        history = History(
+            base + ".history", namespace, object_id, durable=self._durable_history
+        )
+        return base + ".sqlite", history
 
     def _start_history(self, key: _Key, conn: sqlite3.Connection, path: str) -> None:
         """Bring the history up to date with a database that was just opened.
 
-        A WAL left over (an unclean shutdown: its commit times were lost) or
-        a database without history is recorded whole, as one commit now.
+        A WAL left over (an unclean shutdown: its commit times were lost), a
+        marker (the process stopped before the history had every commit the
+        database has, see _history) or a database without history is
+        recorded whole, as one commit now.
         """
         _, history = self._paths(key)
+        # Archives still being written from before this database was closed:
+        # once they are, a marker can only be a crash's (or a failure's).
+        self._archiver.wait(key)
+        state = WalState(every=_ARCHIVE_FIRST)
         wal = path + "-wal"
         leftover = os.path.exists(wal) and os.path.getsize(wal) > 0
-        if leftover or not history.exists():
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            (page_size,) = conn.execute("PRAGMA page_size").fetchone()
-            pages = read_pages(path, page_size)
-            history.append(
-                [(self._now_ms(), len(pages), pages)], page_size, self._cutoff()
-            )
-        self._wal[key] = WalState()
+        if leftover or not history.exists() or os.path.exists(history.marker):
+            self._record_whole(key, conn, path, history, state)
+        self._wal[key] = state
         if key not in self._checked and not self._restoring:
             self._checked.add(key)
             row = conn.execute(_GET_META, ("restore",)).fetchone()
@@ -494,29 +512,79 @@ class SQLiteBackend:
     def _cutoff(self) -> int:
         return self._now_ms() - self._retention_ms
 
+    def _record_whole(
+        self,
+        key: _Key,
+        conn: sqlite3.Connection,
+        path: str,
+        history: History,
+        state: WalState,
+    ) -> None:
+        """Queue the whole database as one commit now (heals any gap)."""
+        archiver = self._archiver
+        archiver.reserve(key, history)  # the marker, before the checkpoint
+        try:
+            (busy, _, _) = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if busy:
+                raise StorageError(f"cannot checkpoint {path}: the database is busy")
+            (page_size,) = conn.execute("PRAGMA page_size").fetchone()
+            pages = read_pages(path, page_size)
+        except BaseException as exc:
+            archiver.abandon(key, exc)
+            raise
+        archiver.submit(
+            key,
+            history,
+            [(self._now_ms(), len(pages), pages)],
+            page_size,
+            self._cutoff(),
+            whole=True,
+        )
+        state.times = []
+        state.offset = 0
+        state.done = None
+
     def _archive(self, key: _Key, conn: sqlite3.Connection) -> None:
-        """Move the WAL's new commits into the history, then checkpoint."""
+        """Queue the WAL's new commits for the history, then checkpoint.
+
+        The worker thread compresses and writes them (see _history for the
+        ordering that keeps a crash from leaving a gap).
+        """
         state = self._wal[key]
         path, history = self._paths(key)
+        if self._archiver.needs_whole(key):
+            # An earlier archive failed: the history has a gap.
+            self._record_whole(key, conn, path, history, state)
+            return
         commits, end, page_size, salts = read_wal_commits(
             path + "-wal", state.offset, state.done
         )
+        archiver = self._archiver
+        records: Commits = []
         if commits:
+            per_commit = (end - max(state.offset, _WAL_HEADER_SIZE)) // len(commits)
+            state.every = max(1, min(_ARCHIVE_EVERY, _ARCHIVE_BYTES // per_commit))
             times = state.times
             now = self._now_ms()
-            history.append(
-                [
-                    (times[i] if i < len(times) else now, c.db_pages, c.pages)
-                    for i, c in enumerate(commits)
-                ],
-                page_size,
-                self._cutoff(),
-            )
+            records = [
+                (times[i] if i < len(times) else now, c.db_pages, c.pages)
+                for i, c in enumerate(commits)
+            ]
+            archiver.reserve(key, history)  # the marker, before the checkpoint
         state.times = []
         state.offset = end
-        # RESTART, not TRUNCATE: the next commits overwrite the WAL from the
-        # start (new salts) instead of growing a fresh file page by page.
-        (busy, _, _) = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+        try:
+            # RESTART, not TRUNCATE: the next commits overwrite the WAL from
+            # the start (new salts) instead of growing a fresh file page by
+            # page. It also syncs them (unless synchronous="off"): queued only
+            # now, the history never gets ahead of what a power loss keeps.
+            (busy, _, _) = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+        except BaseException as exc:
+            if commits:
+                archiver.abandon(key, exc)  # the next archive records it whole
+            raise
+        if commits:
+            archiver.submit(key, history, records, page_size, self._cutoff())
         if not busy:
             state.offset = 0
             state.done = salts
@@ -527,7 +595,7 @@ class SQLiteBackend:
         if state is None:
             return
         state.times.append(self._now_ms())
-        if len(state.times) >= _ARCHIVE_EVERY:
+        if len(state.times) >= state.every:
             self._archive(key, conn)
 
     def _history_for(self, key: _Key) -> tuple[sqlite3.Connection, History]:
@@ -542,6 +610,10 @@ class SQLiteBackend:
             self._archive(key, conn)
         except (sqlite3.Error, OSError) as exc:
             raise StorageError(f"cannot update the history: {exc}") from exc
+        # Read only what every commit so far has been written to.
+        error = self._archiver.wait(key)
+        if error is not None:
+            raise StorageError(f"cannot update the history: {error}") from error
         return conn, self._paths(key)[1]
 
     def _restore(self, key: _Key) -> int | None:
@@ -555,9 +627,16 @@ class SQLiteBackend:
         latest = history.latest()
         path, _ = self._paths(key)
         self._discard(key)
+        self._archiver.wait(key)
         temporary = path + ".restore"
         try:
             history.rebuild(target, temporary)
+            # The history has the pages of the restored state only under
+            # older commits, and a later rebuild would mix them with newer
+            # versions of the pages that the restore did not change: the
+            # marker makes the next open (below, or after a crash) record the
+            # restored database whole.
+            self._archiver.mark_broken(key, history, StorageError("restored"))
             for suffix in ("-wal", "-shm"):
                 if os.path.exists(path + suffix):
                     os.remove(path + suffix)
@@ -571,8 +650,9 @@ class SQLiteBackend:
         finally:
             self._restoring = False
         assert restored is not None
-        restored.execute(_DELETE_META, ("restore",))
+        restored.execute(_DELETE_META, ("restore",))  # if the state had one
         self._archive(key, restored)
+        self._archiver.wait(key)
         # "Just before the restore" is what the undo bookmark stands for.
         history.set_meta(f"undo:{before}", latest)
         alarm = _read_alarm(restored)
