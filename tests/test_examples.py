@@ -57,6 +57,7 @@ def test_every_example_is_tested() -> None:
         "conditional_store",
         "chat_room",
         "collab_doc",
+        "game_room",
     }, "add tests/examples/test_<name>.py for each new application"
     tests = Path(__file__).parent / "examples"
     listing = (EXAMPLES.parent / "docs" / "examples.md").read_text()
