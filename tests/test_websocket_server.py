@@ -146,6 +146,7 @@ class Served:
 
     def __init__(self, **options: Any) -> None:
         self.log = Log()
+        self.cached: Response | None = None
         room = type("Room", (Room,), {"log": self.log})
 
         async def fetch(request: Request, env: Any) -> Response:
@@ -161,7 +162,6 @@ class Served:
                 return self.cached
             return Response("ok")
 
-        self.cached: Response | None = None
         self.clock = ManualClock()
         self.app = App(
             Worker(fetch, bindings={"ROOM": room}), clock=self.clock, **options
