@@ -903,3 +903,26 @@ async def test_sql_after_the_backend_closed_the_connection(tmp_path: Any) -> Non
             rows = await h.run(lambda s: _ret(s.sql.exec("SELECT a FROM t").to_array()))
             assert rows == [{"a": 0}, {"a": 1}, {"a": 2}]
         assert backend._open_connections == 1
+
+
+def test_memory_sql_databases_close_from_another_thread() -> None:
+    # A server runs the runtime on its own thread; the backend's finalizer
+    # may close the in-memory databases from another one (at exit, say).
+    import threading
+
+    backend = MemoryBackend()
+    ids: list[str] = []
+
+    async def main() -> None:
+        async with Runtime(bindings={"P": Plain}, storage=backend) as rt:
+            h = Harness(rt)
+            await h.run(lambda s: _ret(s.sql.exec("CREATE TABLE t (a)")))
+            ids.append(str(h.stub.id))
+
+    thread = threading.Thread(target=anyio.run, args=(main,))
+    thread.start()
+    thread.join()
+    conn = backend.open("P", ids[0]).sql_connection(create=False)
+    assert conn is not None
+    assert conn.execute("SELECT count(*) FROM t").fetchone() == (0,)
+    conn.close()

@@ -216,7 +216,12 @@ class _MemoryStore:
         if state is None:
             objects = backend._namespaces.setdefault(self._namespace, {})
             state = objects[self._object_id] = _ObjectState()
-        state.sql = sqlite3.connect(":memory:", isolation_level=None)
+        # check_same_thread=False: only the runtime's event loop uses it, but
+        # the finalizer that closes it may run on another thread (a server's
+        # loop thread exits before the interpreter does).
+        state.sql = sqlite3.connect(
+            ":memory:", isolation_level=None, check_same_thread=False
+        )
         # The reserved tables exist (empty) as in SQLiteBackend, so user SQL
         # gets the same "access ... is prohibited" errors on every backend.
         for statement in _RESERVED_TABLES:
