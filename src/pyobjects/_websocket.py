@@ -349,8 +349,11 @@ class WebSocket:
         owner = self._owner
         if owner is not None and owner.flush_scheduled and owner.broken is None:
             owner._queue_flush()  # the loop waits: commit what it wrote
-        await anyio.lowlevel.checkpoint()
+        if self._inbox or self._closed_in is not None:
+            await anyio.lowlevel.checkpoint()  # a ready item: let others run first
         while not self._inbox and self._closed_in is None:
+            # Waiting is a checkpoint already: no extra trip through the loop
+            # per message when a broadcast wakes thousands of readers.
             if self._wakeup is None:
                 self._wakeup = anyio.Event()
             await self._wakeup.wait()
