@@ -196,14 +196,15 @@ async def test_many_commits_across_archives(tmp_path: Path) -> None:
     ) as rt:
         stub = rt.env.N.get_by_name("a")
         marks = {}
-        for i in range(600):  # more than two automatic archives
+        middle = sqlite._ARCHIVE_EVERY + 44
+        for i in range(2 * sqlite._ARCHIVE_EVERY + 100):  # several automatic archives
             await stub.add(f"n{i}")
-            if i in (10, 300):
+            if i in (10, middle):
                 marks[i] = await stub.bookmark()
-        await restore_now(rt, "a", marks[300])
+        await restore_now(rt, "a", marks[middle])
         notes, last, _ = await rt.env.N.get_by_name("a").state()
-        assert notes == [f"n{i}" for i in range(301)]
-        assert last == "n300"
+        assert notes == [f"n{i}" for i in range(middle + 1)]
+        assert last == f"n{middle}"
         await restore_now(rt, "a", marks[10])
         assert (await rt.env.N.get_by_name("a").state())[0] == [
             f"n{i}" for i in range(11)

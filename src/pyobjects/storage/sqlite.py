@@ -130,7 +130,7 @@ _WAL_HEADER_SIZE = 32
 # _ARCHIVE_BYTES of WAL, whichever comes first (and whenever a connection
 # closes or a bookmark is asked for). The size is estimated from the bytes
 # per commit of the previous archive: no system call per commit.
-_ARCHIVE_EVERY = 256
+_ARCHIVE_EVERY = 1024
 _ARCHIVE_BYTES = 8 << 20
 # Before the first archive of a connection tells the bytes per commit.
 _ARCHIVE_FIRST = 16
