@@ -336,7 +336,8 @@ async def run_all(args: argparse.Namespace) -> tuple[list[Result], list[Result]]
                     f"ratio.{setup.key}.{workload}",
                     f"{setup.label}: {what} / raw",
                     # All rounds together (the same work each): an archive of
-                    # the history every 256 commits lands in some rounds only.
+                    # the history (after 1,024 commits or ~8 MiB of WAL) lands
+                    # in some rounds only.
                     statistics.harmonic_mean(obj.values)
                     / statistics.harmonic_mean(raw.values),
                     "x",
