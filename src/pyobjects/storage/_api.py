@@ -731,7 +731,7 @@ class Storage:
             StorageError: The storage backend provides no SQL databases.
         """
         if self._sql is None:
-            if getattr(self._store, "sql_connection", None) is None:
+            if not self._has_sql:
                 raise StorageError(_NO_SQL.format(type(self._store).__name__))
             self._sql = SqlStorage(self)
         return self._sql
@@ -744,7 +744,7 @@ class Storage:
             StorageError: The storage backend provides no SQL databases.
         """
         if self._kv is None:
-            if getattr(self._store, "sql_connection", None) is None:
+            if not self._has_sql:
                 raise StorageError(_NO_SYNC_KV.format(type(self._store).__name__))
             self._kv = SyncKV(self)
         return self._kv
@@ -764,7 +764,7 @@ class Storage:
                 ("Durable Object is not backed by SQL.").
         """
         self._owner.check_usable()
-        if getattr(self._store, "sql_connection", None) is None:
+        if not self._has_sql:
             raise StorageError("Durable Object is not backed by SQL.")
         sql = self.sql
         layers = self._layers
@@ -801,10 +801,10 @@ class Storage:
         finally:
             in_transaction.reset(token)
 
-    def _sql_connection(self) -> sqlite3.Connection:
-        """The object's database connection, from the backend."""
-        conn = self._store.sql_connection()  # type: ignore[attr-defined]
-        return conn  # type: ignore[no-any-return]
+    @property
+    def _has_sql(self) -> bool:
+        """True if the backend offers the SQL capability (``SqlObjectStore``)."""
+        return getattr(self._store, "sql_connection", None) is not None
 
     def _sql_enter(self, conn: sqlite3.Connection, *, need_transaction: bool) -> bool:
         """Prepare *conn* for a user statement; return True if it began a transaction.
@@ -842,15 +842,11 @@ class Storage:
         Returns True if something was dropped (the open transaction then
         holds changes to commit).
         """
-        opener = getattr(self._store, "sql_connection", None)
-        if opener is None:
+        if not self._has_sql:
             return False
-        conn: sqlite3.Connection | None = opener(create=False)
+        conn = self.sql._connection(create=False)
         if conn is None:
             return False
-        sql = self.sql
-        if conn is not sql._conn:
-            sql._configure(conn)
         return wipe_database(conn, lambda: self._sql_enter(conn, need_transaction=True))
 
     # -- point-in-time recovery ------------------------------------------------

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from typing import TYPE_CHECKING, Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, final, overload
 
 from pyobjects._aliases import camel_aliases
 from pyobjects._errors import SqlError
@@ -318,7 +318,6 @@ _PRIMARY_CODES: Final = {
 _RENAME_TO_RESERVED = re.compile(r"\bRENAME\s+TO\s+[\"'`\[]?_cf_", re.IGNORECASE)
 _COMMENTS = re.compile(r"--[^\n]*|/\*.*?(?:\*/|$)", re.DOTALL)
 _BLANK = re.compile(r"[\s;]*")
-_MAX_INT = 2**63
 _STATEMENT_ERRORS = (sqlite3.Error, OverflowError, UnicodeEncodeError, MemoryError)
 _PLAIN_TYPES: Final = frozenset([int, float, str, bytes, type(None)])
 # SQL texts whose read/write classification is remembered (an unknown text
@@ -418,23 +417,15 @@ def _is_blank(piece: str) -> bool:
 
 
 def _check_binding(index: int, value: object) -> None:
-    if value is None or isinstance(value, (str, float, bytes)):
-        if isinstance(value, str) and not value.isascii():
-            try:
-                value.encode()
-            except UnicodeEncodeError:
-                raise ValueError(
-                    f"SQL binding {index} cannot be encoded as UTF-8 (lone surrogate)"
-                ) from None
-        return
-    if isinstance(value, int):
-        if not -_MAX_INT <= value < _MAX_INT:
-            raise ValueError(
-                f"SQL binding {index} ({value}) is outside SQLite's 64-bit INTEGER "
-                "range"
-            )
-        return
-    if isinstance(value, (bytearray, memoryview)):
+    """Refuse a binding of a type SQLite cannot take.
+
+    Values of the right type that SQLite still refuses (an int outside 64
+    bits, a str with a lone surrogate) are reported by ``_error`` from what
+    ``sqlite3`` raises.
+    """
+    if value is None or isinstance(
+        value, (int, float, str, bytes, bytearray, memoryview)
+    ):
         return
     raise TypeError(
         "SQL bindings must be None, int, float, str or bytes; "
@@ -583,10 +574,19 @@ class SqlStorage:
 
     # -- the connection --------------------------------------------------------
 
-    def _connection(self) -> sqlite3.Connection:
-        """The object's connection, configured for user SQL."""
-        conn = self._storage._sql_connection()
-        if conn is not self._conn:
+    @overload
+    def _connection(self) -> sqlite3.Connection: ...
+    @overload
+    def _connection(self, *, create: bool) -> sqlite3.Connection | None: ...
+
+    def _connection(self, *, create: bool = True) -> sqlite3.Connection | None:
+        """The object's connection from the backend, configured for user SQL.
+
+        Without *create*, ``None`` if the object has no database yet.
+        """
+        store: Any = self._storage._store
+        conn: sqlite3.Connection | None = store.sql_connection(create=create)
+        if conn is not None and conn is not self._conn:
             self._configure(conn)
         return conn
 
