@@ -124,6 +124,21 @@ async def test_trailing_comment_runs_earlier_statements_then_fails(h: Harness) -
     await h.run(body)
 
 
+async def test_stray_semicolon_stops_the_statements_after_it(h: Harness) -> None:
+    async def body(s: Storage) -> None:
+        error = sql_error(
+            lambda: s.sql.exec("CREATE TABLE t (a);; INSERT INTO t VALUES (1)")
+        )
+        assert str(error) == "SQL code did not contain a statement."
+        assert s.sql.exec("SELECT count(*) AS n FROM t").one() == {"n": 0}
+        error = sql_error(lambda: s.sql.exec("INSERT INTO t VALUES (2); ;"))
+        assert str(error) == "SQL code did not contain a statement."
+        assert s.sql.exec("SELECT count(*) AS n FROM t").one() == {"n": 1}
+        assert s.sql.exec("SELECT count(*) AS n FROM t;  \n").one() == {"n": 1}
+
+    await h.run(body)
+
+
 async def test_cursor_members(h: Harness) -> None:
     async def body(s: Storage) -> None:
         sql = s.sql

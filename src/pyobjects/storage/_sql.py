@@ -747,26 +747,18 @@ class SqlStorage:
                     conn.total_changes - changes,
                 )
         conn = self._connection()
-        if ";" in query:
-            pieces = split_statements(query)
-            while len(pieces) > 1 and _is_blank(pieces[-1]):
-                if pieces[-1].strip():
-                    # Trailing text without a statement (a comment, a stray
-                    # semicolon): workerd runs the earlier statements, then
-                    # fails on it.
-                    for piece in pieces[:-1]:
-                        self._run(conn, piece, (), last=False)
-                    raise SqlError("SQL code did not contain a statement.")
-                pieces.pop()
-        else:
-            pieces = [query]
-        if _is_blank(pieces[-1]) and len(pieces) == 1:
-            raise SqlError("SQL code did not contain a statement.")
+        pieces = split_statements(query) if ";" in query else [query]
+        if len(pieces) > 1 and not pieces[-1].strip():
+            pieces.pop()  # blanks after the last semicolon
+        # As in workerd, the statements run in order until one piece holds
+        # none (a comment, a stray semicolon), which fails the call.
         changes = conn.total_changes
         for piece in pieces[:-1]:
             if _is_blank(piece):
                 raise SqlError("SQL code did not contain a statement.")
             self._run(conn, piece, (), last=False)
+        if _is_blank(pieces[-1]):
+            raise SqlError("SQL code did not contain a statement.")
         cursor = self._run(conn, pieces[-1], bindings)
         names = [] if cursor.description is None else [d[0] for d in cursor.description]
         try:
