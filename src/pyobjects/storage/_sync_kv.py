@@ -12,8 +12,6 @@ from typing import TYPE_CHECKING, Any, final
 
 from pyobjects._errors import StorageError
 
-from ._layers import _MISS
-
 if TYPE_CHECKING:
     import builtins
     from collections.abc import Iterator
@@ -44,17 +42,11 @@ class SyncKV:
 
     def get(self, key: str, /) -> Any:
         """Return the value stored under *key*, or ``None``."""
-        from pyobjects._serialization import decode
+        from ._api import drive  # import cycle
 
-        from ._api import check_key, drive  # import cycle
-
-        storage = self._storage
-        storage._owner.check_usable()
-        check_key(key)
-        data = storage._lookup(key)
-        if data is _MISS:
-            data = drive(storage._fetch([key]), "kv.get()").get(key)
-        return None if data is None else decode(data)
+        if not isinstance(key, str):
+            raise TypeError(f"kv.get() takes a str key, not {type(key).__name__}")
+        return drive(self._storage.get(key), "kv.get()")
 
     def put(self, key: str, value: object, /) -> None:
         """Store *value* under *key* (committed with the object's other writes)."""
