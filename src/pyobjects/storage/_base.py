@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
 __all__ = [
+    "RESERVED_SCHEMA",
+    "USER_OBJECTS_WHERE",
     "AlarmEntry",
     "ListQuery",
     "ObjectStore",
@@ -196,6 +198,22 @@ class StorageBackend(Protocol):
         """
         ...
 
+
+# SQL-capable objects: the reserved tables a backend keeps in the object's
+# database (user SQL cannot touch ``_cf_`` names), and the condition on
+# ``sqlite_schema`` that selects the user's own tables, views, indexes and
+# triggers (not the reserved ones, not SQLite's internal ``sqlite_*`` ones).
+RESERVED_SCHEMA: Mapping[str, str] = MappingProxyType(
+    {
+        "_cf_KV": "CREATE TABLE IF NOT EXISTS _cf_KV"
+        " (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID",
+        "_cf_METADATA": "CREATE TABLE IF NOT EXISTS _cf_METADATA"
+        " (key TEXT PRIMARY KEY, value) WITHOUT ROWID",
+    }
+)
+USER_OBJECTS_WHERE = (
+    "name NOT LIKE '\\_cf\\_%' ESCAPE '\\' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
+)
 
 # Checks shared by the built-in backends.
 

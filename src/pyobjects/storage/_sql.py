@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Any, Final, final, overload
 from pyobjects._aliases import camel_aliases
 from pyobjects._errors import SqlError
 
+from ._base import USER_OBJECTS_WHERE
+
 if TYPE_CHECKING:
     import builtins
     from collections.abc import Callable, Iterator
@@ -363,8 +365,7 @@ def split_statements(query: str) -> builtins.list[str]:
 
 _USER_OBJECTS = (
     "SELECT type, name, sql FROM sqlite_schema WHERE type IN ('table', 'view')"
-    " AND name NOT LIKE '\\_cf\\_%' ESCAPE '\\'"
-    " AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
+    f" AND {USER_OBJECTS_WHERE}"
 )
 
 

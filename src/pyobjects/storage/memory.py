@@ -28,7 +28,14 @@ from sortedcontainers import SortedDict
 
 from pyobjects._errors import StorageError
 
-from ._base import AlarmEntry, check_batch, check_namespace, check_object_id
+from ._base import (
+    RESERVED_SCHEMA,
+    USER_OBJECTS_WHERE,
+    AlarmEntry,
+    check_batch,
+    check_namespace,
+    check_object_id,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -55,16 +62,9 @@ class _ObjectState:
 
 def _has_user_objects(conn: sqlite3.Connection) -> bool:
     row = conn.execute(
-        "SELECT 1 FROM sqlite_schema WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
-        " AND name NOT LIKE '\\_cf\\_%' ESCAPE '\\' LIMIT 1"
+        f"SELECT 1 FROM sqlite_schema WHERE {USER_OBJECTS_WHERE} LIMIT 1"
     ).fetchone()
     return row is not None
-
-
-_RESERVED_TABLES = (
-    "CREATE TABLE _cf_KV (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID",
-    "CREATE TABLE _cf_METADATA (key TEXT PRIMARY KEY, value) WITHOUT ROWID",
-)
 
 
 def _close_all(connections: list[sqlite3.Connection]) -> None:
@@ -224,7 +224,7 @@ class _MemoryStore:
         )
         # The reserved tables exist (empty) as in SQLiteBackend, so user SQL
         # gets the same "access ... is prohibited" errors on every backend.
-        for statement in _RESERVED_TABLES:
+        for statement in RESERVED_SCHEMA.values():
             state.sql.execute(statement)
         backend._sql_connections.append(state.sql)
         return state.sql

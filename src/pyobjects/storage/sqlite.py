@@ -56,7 +56,14 @@ from typing import TYPE_CHECKING, Literal
 
 from pyobjects._errors import StorageError
 
-from ._base import AlarmEntry, check_batch, check_namespace, check_object_id
+from ._base import (
+    RESERVED_SCHEMA,
+    USER_OBJECTS_WHERE,
+    AlarmEntry,
+    check_batch,
+    check_namespace,
+    check_object_id,
+)
 from ._history import (
     UNDO,
     Archiver,
@@ -84,12 +91,6 @@ _BUSY_TIMEOUT = 1.0
 # The file name of the index; namespaces may not collide with it.
 _INDEX_FILE = "@metadata.sqlite"  # "@" is outside the namespace alphabet
 
-_OBJECT_SCHEMA = {
-    "_cf_KV": "CREATE TABLE IF NOT EXISTS _cf_KV"
-    " (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID",
-    "_cf_METADATA": "CREATE TABLE IF NOT EXISTS _cf_METADATA"
-    " (key TEXT PRIMARY KEY, value) WITHOUT ROWID",
-}
 _INDEX_SCHEMA = {
     "alarms": "CREATE TABLE IF NOT EXISTS alarms (namespace TEXT NOT NULL,"
     " object_id TEXT NOT NULL, time_ms INTEGER NOT NULL,"
@@ -109,8 +110,7 @@ _DELETE_META = "DELETE FROM _cf_METADATA WHERE key = ?"
 _HOLDS_DATA = (
     "SELECT EXISTS (SELECT 1 FROM _cf_KV)"
     " OR EXISTS (SELECT 1 FROM _cf_METADATA WHERE key = 'alarm')"
-    " OR EXISTS (SELECT 1 FROM sqlite_schema WHERE name NOT LIKE '\\_cf\\_%' ESCAPE"
-    " '\\' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\')"
+    f" OR EXISTS (SELECT 1 FROM sqlite_schema WHERE {USER_OBJECTS_WHERE})"
 )
 _LIST = {
     (start, end, reverse): "SELECT key, value FROM _cf_KV"
@@ -390,7 +390,7 @@ class SQLiteBackend:
         try:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
-            if self._retention_ms and schema is _OBJECT_SCHEMA:
+            if self._retention_ms and schema is RESERVED_SCHEMA:
                 # Only the history archiver checkpoints (see _history).
                 conn.execute("PRAGMA wal_autocheckpoint = 0")
             tables = {
@@ -430,7 +430,7 @@ class SQLiteBackend:
                 os.makedirs(directory, exist_ok=True)
                 if new_directory and self._sync_directories:
                     _fsync_directory(self._directory)
-            conn = self._connect(path, _OBJECT_SCHEMA)
+            conn = self._connect(path, RESERVED_SCHEMA)
             if new_file and self._sync_directories:
                 _fsync_directory(directory)
         except (OSError, sqlite3.Error) as exc:
