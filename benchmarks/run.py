@@ -999,17 +999,24 @@ def main(argv: list[str] | None = None) -> None:
         stats = pstats.Stats(profile, stream=sys.stdout)
         stats.sort_stats("tottime").print_stats(args.profile)
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(
-                {
-                    "machine": info,
-                    "results": [asdict(r) for r in results],
-                    "ratios": [asdict(r) for r in ratio],
-                },
-                f,
-                indent=2,
-            )
-            f.write("\n")
+        write_json(args.json, info, results, ratio)
+
+
+def write_json(
+    path: str, info: dict[str, Any], results: list[Result], ratios: list[Result]
+) -> None:
+    """Write a run's machine info, results and ratios as JSON (``--json``)."""
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(
+            {
+                "machine": info,
+                "results": [asdict(r) for r in results],
+                "ratios": [asdict(r) for r in ratios],
+            },
+            f,
+            indent=2,
+        )
+        f.write("\n")
 
 
 if __name__ == "__main__":

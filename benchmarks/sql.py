@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
-import json
 import os
 import pstats
 import random
@@ -45,7 +44,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -55,7 +54,7 @@ from pyobjects.storage import MemoryBackend, SQLiteBackend
 
 # benchmarks/ is not a package: run.py sits next to this script.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run import Result, machine_info, print_report, result, rounded
+from run import Result, machine_info, print_report, result, rounded, write_json
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -400,17 +399,7 @@ def main(argv: list[str] | None = None) -> None:
         stats = pstats.Stats(profile, stream=sys.stdout)
         stats.sort_stats("tottime").print_stats(args.profile)
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(
-                {
-                    "machine": info,
-                    "results": [asdict(r) for r in results],
-                    "ratios": [asdict(r) for r in ratios],
-                },
-                f,
-                indent=2,
-            )
-            f.write("\n")
+        write_json(args.json, info, results, ratios)
 
 
 if __name__ == "__main__":
