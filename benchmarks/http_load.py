@@ -47,6 +47,7 @@ from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
 
 import anyio
+from _common import cpu_model, free_port, pin
 
 if TYPE_CHECKING:
     from starlette.requests import Request as StarletteRequest
@@ -116,13 +117,6 @@ def build_app(variant: str, directory: str) -> Any:
     return App(Worker(fetch, bindings={"COUNTER": Counter}), storage=storage)
 
 
-def pin(cpu: int) -> None:
-    """Run this process on *cpu* only, where the platform allows it."""
-    cpus = os.cpu_count() or 1
-    if cpus >= 2 and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {cpu % cpus})
-
-
 def serve(variant: str, port: int, directory: str) -> None:
     """Run one variant under uvicorn until SIGINT."""
     import uvicorn
@@ -142,13 +136,6 @@ def serve(variant: str, port: int, directory: str) -> None:
 
 
 # -- the load generator --------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def start_server(variant: str, directory: str) -> tuple[subprocess.Popen[bytes], int]:
@@ -222,20 +209,11 @@ async def load(port: int, connections: int, seconds: float, warmup: float) -> fl
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
     return {
         "date": datetime.date.today().isoformat(),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cpus": os.cpu_count(),
         "uvicorn": version("uvicorn"),
         "starlette": version("starlette"),

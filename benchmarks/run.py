@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
 import anyio.lowlevel
+from _common import cpu_model
 
 from pyobjects import AlarmInfo, DurableObject, DurableObjectState, Runtime, __version__
 from pyobjects.storage import SQLiteBackend
@@ -834,20 +835,11 @@ def source_revision() -> str:
 
 def machine_info(args: argparse.Namespace) -> dict[str, Any]:
     """Where and how this run happens."""
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "python": f"{platform.python_implementation()} {sys.version.split()[0]}",
         "platform": platform.platform(),
-        "cpu": cpu or "unknown",
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "pyobjects": f"{__version__} (git {source_revision()})",
         "anyio": version("anyio"),

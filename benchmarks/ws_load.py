@@ -46,6 +46,8 @@ import time
 from importlib.metadata import version
 from typing import Any
 
+from _common import cpu_model, free_port, pin
+
 CONNECT_BATCH = 200
 PAUSE = 0.2  # seconds between broadcasts
 BROADCAST_TIMEOUT = 60.0
@@ -58,13 +60,6 @@ def raise_fd_limit() -> int:
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-def pin(cpu: int) -> None:
-    """Run this process on *cpu* only, where the platform allows it."""
-    cpus = os.cpu_count() or 1
-    if cpus >= 2 and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {cpu % cpus})
 
 
 # -- the server (child process) ------------------------------------------------
@@ -324,25 +319,12 @@ async def run(port: int, wanted: int, broadcasts: int) -> dict[str, Any]:
 # -- main ------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or "?"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as info:
-        for line in info:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
     return {
         "date": datetime.date.today().isoformat(),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cpus": os.cpu_count(),
         "uvicorn": version("uvicorn"),
         "websockets": version("websockets"),
