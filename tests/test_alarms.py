@@ -10,7 +10,13 @@ import anyio
 import pytest
 
 import pyobjects
-from pyobjects import AlarmInfo, DurableObject, DurableObjectResetError, Runtime
+from pyobjects import (
+    AlarmInfo,
+    DurableObject,
+    DurableObjectResetError,
+    Runtime,
+    RuntimeClosedError,
+)
 from pyobjects.storage import SQLiteBackend, Transaction
 from pyobjects.testing import (
     MakeRuntime,
@@ -447,7 +453,7 @@ async def test_many_alarms_share_one_timer_queue(
     assert rt.alarms.scheduled == 0
 
 
-async def test_crash_drops_unconfirmed_writes_and_keeps_confirmed_ones(
+async def test_crash_fails_calls_in_flight_and_keeps_committed_writes(
     make_runtime: MakeRuntime,
 ) -> None:
     release = anyio.Event()
@@ -456,9 +462,9 @@ async def test_crash_drops_unconfirmed_writes_and_keeps_confirmed_ones(
         async def confirmed(self) -> None:
             self.ctx.storage.put("confirmed", 1)
 
-        async def unconfirmed(self) -> None:
-            self.ctx.storage.put("unconfirmed", 1)
-            await release.wait()  # never returns: nobody was told it succeeded
+        async def in_flight(self) -> None:
+            self.ctx.storage.put("committed at the yield", 1)
+            await release.wait()  # never returns: the crash fails the call
 
         async def read(self) -> dict[str, Any]:
             return await self.ctx.storage.list()
@@ -466,12 +472,26 @@ async def test_crash_drops_unconfirmed_writes_and_keeps_confirmed_ones(
     rt = await make_runtime({"N": Notes})
     stub = rt.env.N.get_by_name("n")
     await stub.confirmed()
+    errors: list[BaseException] = []
+
+    async def call() -> None:
+        try:
+            await stub.in_flight()
+        except RuntimeClosedError as exc:
+            errors.append(exc)
+
     async with anyio.create_task_group() as tg:
-        tg.start_soon(stub.unconfirmed)
+        tg.start_soon(call)
         await anyio.wait_all_tasks_blocked()
         async with crash_and_restart(rt) as rt2:
-            assert await rt2.env.N.get_by_name("n").read() == {"confirmed": 1}
-        tg.cancel_scope.cancel()
+            # Writes are committed when the step that made them yields (as
+            # workerd commits at the end of the turn), so nothing was pending.
+            assert await rt2.env.N.get_by_name("n").read() == {
+                "committed at the yield": 1,
+                "confirmed": 1,
+            }
+    assert len(errors) == 1
+    assert getattr(errors[0], "durable_object_reset", False)
 
 
 async def test_fail_next_commits_resets_and_writes_nothing(

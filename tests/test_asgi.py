@@ -323,7 +323,7 @@ async def test_lifespan_reports_startup_failure() -> None:
 async def test_runtime_options_are_passed_and_checked() -> None:
     app = make_app(idle_timeout=None)
     async with app.running() as runtime:
-        assert runtime._idle_timeout_ms is None
+        assert runtime._options["idle_timeout"] is None
     with pytest.raises(ValueError, match="idle_timeout"):
         make_app(idle_timeout=-1)
     with pytest.raises(TypeError):

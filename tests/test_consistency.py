@@ -11,7 +11,12 @@ import anyio.lowlevel
 import pytest
 
 import pyobjects
-from pyobjects import DurableObject, DurableObjectResetError, Runtime
+from pyobjects import (
+    DurableObject,
+    DurableObjectResetError,
+    Runtime,
+    RuntimeClosedError,
+)
 from pyobjects.storage import MemoryBackend, StorageBackend, Transaction
 from pyobjects.testing import ManualClock, run_in_durable_object
 
@@ -461,7 +466,7 @@ async def test_idle_instances_are_evicted_and_rebuilt_from_storage() -> None:
         await clock.advance(9_999)
         assert await stub.bump_memory() == 2  # still alive; idle timer restarted
         await clock.advance(10_000)
-        assert rt._live_actors() == []
+        assert rt.statistics().live_objects == 0
         assert await stub.increment() == 2  # storage survived eviction
         assert await stub.bump_memory() == 1  # memory did not
         assert Counter.constructed == 2
@@ -483,10 +488,10 @@ async def test_many_ids_do_not_accumulate_instances() -> None:
         for batch in range(5):
             for i in range(2_000):
                 await ns.get_by_name(f"{batch}-{i}").bump_memory()
-            assert len(rt._live_actors()) <= 2_000
+            assert rt.statistics().live_objects <= 2_000
             await clock.advance(1_000)
-            assert rt._live_actors() == []
-        assert len(rt._idle) == 0
+            assert rt.statistics().live_objects == 0
+        assert rt.statistics().live_objects == 0
 
 
 async def test_outgoing_calls_wait_for_the_callers_writes() -> None:
@@ -562,7 +567,7 @@ async def test_wait_until_keeps_the_object_alive_and_logs_errors(
         stub = rt.env.B.get_by_name("x")
         await stub.start(True)
         await clock.advance(10_000)
-        assert len(rt._live_actors()) == 1  # not evicted while work is pending
+        assert rt.statistics().live_objects == 1  # not evicted while work is pending
         await clock.advance(10_000)
         assert finished.is_set()
 
@@ -703,7 +708,7 @@ async def test_slow_commits_are_shared_by_concurrent_events(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Pretend every commit is slow: events then wait one turn and share commits.
-    monkeypatch.setattr("pyobjects._actor.GROUP_COMMIT_NS", -1)
+    monkeypatch.setattr("pyobjects._core._gates.GROUP_COMMIT_NS", -1)
     controlled = ControlledBackend(MemoryBackend())
     async with Runtime(bindings={"C": Counter}, storage=controlled) as rt:
         stub = rt.env.C.get_by_name("n")
@@ -757,11 +762,20 @@ async def test_closing_the_runtime_commits_writes_of_running_events() -> None:
         async def read(self) -> Any:
             return await self.ctx.storage.get("k")
 
+    failed: list[BaseException] = []
+
+    async def call(stub: Any) -> None:
+        try:
+            await stub.slow()
+        except RuntimeClosedError as exc:
+            failed.append(exc)
+
     async with anyio.create_task_group() as tg:
         async with Runtime(bindings={"S": Slow}, storage=backend) as rt:
-            tg.start_soon(rt.env.S.get_by_name("s").slow)
+            tg.start_soon(call, rt.env.S.get_by_name("s"))
             await anyio.wait_all_tasks_blocked()
-        tg.cancel_scope.cancel()
+    # The call in flight fails when the runtime closes (it does not hang).
+    assert len(failed) == 1
     async with Runtime(bindings={"S": Slow}, storage=backend) as rt:
         assert await rt.env.S.get_by_name("s").read() == 1
 
@@ -796,7 +810,7 @@ async def test_background_writes_are_committed_every_time_the_object_goes_idle()
             "third",
         ]
         await clock.advance(1_000)
-        assert rt._live_actors() == []  # quiescent, so evicted
+        assert rt.statistics().live_objects == 0  # quiescent, so evicted
 
 
 async def test_a_commit_stuck_for_30_seconds_resets_the_object() -> None:

@@ -620,9 +620,9 @@ async def test_an_object_with_only_sockets_hibernates_and_wakes_on_a_message(
     assert (built, name) == ("1", "room")
 
     await manual_clock.advance(9_999)
-    assert len(rt._live_actors()) == 1
+    assert rt.statistics().live_objects == 1
     await manual_clock.advance(1)
-    assert rt._live_actors() == []  # evicted after its idle time...
+    assert rt.statistics().live_objects == 0  # evicted after its idle time...
     gc.collect()
     assert Chat.built[0]() is None  # ...and really dropped
     assert client.ready_state == WebSocket.OPEN  # while the client stays connected
@@ -642,7 +642,7 @@ async def test_a_close_wakes_a_hibernated_object(
     rt = await make_runtime({"CHAT": Chat})
     client = await connect(rt.env.CHAT.get_by_name("room"))
     await manual_clock.advance(10_000)
-    assert rt._live_actors() == []
+    assert rt.statistics().live_objects == 0
     client.close(1000, "bye")
     await manual_clock.advance(0)
     assert len(Chat.built) == 2
@@ -662,12 +662,12 @@ async def test_auto_responses_do_not_wake_a_hibernated_object(
 
     assert await inside(stub, configure) is None  # never answered yet
     await manual_clock.advance(10_000)
-    assert rt._live_actors() == []
+    assert rt.statistics().live_objects == 0
     await manual_clock.advance(1_234)
     answered_at = manual_clock.now_ms()
     assert await ask(client, "ping") == "pong"
     assert await ask(client, "ping") == "pong"
-    assert rt._live_actors() == []  # answered without building the object
+    assert rt.statistics().live_objects == 0  # answered without building the object
     assert len(Chat.built) == 1
     assert await ask(client, "Ping") == "?Ping"  # not the request: an event
     assert len(Chat.built) == 2
@@ -713,7 +713,7 @@ async def test_testing_evict_hibernates_the_sockets(
     stub = rt.env.CHAT.get_by_name("room")
     client = await connect(stub, "/ws?user=bo")
     await evict(stub)
-    assert rt._live_actors() == []
+    assert rt.statistics().live_objects == 0
     gc.collect()
     assert Chat.built[0]() is None
     assert await ask(client, "user") == "bo"
@@ -727,11 +727,11 @@ async def test_a_hub_is_dropped_with_its_last_socket_and_instance(
     stub = rt.env.CHAT.get_by_name("room")
     client = await connect(stub)
     await manual_clock.advance(10_000)
-    assert rt.env.CHAT._hubs  # hibernated: the sockets are kept
+    assert rt.statistics().hibernated_websockets == 1  # the sockets are kept
     client.close()
     await manual_clock.advance(10_000)  # the close event woke it; idle again
-    assert rt._live_actors() == []
-    assert rt.env.CHAT._hubs == {}  # nothing left behind
+    assert rt.statistics().live_objects == 0
+    assert rt._catalog.hubs == {}  # nothing left behind
 
 
 async def test_sockets_are_independent_per_object(make_runtime: MakeRuntime) -> None:
@@ -753,7 +753,7 @@ async def test_a_plain_socket_keeps_the_object_alive(
     stub = rt.env.CHAT.get_by_name("room")
     client = await connect(stub, "/plain?loop=no")
     await manual_clock.advance(65_000)
-    assert len(rt._live_actors()) == 1  # no receive loop running: the socket does it
+    assert rt.statistics().live_objects == 1  # no receive loop running: the socket does it
     with pytest.raises(RuntimeError) as info:
         await evict(stub)
     assert str(info.value) == (
@@ -763,9 +763,9 @@ async def test_a_plain_socket_keeps_the_object_alive(
     client.close()
     assert await recv(client) == WebSocketClose(code=1000, reason="", was_clean=True)
     await manual_clock.advance(9_999)
-    assert len(rt._live_actors()) == 1
+    assert rt.statistics().live_objects == 1
     await manual_clock.advance(1)
-    assert rt._live_actors() == []  # idle time counted from the close
+    assert rt.statistics().live_objects == 0  # idle time counted from the close
 
 
 async def test_a_plain_socket_with_a_receive_loop(
@@ -778,7 +778,7 @@ async def test_a_plain_socket_with_a_receive_loop(
     assert await ask(client, b"xy") == b"yx"
     assert await ask(client, "count") == "1"
     await manual_clock.advance(60_000)
-    assert len(rt._live_actors()) == 1
+    assert rt.statistics().live_objects == 1
     # A write with no reply after it is committed while the loop waits.
     other = rt.env.CHAT.get_by_name("other")
     other_client = await connect(other, "/plain")
@@ -788,7 +788,7 @@ async def test_a_plain_socket_with_a_receive_loop(
     other_client.close()
     client.close()
     await manual_clock.advance(10_000)
-    assert rt._live_actors() == []
+    assert rt.statistics().live_objects == 0
 
 
 async def test_a_plain_receive_loop_waits_for_block_concurrency_while(

@@ -128,5 +128,5 @@ async def test_pytest_plugin_fixtures(
     ) as rt:
         await rt.env.N.get_by_name("a").write("x")
         await manual_clock.advance(60_000)
-        assert rt._live_actors() == []
+        assert rt.statistics().live_objects == 0
     assert await memory_backend.list_object_ids("N")

@@ -5,8 +5,22 @@ stubs from ``rt.env.<BINDING>`` and call the object. See the docs for the
 consistency model (input and output gates, write coalescing).
 """
 
-from ._alarms import AlarmInfo as AlarmInfo
 from ._clock import Clock as Clock, SystemClock as SystemClock
+from ._core._alarms import AlarmInfo as AlarmInfo
+from ._core._hibernation import (
+    WebSocketRequestResponsePair as WebSocketRequestResponsePair,
+)
+from ._core._namespace import (
+    DurableObjectBinding as DurableObjectBinding,
+    DurableObjectNamespace as DurableObjectNamespace,
+)
+from ._core._object import DurableObject as DurableObject
+from ._core._runtime import Env as Env, Runtime as Runtime
+from ._core._state import (
+    BlockConcurrencyHandle as BlockConcurrencyHandle,
+    DurableObjectState as DurableObjectState,
+)
+from ._core._stub import DurableObjectStub as DurableObjectStub
 from ._errors import (
     DurableObjectError as DurableObjectError,
     DurableObjectResetError as DurableObjectResetError,
@@ -24,22 +38,12 @@ from ._errors import (
     WebSocketLimitError as WebSocketLimitError,
     WebSocketStateError as WebSocketStateError,
 )
-from ._hibernation import (
-    WebSocketRequestResponsePair as WebSocketRequestResponsePair,
-)
 from ._http import Headers as Headers, Request as Request, Response as Response
 from ._ids import DurableObjectId as DurableObjectId
-from ._namespace import (
-    DurableObjectBinding as DurableObjectBinding,
-    DurableObjectNamespace as DurableObjectNamespace,
+from ._statistics import (
+    NamespaceStatistics as NamespaceStatistics,
+    RuntimeStatistics as RuntimeStatistics,
 )
-from ._object import DurableObject as DurableObject
-from ._runtime import Env as Env, Runtime as Runtime
-from ._state import (
-    BlockConcurrencyHandle as BlockConcurrencyHandle,
-    DurableObjectState as DurableObjectState,
-)
-from ._stub import DurableObjectStub as DurableObjectStub
 from ._version import __version__ as __version__
 from ._websocket import (
     WebSocket as WebSocket,
@@ -69,12 +73,14 @@ __all__ = (
     "Headers",
     "InvalidIdError",
     "MessageTooLargeError",
+    "NamespaceStatistics",
     "OverloadedError",
     "PyObjectsError",
     "Request",
     "Response",
     "Runtime",
     "RuntimeClosedError",
+    "RuntimeStatistics",
     "SerializationError",
     "SqlError",
     "StorageError",

@@ -34,9 +34,9 @@ from ._asgi_common import (
     send_response,
 )
 from ._asgi_ws import serve_websocket
+from ._core._runtime import Runtime
 from ._errors import RuntimeClosedError
 from ._http import Request, Response
-from ._runtime import Runtime
 from ._worker import Worker
 from .storage.memory import MemoryBackend
 

@@ -51,19 +51,28 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Final, Self, TypeAlias, cast, final
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Final,
+    Protocol,
+    Self,
+    TypeAlias,
+    cast,
+    final,
+)
 
 import anyio
 import anyio.lowlevel
 
 from ._aliases import camel_aliases
-from ._context import current_actor
 from ._errors import WebSocketLimitError, WebSocketStateError
+from ._owner import current_owner
 from ._serialization import decode, encode
 
 if TYPE_CHECKING:
-    from ._actor import Actor
-    from ._hibernation import Hub
+    from ._owner import EventOwner
 
 __all__ = [
     "DISCONNECTED_REASON",
@@ -115,7 +124,19 @@ _ABNORMAL: Final = WebSocketClose(
 
 # One message waiting at the output gate: the message (or close frame), the
 # object whose writes it waits for (None: nothing) and the write to wait for.
-_Held: TypeAlias = "tuple[Message | WebSocketClose, Actor | None, int]"
+_Held: TypeAlias = "tuple[Message | WebSocketClose, EventOwner | None, int]"
+
+
+class SocketHub(Protocol):
+    """Where a hibernatable socket's traffic goes (the object's hub, in the core)."""
+
+    def message(self, ws: WebSocket, message: Message, /) -> None:
+        """A message arrived for *ws*."""
+        ...
+
+    def event(self, ws: WebSocket, kind: str, payload: Any, /) -> None:
+        """A close (``WebSocketClose``) or error (an exception) arrived for *ws*."""
+        ...
 
 
 def _check_message(message: object) -> Message:
@@ -205,8 +226,8 @@ class WebSocket:
 
     _peer: WebSocket
     _mode: int
-    _owner: Actor | None  # the instance a plain socket keeps alive
-    _hub: Hub | None  # the object a hibernatable socket belongs to
+    _owner: EventOwner | None  # the instance a plain socket keeps alive
+    _hub: SocketHub | None  # the object a hibernatable socket belongs to
     _tags: tuple[str, ...]
     _attachment: bytes | None
     _auto_response_ms: int | None
@@ -271,16 +292,14 @@ class WebSocket:
             )
         if self._mode == ACCEPTED:
             return
-        actor = current_actor.get()
-        if actor is not None:
-            actor.check_usable()  # not in an instance that was reset
+        owner = current_owner.get()
+        if owner is not None:
+            owner.check_usable()  # not in an instance that was reset
         self._mode = ACCEPTED
         self._answer_close()  # a close that came before the accept
-        if actor is not None and self.ready_state != 3:
-            self._owner = actor
-            if actor.sockets is None:
-                actor.sockets = set()
-            actor.sockets.add(self)
+        if owner is not None and self.ready_state != 3:
+            self._owner = owner
+            owner.socket_opened(self)
 
     def send(self, message: str | bytes | bytearray | memoryview) -> None:
         """Send a text (``str``) or binary (``bytes``-like) message to the peer.
@@ -346,9 +365,6 @@ class WebSocket:
             raise WebSocketStateError(
                 "You must call accept() on this WebSocket before receiving messages."
             )
-        owner = self._owner
-        if owner is not None and owner.flush_scheduled and owner.broken is None:
-            owner._queue_flush()  # the loop waits: commit what it wrote
         if self._inbox or self._closed_in is not None:
             await anyio.lowlevel.checkpoint()  # a ready item: let others run first
         while not self._inbox and self._closed_in is None:
@@ -364,8 +380,8 @@ class WebSocket:
             assert self._closed_in is not None
             item = self._closed_in
         owner = self._owner
-        if owner is not None and owner.broken is None and not owner.input_gate.is_open:
-            await owner.enter()
+        if owner is not None and not owner.is_reset:
+            await owner.admit()
         return item
 
     def __aiter__(self) -> Self:
@@ -420,27 +436,24 @@ class WebSocket:
     def _send(self, item: Message | WebSocketClose, *, gated: bool) -> None:
         """Pass *item* to the peer, after the output gate when *gated*."""
         outbox = self._outbox
-        actor = current_actor.get() if gated else None
-        if actor is not None and not actor.output_gate.pending:
-            actor = None
-        if not outbox and actor is None:
+        owner = current_owner.get() if gated else None
+        mark = 0 if owner is None else owner.output_mark()
+        if not outbox and not mark:
             self._peer._arrive(item)
             return
         if outbox is None:
             # Created once and never replaced: the pump holds on to it.
             outbox = self._outbox = deque()
         # This message must wait, or earlier ones still do: keep the order.
-        outbox.append(
-            (item, actor, 0 if actor is None else actor.output_gate.write_seq)
-        )
+        outbox.append((item, owner if mark else None, mark))
         if not self._pumping:
-            runtime = next((a.runtime for _, a, _ in outbox if a is not None), None)
-            if runtime is None:  # pragma: no cover - needs a pump cancelled midway
+            spawner = next((o for _, o, _ in outbox if o is not None), None)
+            if spawner is None:  # pragma: no cover - needs a pump cancelled midway
                 # Only after a crash cancelled the pump of an end no object
                 # owns: nothing is held back any more.
                 self._drain_durable()
                 return
-            runtime._spawn(self._pump)
+            spawner.spawn(self._pump)
             self._pumping = True
 
     async def _pump(self) -> None:
@@ -450,14 +463,14 @@ class WebSocket:
         try:
             while outbox:
                 held = outbox[0]
-                item, actor, seq = held
-                if actor is not None and actor.output_gate.durable_seq < seq:
+                item, owner, mark = held
+                if owner is not None and not owner.is_durable(mark):
                     try:
-                        await actor.wait_durable(seq)
+                        await owner.wait_output(mark)
                     except Exception:
                         # The commit failed and reset the object: what it held
                         # back is never sent.
-                        kept = [h for h in outbox if h[1] is not actor]
+                        kept = [h for h in outbox if h[1] is not owner]
                         outbox.clear()
                         outbox.extend(kept)
                         continue
@@ -472,10 +485,8 @@ class WebSocket:
         """Deliver the held messages whose writes are durable by now."""
         outbox = self._outbox
         while outbox:
-            item, actor, seq = outbox[0]
-            if actor is not None and (
-                actor.broken is not None or actor.output_gate.durable_seq < seq
-            ):
+            item, owner, mark = outbox[0]
+            if owner is not None and not owner.is_durable(mark):
                 break
             outbox.popleft()
             self._peer._arrive(item)
@@ -521,10 +532,7 @@ class WebSocket:
         if owner is None or self.ready_state != 3:
             return
         self._owner = None
-        if owner.sockets is not None:
-            owner.sockets.discard(self)
-        if owner.active == 0 and owner.broken is None and not owner.evicted:
-            owner.runtime._became_idle(owner)  # the idle time starts now
+        owner.socket_closed(self)  # the idle time starts now
 
     def _abort(self, error: BaseException | None = None) -> None:
         """This end's side vanished (transport gone, object reset).

@@ -19,9 +19,9 @@ from ._aliases import camel_aliases
 from ._http import Request, Response
 
 if TYPE_CHECKING:
-    from ._namespace import DurableObjectBinding
-    from ._object import DurableObject
-    from ._runtime import Env
+    from ._core._namespace import DurableObjectBinding
+    from ._core._object import DurableObject
+    from ._core._runtime import Env
 
 __all__ = ["ExecutionContext", "FetchHandler", "Worker", "WorkerEntrypoint"]
 

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import copy
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from pyobjects._alarms import AlarmInfo
+from pyobjects._core._alarms import AlarmInfo
+from pyobjects._core._events import RunIn, accepted_arity, find_handler
+from pyobjects._core._namespace import DurableObjectNamespace
+from pyobjects._core._runtime import Runtime
+from pyobjects._core._stub import DurableObjectStub
 from pyobjects._errors import RuntimeClosedError, StorageError
-from pyobjects._namespace import DurableObjectNamespace
-from pyobjects._runtime import Runtime
-from pyobjects._stub import DurableObjectStub
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 
+    from pyobjects._core._state import DurableObjectState
     from pyobjects._ids import DurableObjectId
-    from pyobjects._state import DurableObjectState
+    from pyobjects.storage._base import ObjectStore, WriteBatch
 
 __all__ = [
     "crash_and_restart",
@@ -61,12 +64,7 @@ async def run_in_durable_object(
             f"run_in_durable_object() takes a callable as its second argument, "
             f"not {type(fn).__name__}"
         )
-    actor = stub._bind()
-    if not actor.input_gate.is_open:
-        await actor.enter()
-    return await actor.run(  # type: ignore[no-any-return]
-        fn, (actor.instance, actor.ctx), {}, "run_in_durable_object()"
-    )
+    return await stub._bind().deliver(RunIn(fn))  # type: ignore[no-any-return]
 
 
 async def run_durable_object_alarm(stub: DurableObjectStub) -> bool:
@@ -84,12 +82,12 @@ async def run_durable_object_alarm(stub: DurableObjectStub) -> bool:
         if scheduled is None:
             return False
         ctx.storage.delete_alarm()
-        handler = getattr(instance, "alarm", None)
+        handler = find_handler(instance, "alarm")
         if handler is None:
             raise TypeError(f"{type(instance).__name__} has no alarm() handler")
-        await handler(
-            AlarmInfo(retry_count=0, is_retry=False, scheduled_time=scheduled)
-        )
+        info = AlarmInfo(retry_count=0, is_retry=False, scheduled_time=scheduled)
+        cache = stub._namespace._runtime._method_cache
+        await handler(*(info,)[: accepted_arity(handler, 1, cache)])
         return True
 
     return await run_in_durable_object(stub, fire)
@@ -109,7 +107,7 @@ async def evict(stub: DurableObjectStub) -> None:
     """
     stub = _check_stub(stub, "evict")
     namespace = stub._namespace
-    actor = namespace._actors.get(stub.id)
+    actor = namespace._runtime._catalog.live(namespace, stub.id)
     if actor is None:
         raise RuntimeError(f"Durable Object {stub.id} has no live instance to evict")
     await actor.wait_durable()
@@ -147,8 +145,54 @@ def fail_next_commits(
     if error is None:
         error = StorageError("injected commit failure (fail_next_commits)")
     namespace = stub._namespace
-    key = (namespace._storage_name, str(stub.id))
-    namespace._runtime._commit_faults[key] = [count, error]
+    runtime = namespace._runtime
+    fault = _CommitFault(count, error)
+    runtime._commit_faults[(namespace._storage_name, str(stub.id))] = fault
+    actor = runtime._catalog.live(namespace, stub.id)
+    if actor is not None:  # the live instance commits through it from now on
+        actor.output_gate.store = runtime._commit_store(actor)
+
+
+class _CommitFault:
+    """Commits that are to fail, installed where an instance commits."""
+
+    __slots__ = ("error", "left")
+
+    def __init__(self, count: int, error: Exception) -> None:
+        self.left = count
+        self.error = error
+
+    def wrap(self, store: ObjectStore, done: Callable[[], object]) -> ObjectStore:
+        return _FailingStore(store, self, done)
+
+
+class _FailingStore:
+    """An object store whose next commits fail (then it commits normally)."""
+
+    __slots__ = ("_done", "_fault", "_inner")
+
+    def __init__(
+        self, inner: ObjectStore, fault: _CommitFault, done: Callable[[], object]
+    ) -> None:
+        self._inner = inner
+        self._fault = fault
+        self._done = done
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def commit(self, batch: WriteBatch) -> Coroutine[Any, Any, None]:
+        fault = self._fault
+        if fault.left <= 0:
+            return self._inner.commit(batch)
+        fault.left -= 1
+        if fault.left <= 0:
+            self._done()
+        return _raise(copy.copy(fault.error))
+
+
+async def _raise(error: Exception) -> None:
+    raise error
 
 
 @asynccontextmanager

@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pyobjects._runtime import Runtime
+from pyobjects._core._runtime import Runtime
 from pyobjects.storage.memory import MemoryBackend
 from pyobjects.testing._clock import ManualClock
 
 if TYPE_CHECKING:
-    from pyobjects._object import DurableObject
+    from pyobjects._core._object import DurableObject
 
 MakeRuntime = Callable[..., Awaitable[Runtime]]
 

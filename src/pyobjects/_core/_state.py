@@ -6,18 +6,20 @@ from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, final
 
 import anyio
 
+from pyobjects._aliases import camel_aliases
+
 from . import _hibernation
-from ._aliases import camel_aliases
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Generator, Iterable
     from datetime import datetime
 
+    from pyobjects._ids import DurableObjectId
+    from pyobjects._websocket import WebSocket
+    from pyobjects.storage._api import Storage
+
     from ._actor import Actor
     from ._hibernation import WebSocketRequestResponsePair
-    from ._ids import DurableObjectId
-    from ._websocket import WebSocket
-    from .storage._api import Storage
 
 __all__ = ["BlockConcurrencyHandle", "DurableObjectState"]
 

@@ -26,23 +26,18 @@ peers see code 1006 and the object gets no close events.
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, cast, final
 
-import anyio
-
-from ._errors import (
-    DurableObjectResetError,
+from pyobjects._errors import (
     RuntimeClosedError,
     WebSocketLimitError,
     WebSocketStateError,
 )
-from ._object import HANDLER_NAMES
-from ._websocket import (
+from pyobjects._websocket import (
     ACCEPTED,
     HIBERNATABLE,
     NEW,
@@ -50,11 +45,15 @@ from ._websocket import (
     WebSocket,
 )
 
+from ._events import EVENT_TIMEOUT_MESSAGE as EVENT_TIMEOUT_MESSAGE, SocketEvent
+
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
+    from pyobjects._ids import DurableObjectId
+
     from ._actor import Actor
-    from ._ids import DurableObjectId
+    from ._catalog import Key
     from ._namespace import DurableObjectNamespace
     from ._runtime import Runtime
 
@@ -67,9 +66,6 @@ MAX_TAG_BYTES: Final = 256
 MAX_SOCKETS: Final = 32_768  # workerd's ACTIVE_CONNECTION_LIMIT
 MAX_AUTO_RESPONSE_BYTES: Final = 2_048
 MAX_EVENT_TIMEOUT_MS: Final = 604_800_000  # 7 days
-EVENT_TIMEOUT_MESSAGE: Final = (
-    "Actor exceeded event execution time and was disconnected."
-)
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -100,13 +96,14 @@ class WebSocketRequestResponsePair:
 class Hub:
     """The hibernatable sockets of one object, and their settings (internal).
 
-    Kept in ``namespace._hubs`` under the object's id while the object has
-    sockets or a live instance.
+    Kept in the runtime's catalog under the object's key while the object
+    has sockets or a live instance.
     """
 
     __slots__ = (
         "auto_response",
         "event_timeout_ms",
+        "key",
         "namespace",
         "object_id",
         "runtime",
@@ -123,6 +120,7 @@ class Hub:
         self.runtime = runtime
         self.namespace = namespace
         self.object_id = object_id
+        self.key: Key = (namespace._storage_name, object_id)
         # Insertion (acceptance) order; get_websockets() lists newest first.
         self.sockets: dict[WebSocket, None] = {}
         self.tags: dict[str, dict[WebSocket, None]] = {}
@@ -188,9 +186,9 @@ class Hub:
                 ws._abort()
 
     def _forget(self) -> None:
-        hubs = self.namespace._hubs
-        if hubs.get(self.object_id) is self:
-            del hubs[self.object_id]
+        hubs = self.runtime._catalog.hubs
+        if hubs.get(self.key) is self:
+            del hubs[self.key]
 
     # -- events --------------------------------------------------------------
 
@@ -235,25 +233,14 @@ class Hub:
     async def _deliver(self, ws: WebSocket, kind: str, payload: Any) -> None:
         """Run one event in the object (building the instance if needed)."""
         name = f"websocket_{kind}"
+        args: tuple[Any, ...]
+        if kind == "close":
+            args = (ws, payload.code, payload.reason, payload.was_clean)
+        else:
+            args = (ws, payload)
         try:
-            actor = self.runtime._actor_for(self.namespace, self.object_id)
-            if not actor.input_gate.is_open:
-                await actor.enter()
-            instance = actor.instance
-            handler = getattr(instance, name, None)
-            if handler is None:
-                handler = getattr(instance, HANDLER_NAMES[name], None)
-            if handler is not None:  # a missing handler ignores the event
-                if kind == "close":
-                    args: tuple[Any, ...] = (
-                        ws,
-                        payload.code,
-                        payload.reason,
-                        payload.was_clean,
-                    )
-                else:
-                    args = (ws, payload)
-                await self._run(actor, handler, args, f"{name}()")
+            actor = self.runtime._catalog.actor(self.namespace, self.object_id)
+            await actor.deliver(SocketEvent(name, args, self.event_timeout_ms))
         except RuntimeClosedError:
             pass  # the runtime is stopping: its sockets close with it
         except Exception:
@@ -267,41 +254,15 @@ class Hub:
             if kind != "message" and ws._hub is self:
                 self.drop(ws)
 
-    async def _run(
-        self, actor: Actor, handler: Any, args: tuple[Any, ...], what: str
-    ) -> None:
-        timeout = self.event_timeout_ms
-        if timeout is None:
-            await actor.run(handler, args, {}, what)
-            return
-        runtime = self.runtime
-        scope = anyio.CancelScope()
-        actor.reset_scopes.append(scope)
-        timer = runtime.timers.call_at(
-            runtime.clock.now_ms() + timeout, functools.partial(_timed_out, actor)
-        )
-        try:
-            with scope:
-                await actor.run(handler, args, {}, what)
-        finally:
-            timer.cancel()
-            actor.reset_scopes.remove(scope)
-        if scope.cancelled_caught:
-            raise actor.reset_error()
-
-
-def _timed_out(actor: Actor) -> None:
-    actor.break_(DurableObjectResetError(EVENT_TIMEOUT_MESSAGE))
-
 
 # -- the ctx API ---------------------------------------------------------------
 
 
 def _hub(actor: Actor, *, create: bool) -> Hub | None:
-    hubs = actor.namespace._hubs
-    hub = hubs.get(actor.id)
+    hubs = actor.runtime._catalog.hubs
+    hub = hubs.get(actor.key)
     if hub is None and create:
-        hub = hubs[actor.id] = Hub(actor.runtime, actor.namespace, actor.id)
+        hub = hubs[actor.key] = Hub(actor.runtime, actor.namespace, actor.id)
     return hub
 
 
@@ -445,15 +406,15 @@ def get_event_timeout(actor: Actor) -> int | None:
 
 def close_all(runtime: Runtime, *, clean: bool) -> None:
     """Close every socket of *runtime*: with 1001 when *clean*, else drop them."""
-    for namespace in runtime._namespaces:
-        hubs = list(namespace._hubs.values())
-        namespace._hubs.clear()
-        for hub in hubs:
-            hub.shutdown(clean=clean)
-        for actor in namespace._actors.values():
-            sockets, actor.sockets = actor.sockets, None
-            for ws in sockets or ():
-                if clean:
-                    ws._shutdown()
-                else:
-                    ws._abort()
+    catalog = runtime._catalog
+    hubs = list(catalog.hubs.values())
+    catalog.hubs.clear()
+    for hub in hubs:
+        hub.shutdown(clean=clean)
+    for actor in catalog.actors.values():
+        sockets, actor.sockets = actor.sockets, None
+        for ws in sockets or ():
+            if clean:
+                ws._shutdown()
+            else:
+                ws._abort()

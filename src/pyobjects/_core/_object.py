@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
-    from ._http import Request, Response
+    from pyobjects._http import Request, Response
+
     from ._state import DurableObjectState
 
 __all__ = ["HANDLER_NAMES", "DurableObject"]

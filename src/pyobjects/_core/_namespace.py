@@ -7,13 +7,12 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, final
 
-from ._aliases import camel_aliases
-from ._ids import JURISDICTIONS, DurableObjectId, IdFactory
+from pyobjects._aliases import camel_aliases
+from pyobjects._ids import JURISDICTIONS, DurableObjectId, IdFactory
+
 from ._stub import DurableObjectStub
 
 if TYPE_CHECKING:
-    from ._actor import Actor
-    from ._hibernation import Hub
     from ._object import DurableObject
     from ._runtime import Runtime
 
@@ -71,9 +70,7 @@ class DurableObjectNamespace:
     """
 
     __slots__ = (
-        "_actors",
         "_binding_name",
-        "_hubs",
         "_ids",
         "_jurisdiction",
         "_runtime",
@@ -98,14 +95,9 @@ class DurableObjectNamespace:
         if parent is None:
             self._ids = IdFactory(unique_key)
             self._storage_name = storage_name(unique_key)
-            self._actors: dict[DurableObjectId, Actor] = {}
-            # Hibernatable WebSockets per object; they outlive instances.
-            self._hubs: dict[DurableObjectId, Hub] = {}
         else:
             self._ids = parent._ids
             self._storage_name = parent._storage_name
-            self._actors = parent._actors
-            self._hubs = parent._hubs
 
     def id_from_name(self, name: str) -> DurableObjectId:
         """Return the id for *name*: the same name always gives the same id."""

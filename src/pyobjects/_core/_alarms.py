@@ -15,14 +15,16 @@ after the handler succeeds; a failure (or a timeout) is retried 2 s, 4 s, 8 s,
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, final
 
-import anyio
+from pyobjects._aliases import camel_aliases
 
-from ._aliases import camel_aliases
+from ._events import AlarmEvent, AlarmTimeoutError, accepted_arity, find_handler
 
 if TYPE_CHECKING:
     from ._actor import Actor
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
     from ._runtime import Runtime
     from ._timers import TimerHandle
 
-__all__ = ["AlarmInfo", "AlarmScheduler"]
+__all__ = ["AlarmInfo", "AlarmScheduler", "AlarmTimeoutError"]
 
 logger = logging.getLogger("pyobjects")
 
@@ -55,10 +57,6 @@ class AlarmInfo:
     retry_count: int = 0
     is_retry: bool = False
     scheduled_time: int = 0
-
-
-class AlarmTimeoutError(Exception):
-    """An alarm handler ran past the runtime's ``alarm_timeout``."""
 
 
 class AlarmScheduler:
@@ -127,29 +125,15 @@ class AlarmScheduler:
         runtime = self._runtime
         failed: BaseException | None = None
         try:
-            actor = await runtime._actor_for_alarm(namespace, key[1])
-            if getattr(actor.instance, "alarm", None) is None:
-                logger.warning(
-                    "Attempted to run a scheduled alarm without a handler, did you "
-                    "remember to export an alarm() function? (%s %s)",
-                    namespace.object_class.__name__,
-                    key[1],
-                )
-                actor.storage.delete_alarm()  # not retried
-                await actor.wait_durable()
-                return
-            if not actor.input_gate.is_open:
-                await actor.enter()
-            # The object's own storage has the last word (the cross-object
-            # index may hold a stale entry): skip a deleted alarm, and follow
-            # one that was moved later.
-            stored = await actor.storage.get_alarm()
-            if stored is None:
-                return
-            if stored > runtime.clock.now_ms():
-                self._arm(key, namespace, stored, retry=0, scheduled=stored)
-                return
-            await self._deliver(actor, retry, scheduled)
+            actor = runtime._catalog.actor(
+                namespace, namespace._ids.from_string(key[1])
+            )
+            body = functools.partial(self._body, key, retry, scheduled)
+            later = await actor.deliver(AlarmEvent(body, self._timeout_ms))
+            if later is not None:
+                # The object's own storage has the last word (the cross-object
+                # index may hold a stale entry): follow an alarm moved later.
+                self._arm(key, namespace, later, retry=0, scheduled=later)
         except Exception as exc:
             failed = exc
         finally:
@@ -163,30 +147,43 @@ class AlarmScheduler:
         elif failed is not None:
             await self._failed(key, namespace, retry, scheduled, failed)
 
-    async def _deliver(self, actor: Actor, retry: int, scheduled: int) -> None:
-        runtime = self._runtime
-        if not actor.input_gate.is_open:
-            await actor.enter()
+    async def _body(
+        self, key: _Key, retry: int, scheduled: int, actor: Actor
+    ) -> int | None:
+        """The alarm event: check the stored alarm, run ``alarm()``, delete it.
+
+        Returns the stored time when the alarm was moved later (not run).
+        """
         storage = actor.storage
+        handler = find_handler(actor.instance, "alarm")
+        if handler is None:
+            logger.warning(
+                "Attempted to run a scheduled alarm without a handler, did you "
+                "remember to export an alarm() function? (%s %s)",
+                actor.namespace.object_class.__name__,
+                key[1],
+            )
+            storage.delete_alarm()  # not retried
+            return None
+        stored = await storage.get_alarm()
+        if stored is None:
+            return None  # deleted meanwhile: a stale index entry
+        if stored > self._runtime.clock.now_ms():
+            return stored
         storage._alarm = None  # a running alarm is no longer "set"
         info = AlarmInfo(
             retry_count=retry, is_retry=retry > 0, scheduled_time=scheduled
         )
-        with anyio.CancelScope() as scope:
-            timer = runtime.timers.call_at(
-                runtime.clock.now_ms() + self._timeout_ms, scope.cancel
-            )
-            try:
-                await actor.run(actor.instance.alarm, (info,), {}, "alarm()")
-            finally:
-                timer.cancel()
-        if scope.cancelled_caught:
-            raise AlarmTimeoutError("Alarm exceeded its allowed execution time")
-        key = (actor.namespace._storage_name, str(actor.id))
-        if key not in self._changed_while_running:
-            # Deferred delete: only now that the handler succeeded.
+        writes = storage._alarm_writes
+        args = (info,)[: accepted_arity(handler, 1, self._runtime._method_cache)]
+        result = handler(*args)
+        if inspect.isawaitable(result):
+            await result
+        if storage._alarm_writes == writes and key not in self._changed_while_running:
+            # Deferred delete: only now that the handler succeeded (and did
+            # not set or delete the alarm itself).
             storage.delete_alarm()
-            await actor.wait_durable()
+        return None
 
     async def _failed(
         self,
@@ -197,7 +194,8 @@ class AlarmScheduler:
         error: BaseException,
     ) -> None:
         runtime = self._runtime
-        live = namespace._actors.get(namespace._ids.from_string(key[1]))
+        object_id = namespace._ids.from_string(key[1])
+        live = runtime._catalog.live(namespace, object_id)
         if live is not None:
             live.storage._forget_alarm()  # the stored alarm stays: read it again
         if retry < MAX_RETRIES:
@@ -228,17 +226,26 @@ class AlarmScheduler:
             MAX_RETRIES + 1,
             error,
         )
+
+        async def give_up(actor: Actor) -> None:
+            actor.storage.delete_alarm()
+
+        self._running.add(key)
         try:
-            actor = await runtime._actor_for_alarm(namespace, key[1])
-            self._running.add(key)
-            try:
-                actor.storage.delete_alarm()
-                await actor.wait_durable()
-            finally:
-                self._running.discard(key)
-                self._changed_while_running.pop(key, None)
+            actor = runtime._catalog.actor(namespace, object_id)
+            await actor.deliver(AlarmEvent(give_up, self._timeout_ms))
         except Exception:
             logger.exception("could not delete the abandoned alarm of %s", key[1])
+        finally:
+            self._running.discard(key)
+            self._changed_while_running.pop(key, None)
+
+    def pending_by_namespace(self) -> dict[str, int]:
+        """Alarms waiting to fire or running, per storage namespace."""
+        counts: dict[str, int] = {}
+        for ns, _ in (*self._timers, *self._running):
+            counts[ns] = counts.get(ns, 0) + 1
+        return counts
 
     def cancel_all(self) -> None:
         """Forget every scheduled alarm (the runtime is stopping)."""

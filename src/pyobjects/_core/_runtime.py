@@ -1,35 +1,43 @@
-"""``Runtime``: owns every live instance, the flusher, timers and eviction."""
+"""``Runtime``: owns the catalog of live instances, the flusher, timers and eviction."""
 
 from __future__ import annotations
 
-import copy
 import inspect
 import logging
-from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Iterator, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Self, TypeVarTuple, Unpack, cast, final
 
 import anyio
 import anyio.lowlevel
+import sniffio
 
-from ._actor import Actor, visible_id
+from pyobjects._clock import Clock, SystemClock
+from pyobjects._errors import RuntimeClosedError
+from pyobjects._ids import DurableObjectId
+from pyobjects._statistics import NamespaceStatistics, RuntimeStatistics
+from pyobjects.storage.memory import MemoryBackend
+
 from ._alarms import AlarmScheduler
-from ._clock import Clock, SystemClock
-from ._errors import RuntimeClosedError
+from ._catalog import Catalog
+from ._events import EVENT_KINDS
+from ._gates import CommitQueue
 from ._hibernation import close_all as close_websockets
-from ._ids import DurableObjectId
+from ._idle import IdleCollector
 from ._namespace import DurableObjectBinding, DurableObjectNamespace
-from ._object import HANDLER_NAMES, DurableObject
+from ._object import DurableObject
+from ._scopes import UNKNOWN, marker_for
 from ._stub import DurableObjectStub
 from ._timers import Timers
-from .storage.memory import MemoryBackend
 
 if TYPE_CHECKING:
     from types import TracebackType
 
     from anyio.abc import TaskGroup
 
-    from .storage._base import ObjectStore, StorageBackend
+    from pyobjects.storage._base import ObjectStore, StorageBackend
+
+    from ._actor import Actor
 
 __all__ = ["Env", "Runtime"]
 
@@ -88,13 +96,15 @@ def _check_class(binding: str, cls: object) -> type[DurableObject]:
 class Runtime:
     """Hosts Durable Objects: ``async with Runtime(bindings=...) as rt:``.
 
-    Owns every live instance, the write flusher, the timers and idle
-    eviction; leaving the ``async with`` flushes pending writes and stops them.
-    Two runtimes in one process share nothing.
+    Owns the catalog of live instances (one per id), the write flusher, the
+    timers, the alarm scheduler and idle eviction; leaving the ``async with``
+    flushes pending writes and stops them. Two runtimes in one process share
+    nothing.
 
     Args:
         bindings: Binding name -> ``DurableObject`` subclass (or a
-            :class:`DurableObjectBinding` with options).
+            :class:`DurableObjectBinding` with options). Bindings that share
+            a namespace key share their objects; they must bind one class.
         storage: A storage backend; ``None`` means a fresh ``MemoryBackend``.
         clock: The clock for eviction, timeouts and alarms (default: the
             system clock; use ``pyobjects.testing.ManualClock`` in tests).
@@ -146,15 +156,12 @@ class Runtime:
                 "block_concurrency_timeout must be > 0 seconds, "
                 f"got {block_concurrency_timeout}"
             )
-        self.storage: StorageBackend = MemoryBackend() if storage is None else storage
-        self.clock: Clock = SystemClock() if clock is None else clock
-        self._idle_timeout_ms = (
-            None if idle_timeout is None else round(idle_timeout * 1000)
-        )
-        self._bcw_timeout_ms = round(block_concurrency_timeout * 1000)
-        self._max_queued_events = max_queued_events
         if alarm_timeout <= 0:
             raise ValueError(f"alarm_timeout must be > 0 seconds, got {alarm_timeout}")
+        self.storage: StorageBackend = MemoryBackend() if storage is None else storage
+        self.clock: Clock = SystemClock() if clock is None else clock
+        self._bcw_timeout_ms = round(block_concurrency_timeout * 1000)
+        self._max_queued_events = max_queued_events
         if alarm_retry_jitter is None:
             # Exact retry times under a deterministic (manual) clock.
             alarm_retry_jitter = not getattr(self.clock, "deterministic", False)
@@ -162,23 +169,32 @@ class Runtime:
         self.alarms = AlarmScheduler(
             self, jitter=alarm_retry_jitter, timeout_ms=round(alarm_timeout * 1000)
         )
+        self._catalog = Catalog(self)
+        self._commits = CommitQueue(self.clock, self.timers)
+        self._idle = IdleCollector(
+            self.clock,
+            self.timers,
+            None if idle_timeout is None else round(idle_timeout * 1000),
+        )
         self._task_scopes: set[anyio.CancelScope] = set()
         self._crashed = False
-        # Commit failures injected by pyobjects.testing.fail_next_commits().
-        self._commit_faults: dict[tuple[str, str], list[Any]] = {}
+        # Commit failures injected by pyobjects.testing.fail_next_commits(),
+        # keyed by (storage namespace, id hex): looked at only when an
+        # instance starts, never on the commit path.
+        self._commit_faults: dict[tuple[str, str], Any] = {}
         self._passthrough: tuple[type, ...] = (DurableObjectId, DurableObjectStub)
         self._tg: TaskGroup | None = None
         self._running = False
         self._closed = False
-        self._dirty: list[Actor] = []
-        self._flush_wakeup: anyio.Event | None = None
-        self._idle: OrderedDict[Actor, None] = OrderedDict()
-        self._idle_armed = False
-        self._calls = 0  # stub calls made; see _stub.YIELD_EVERY_MASK
-        self._calls_in_flight = 0  # stub calls started and not finished
-        self._method_cache: dict[tuple[type, str], Callable[..., Any] | str] = {}
+        self._events = 0  # events delivered; see _actor.YIELD_EVERY_MASK
+        self._method_cache: dict[Any, Any] = {}
+        # Per handler function: calls completed without suspending, or -1
+        # once it suspended (see Actor._scoped).
+        self._suspends: dict[Any, int] = {}
+        self._scope_marker: Callable[[], Any] = _no_marker
         self._namespaces: list[DurableObjectNamespace] = []
         items: dict[str, Any] = dict(vars or {})
+        classes: dict[str, tuple[str, type[DurableObject]]] = {}
         for name, spec in bindings.items():
             if not isinstance(cast("object", name), str) or not name:
                 raise TypeError(f"binding names must be non-empty str, got {name!r}")
@@ -191,6 +207,14 @@ class Runtime:
                 cls = _check_class(name, spec)
                 unique_key = name
             ns = DurableObjectNamespace(self, name, cls, unique_key)
+            other = classes.setdefault(ns._storage_name, (name, cls))
+            if other[1] is not cls:
+                raise ValueError(
+                    f"bindings {other[0]!r} and {name!r} resolve to the same "
+                    f"namespace key {unique_key!r} (so they would share objects) "
+                    f"but bind different classes ({other[1].__name__} and "
+                    f"{cls.__name__}); give one of them another unique_key"
+                )
             self._namespaces.append(ns)
             items[name] = ns
         self.env = Env(items)
@@ -200,6 +224,7 @@ class Runtime:
     async def __aenter__(self) -> Self:
         if self._running or self._closed:
             raise RuntimeError("a Runtime can be entered only once")
+        self._scope_marker = marker_for(sniffio.current_async_library())
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
@@ -207,7 +232,7 @@ class Runtime:
         use_clock = getattr(self.storage, "use_clock", None)
         if use_clock is not None:  # history timestamps (SQLiteBackend PITR)
             use_clock(self.clock.now_ms)
-        self._spawn(self._flusher)
+        self._spawn(self._commits.run)
         self._spawn(self.timers.run)
         try:
             await self.alarms.load()
@@ -227,18 +252,16 @@ class Runtime:
         try:
             if not self._crashed:
                 with anyio.CancelScope(shield=True):
-                    await self._flush_all()
+                    await self._commits.flush_all(
+                        [a.output_gate for a in self._live_actors()]
+                    )
         finally:
             # Deliver what the flush made durable, then close every WebSocket
             # with 1001 ("going away"); after a crash they are already gone.
             close_websockets(self, clean=not self._crashed)
             self._running = False
             self._closed = True
-            closed = RuntimeClosedError("the Runtime was closed")
-            for ns in self._namespaces:
-                for actor in list(ns._actors.values()):
-                    actor.break_(closed)
-            self.alarms.cancel_all()
+            self._drop_all(RuntimeClosedError("the Runtime was closed"))
             for scope in self._task_scopes:
                 scope.cancel()
             tg.cancel_scope.cancel()
@@ -246,6 +269,11 @@ class Runtime:
                 await tg.__aexit__(None, None, None)
             finally:
                 await self.storage.aclose()
+
+    def _drop_all(self, error: RuntimeClosedError) -> None:
+        for actor in self._live_actors():
+            actor.break_(error)
+        self.alarms.cancel_all()
 
     def _check_running(self) -> None:
         if not self._running:
@@ -277,16 +305,6 @@ class Runtime:
             finally:
                 self._task_scopes.discard(scope)
 
-    def _injected_fault(self, actor: Actor) -> None:
-        key = (actor.namespace._storage_name, str(actor.id))
-        fault = self._commit_faults.get(key)
-        if fault is None:
-            return
-        fault[0] -= 1
-        if fault[0] <= 0:
-            del self._commit_faults[key]
-        raise copy.copy(fault[1])
-
     async def _crash(self) -> None:
         """Stop as a killed process would: nothing pending is written.
 
@@ -301,43 +319,52 @@ class Runtime:
         self._closed = True
         self._crashed = True
         close_websockets(self, clean=False)  # connections drop, no close frames
-        crashed = RuntimeClosedError("the Runtime crashed (simulated)")
-        for ns in self._namespaces:
-            for actor in list(ns._actors.values()):
-                actor.break_(crashed)
-        self._dirty.clear()
-        self.alarms.cancel_all()
+        self._drop_all(RuntimeClosedError("the Runtime crashed (simulated)"))
+        self._commits.discard()
         for scope in self._task_scopes:
             scope.cancel()
         await anyio.lowlevel.checkpoint()
         await self.storage.aclose()
 
-    # -- instances -----------------------------------------------------------
+    # -- statistics ------------------------------------------------------------
 
-    def _actor_for(
-        self, namespace: DurableObjectNamespace, object_id: DurableObjectId
-    ) -> Actor:
-        """Return the live instance for an id, constructing it if needed."""
-        actor = namespace._actors.get(object_id)
-        if actor is not None:
-            if object_id.name is not None and actor.id.name is None:
-                actor.id = actor.ctx.id = visible_id(object_id)
-            return actor
-        self._check_running()
-        actor = Actor(self, namespace, object_id)
-        namespace._actors[object_id] = actor
-        try:
-            actor.construct()
-        except Exception as exc:
-            actor.break_(exc)
-            exc.add_note(
-                f"raised by the constructor of Durable Object "
-                f"{namespace.object_class.__name__} ({object_id})"
+    def statistics(self) -> RuntimeStatistics:
+        """Return a snapshot of what the runtime holds and has done.
+
+        Live objects, events by kind, commits, evictions, resets, pending
+        alarms and open/hibernated WebSockets, in total and per namespace.
+        """
+        per_ns: dict[str, NamespaceStatistics] = {}
+        seen: set[str] = set()
+        alarms = self.alarms.pending_by_namespace()
+        for ns in self._namespaces:
+            if ns._storage_name in seen:
+                continue
+            seen.add(ns._storage_name)
+            per_ns[ns._binding_name] = self._catalog.statistics(
+                ns._storage_name, alarms.get(ns._storage_name, 0)
             )
-            raise
-        return actor
+        parts = per_ns.values()
+        events = {kind: sum(p.events[kind] for p in parts) for kind in EVENT_KINDS}
+        return RuntimeStatistics(
+            live_objects=sum(p.live_objects for p in parts),
+            events=MappingProxyType(events),
+            events_in_flight=self._commits.events_in_flight,
+            commits=sum(p.commits for p in parts),
+            commit_failures=sum(p.commit_failures for p in parts),
+            evictions=sum(p.evictions for p in parts),
+            resets=sum(p.resets for p in parts),
+            pending_alarms=sum(p.pending_alarms for p in parts),
+            open_websockets=sum(p.open_websockets for p in parts),
+            hibernated_websockets=sum(p.hibernated_websockets for p in parts),
+            namespaces=MappingProxyType(per_ns),
+        )
 
-    def open_store(self, namespace: DurableObjectNamespace, hex_id: str) -> ObjectStore:
+    # -- instances (used by the core) ------------------------------------------
+
+    def _open_store(
+        self, namespace: DurableObjectNamespace, hex_id: str
+    ) -> ObjectStore:
         """Open an object's storage; reschedule its alarm if that restored it."""
         store = self.storage.open(namespace._storage_name, hex_id)
         restored = getattr(store, "restored_alarm", False)
@@ -346,30 +373,28 @@ class Runtime:
             self.alarms.set(namespace, hex_id, restored)
         return store
 
-    async def _actor_for_alarm(
-        self, namespace: DurableObjectNamespace, hex_id: str
-    ) -> Actor:
-        """The live instance for an alarm, built with its stored name if any."""
-        object_id = namespace._ids.from_string(hex_id)
-        actor = namespace._actors.get(object_id)
-        if actor is not None:
-            return actor
-        store = self.open_store(namespace, hex_id)
-        try:
-            name = await store.get_name()
-        finally:
-            store.close()
-        if name is not None:
-            named = namespace._ids.from_name(name, jurisdiction=object_id.jurisdiction)
-            if named == object_id:
-                object_id = named
-        return self._actor_for(namespace, object_id)
+    def _commit_store(self, actor: Actor) -> ObjectStore:
+        """The store an instance commits to (a failing one, if a test asked)."""
+        if not self._commit_faults:
+            return actor.store
+        key = (actor.key[0], str(actor.key[1]))
+        fault = self._commit_faults.get(key)
+        if fault is None:
+            return actor.store
+        store: ObjectStore = fault.wrap(
+            actor.store, lambda: self._commit_faults.pop(key, None)
+        )
+        return store
+
+    def _release_store(self, store: ObjectStore) -> None:
+        """An instance is gone: let a server-backed store release (e.g. a lease)."""
+        release = getattr(store, "release", None)
+        if release is not None and self._running:
+            self._spawn(release)
 
     def _forget(self, actor: Actor) -> None:
-        actors = actor.namespace._actors
-        if actors.get(actor.id) is actor:
-            del actors[actor.id]
-        self._idle.pop(actor, None)
+        self._catalog.forget(actor)
+        self._idle.forget(actor)
 
     def _rpc_method(self, actor: Actor, name: str) -> Callable[..., Any]:
         cls = type(actor.instance)
@@ -380,96 +405,12 @@ class Runtime:
             raise TypeError(found)
         return found.__get__(actor.instance, cls)  # type: ignore[no-any-return]
 
-    def _handler(self, actor: Actor, name: str) -> Callable[..., Any]:
-        instance = actor.instance
-        handler = getattr(instance, name, None)
-        if handler is None:
-            handler = getattr(instance, HANDLER_NAMES[name], None)
-        if handler is None:
-            raise TypeError(f"{type(instance).__name__} has no {name}() handler")
-        return handler  # type: ignore[no-any-return]
-
-    # -- writes --------------------------------------------------------------
-
-    def _schedule_flush(self, actor: Actor) -> None:
-        self._dirty.append(actor)
-        wakeup = self._flush_wakeup
-        if wakeup is not None:
-            self._flush_wakeup = None
-            wakeup.set()
-
-    async def _flusher(self) -> None:
-        # Woken by the first write of a batch; it cannot run before the
-        # writing task yields to the event loop, which is what makes every
-        # write of that turn land in one commit.
-        while True:
-            if not self._dirty:
-                self._flush_wakeup = anyio.Event()
-                await self._flush_wakeup.wait()
-            dirty, self._dirty = self._dirty, []
-            for actor in dirty:
-                actor.flush_queued = False
-                await actor.flush()
-
-    async def _flush_all(self) -> None:
-        """Commit every pending write, including those of events still running."""
-        while self._dirty:
-            dirty, self._dirty = self._dirty, []
-            for actor in dirty:
-                actor.flush_queued = False
-                await actor.flush()
-        for actor in self._live_actors():
-            if actor.flush_scheduled:
-                await actor.flush()
-
-    # -- eviction ------------------------------------------------------------
-
-    def _became_idle(self, actor: Actor) -> None:
-        # Hot path (every call ends here): one clock read, and a dict insert
-        # only when the actor is not queued yet. The queue is ordered by the
-        # time an actor was (re)queued, which is never later than its
-        # idle_since, so the sweeper only ever looks at the front.
-        if self._idle_timeout_ms is None or actor.evicted:
-            return
-        now = self.clock.now_ms()
-        actor.idle_since = now
-        if actor not in self._idle:
-            actor.idle_queued_at = now
-            self._idle[actor] = None
-            if not self._idle_armed:
-                self._idle_armed = True
-                self.timers.call_at(now + self._idle_timeout_ms, self._evict_idle)
-
-    def _evict_idle(self) -> None:
-        self._idle_armed = False
-        timeout = self._idle_timeout_ms
-        assert timeout is not None
-        now = self.clock.now_ms()
-        idle = self._idle
-        requeue: list[Actor] = []
-        while idle:
-            actor = next(iter(idle))
-            if actor.idle_queued_at + timeout > now:
-                break
-            del idle[actor]
-            if actor.active == 0 and actor.idle_since + timeout <= now:
-                if actor.quiescent:
-                    actor.evict()
-                    continue
-                actor.idle_since = now  # still writing or gated: look again later
-            requeue.append(actor)
-        for actor in requeue:
-            actor.idle_queued_at = now if actor.active else actor.idle_since
-            idle[actor] = None
-        if idle:
-            self._idle_armed = True
-            first = next(iter(idle))
-            self.timers.call_at(first.idle_queued_at + timeout, self._evict_idle)
-
-    # -- introspection (used by pyobjects.testing) ---------------------------
-
     def _live_actors(self) -> list[Actor]:
-        return [a for ns in self._namespaces for a in ns._actors.values()]
+        return list(self._catalog.actors.values())
+
+
+def _no_marker() -> Any:
+    return UNKNOWN
 
 
 def _resolve_rpc(cls: type, name: str) -> Callable[..., Any] | str:

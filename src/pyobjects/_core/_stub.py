@@ -7,24 +7,22 @@ from typing import TYPE_CHECKING, Any, final
 import anyio
 import anyio.lowlevel
 
-from ._context import current_actor
-from ._errors import SerializationError
-from ._http import HeadersInit, Request, Response
-from ._serialization import copy_args, copy_value
+from pyobjects._errors import SerializationError
+from pyobjects._http import HeadersInit, Request, Response
+from pyobjects._owner import current_owner
+from pyobjects._serialization import copy_args, copy_value
+
+from ._events import Call, Fetch
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
 
+    from pyobjects._ids import DurableObjectId
+
     from ._actor import Actor
-    from ._ids import DurableObjectId
     from ._namespace import DurableObjectNamespace
 
 __all__ = ["DurableObjectStub"]
-
-# A call that needs no waiting runs without a context switch (like a cached
-# storage read): a full checkpoint costs more than the call itself. So that
-# a loop of calls cannot starve other tasks, every 64th call yields anyway.
-YIELD_EVERY_MASK = 63
 
 
 @final
@@ -80,13 +78,15 @@ class DurableObjectStub:
     def _bind(self) -> Actor:
         actor = self._actor
         if actor is not None:
-            if actor.broken is not None:
+            if actor.broken is not None and not actor.start_failed:
                 # This stub saw that instance reset: it keeps failing, like a
                 # broken stub in Workers. Get a new stub to reach a fresh one.
+                # (A constructor that failed is tried again on the next call.)
                 raise actor.reset_error()
-            if not actor.evicted:
+            if actor.broken is None and not actor.evicted:
                 return actor
-        actor = self._namespace._runtime._actor_for(self._namespace, self.id)
+        namespace = self._namespace
+        actor = namespace._runtime._catalog.actor(namespace, self.id)
         self._actor = actor
         return actor
 
@@ -94,23 +94,15 @@ class DurableObjectStub:
         self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         runtime = self._namespace._runtime
-        runtime._calls += 1
-        runtime._calls_in_flight += 1
-        try:
-            if not runtime._calls & YIELD_EVERY_MASK:
-                await anyio.lowlevel.checkpoint()
-            passthrough = runtime._passthrough
-            args, kwargs = copy_args(args, kwargs, passthrough)
-            caller = current_actor.get()
-            if caller is not None and caller.output_gate.pending:
-                await caller.wait_durable()  # output gate: the call leaves the caller
-            actor = self._bind()
-            if not actor.input_gate.is_open:
-                await actor.enter()
-            method = actor.runtime._rpc_method(actor, name)
-            result = await actor.run(method, args, kwargs, f"{name}()")
-        finally:
-            runtime._calls_in_flight -= 1
+        passthrough = runtime._passthrough
+        args, kwargs = copy_args(args, kwargs, passthrough)
+        caller = current_owner.get()
+        if caller is not None:
+            mark = caller.output_mark()
+            if mark:
+                await caller.wait_output(mark)  # output gate: the call leaves
+        actor = self._bind()
+        result = await actor.deliver(Call(name, args, kwargs))
         if type(result) in _IMMUTABLE:
             return result
         try:
@@ -146,14 +138,13 @@ class DurableObjectStub:
                 request, method=method or "GET", headers=headers, body=body
             )
         await anyio.lowlevel.checkpoint()
-        caller = current_actor.get()
-        if caller is not None and caller.output_gate.pending:
-            await caller.wait_durable()
+        caller = current_owner.get()
+        if caller is not None:
+            mark = caller.output_mark()
+            if mark:
+                await caller.wait_output(mark)
         actor = self._bind()
-        if not actor.input_gate.is_open:
-            await actor.enter()
-        handler = actor.runtime._handler(actor, "fetch")
-        response = await actor.run(handler, (request,), {}, "fetch()")
+        response = await actor.deliver(Fetch(request))
         if not isinstance(response, Response):
             raise TypeError(
                 f"{type(actor.instance).__name__}.fetch() must return a "

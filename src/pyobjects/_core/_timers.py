@@ -18,7 +18,7 @@ import anyio
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ._clock import Clock
+    from pyobjects._clock import Clock
 
 
 logger = logging.getLogger("pyobjects")
