@@ -753,7 +753,9 @@ async def test_a_plain_socket_keeps_the_object_alive(
     stub = rt.env.CHAT.get_by_name("room")
     client = await connect(stub, "/plain?loop=no")
     await manual_clock.advance(65_000)
-    assert rt.statistics().live_objects == 1  # no receive loop running: the socket does it
+    assert (
+        rt.statistics().live_objects == 1
+    )  # no receive loop running: the socket does it
     with pytest.raises(RuntimeError) as info:
         await evict(stub)
     assert str(info.value) == (
