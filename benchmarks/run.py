@@ -20,7 +20,7 @@ ratios and the details. Benchmarks (``--only`` takes one or more names):
 
 Every measurement runs in a few rounds and reports the best one (the others
 are listed under Details): shared machines are noisy. Only the public API is
-used, except ``Runtime._live_actors()`` (private) to count live instances.
+used (``Runtime.statistics()`` counts live instances).
 See benchmarks/README.md for what each number means.
 """
 
@@ -552,7 +552,7 @@ async def bench_new_objects(sizes: Sizes, ctx: Context) -> list[Result]:
             n, elapsed = await timed(new_objects(ns, made, seconds))
             rates.append(n / elapsed)
             made += n
-        live = len(rt._live_actors())  # private: the live-instance count
+        live = rt.statistics().live_objects
     return [
         result(
             "new_objects",
@@ -661,11 +661,11 @@ async def child_peak_memory(n: int, yield_every: int) -> dict[str, Any]:
             if yield_every:
                 await anyio.lowlevel.checkpoint()
         elapsed = time.perf_counter() - start
-        live_end = len(rt._live_actors())  # private: the live-instance count
+        live_end = rt.statistics().live_objects
         peak_kib = rusage(resource.RUSAGE_SELF).ru_maxrss
         hwm_kib = vm_hwm_kib()
         await anyio.sleep(IDLE_TIMEOUT + 0.5)
-        live_later = len(rt._live_actors())
+        live_later = rt.statistics().live_objects
     return {
         "calls": n,
         "yield_every": yield_every,

@@ -353,3 +353,15 @@ async def test_alarm_handlers_without_a_parameter_are_called(
     stats = rt.statistics()
     assert stats.events["alarm"] == 1
     assert stats.pending_alarms == 0
+
+
+async def test_the_statistics_example_of_the_testing_guide(
+    make_runtime: MakeRuntime, manual_clock: ManualClock
+) -> None:
+    rt = await make_runtime({"COUNTER": Counter}, idle_timeout=10)
+    await rt.env.COUNTER.get_by_name("a").increment()
+    assert rt.statistics().live_objects == 1
+    await manual_clock.advance(70_000)
+    stats = rt.statistics()
+    assert (stats.live_objects, stats.evictions) == (0, 1)
+    assert stats.namespaces["COUNTER"].events["call"] == 1

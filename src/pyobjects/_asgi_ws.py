@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import anyio
 
@@ -44,7 +44,7 @@ from ._http import Request, Response, check_websocket
 from ._websocket import WebSocket
 
 if TYPE_CHECKING:
-    from ._asgi import App
+    from ._core._runtime import Runtime
 
 __all__ = ["BRIDGE_MEMBERS", "serve_websocket"]
 
@@ -67,7 +67,24 @@ _HANDSHAKE_HEADERS = frozenset(
 _MAX_REASON_BYTES = 123  # what fits in a close frame
 
 
-async def serve_websocket(app: App, scope: Scope, receive: Receive, send: Send) -> None:
+class Host(Protocol):
+    """What :func:`serve_websocket` uses of :class:`pyobjects.asgi.App`.
+
+    Declared here rather than imported, so that the two modules do not import
+    each other (not even for type checking).
+    """
+
+    max_message_size: int
+    _runtime: Runtime | None
+
+    async def _invoke(self, runtime: Runtime, request: Request) -> Response: ...
+    def _not_running(self) -> Response: ...
+    def _failure(self, what: str) -> Response: ...
+
+
+async def serve_websocket(
+    app: Host, scope: Scope, receive: Receive, send: Send
+) -> None:
     """Handle one ASGI ``websocket`` connection for *app*."""
     message = await receive()
     if message["type"] != "websocket.connect":
