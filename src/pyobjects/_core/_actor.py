@@ -24,7 +24,7 @@ import contextvars
 import copy
 import inspect
 import logging
-from types import CoroutineType
+from types import CoroutineType, MethodType
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import anyio
@@ -256,7 +256,7 @@ class Actor(StorageOwner):
                         result = _await(result)
                     if type(result) is CoroutineType:
                         profile = self.runtime._suspends
-                        key = getattr(fn, "__func__", fn)
+                        key = fn.__func__ if type(fn) is MethodType else fn
                         seen = profile.get(key, 0)
                         if seen < TRUSTED_AFTER or event.timeout_ms is not None:
                             result = await self._scoped(event, result, key, seen)

@@ -16,7 +16,7 @@ close handler may take fewer than four arguments.
 from __future__ import annotations
 
 import inspect
-from types import MappingProxyType
+from types import FunctionType, MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeAlias
 
 from pyobjects._errors import DurableObjectResetError
@@ -41,6 +41,7 @@ __all__ = [
     "SocketEvent",
     "accepted_arity",
     "find_handler",
+    "resolve_rpc",
 ]
 
 # What an event runs: the function, its positional and its keyword arguments.
@@ -103,7 +104,19 @@ class Call(Event):
         return f"{self.name}()"
 
     def handler(self, actor: Actor) -> Handler:
-        return actor.runtime._rpc_method(actor, self.name), self.args, self.kwargs
+        # Hot path: one cache lookup; a plain function is called with the
+        # instance prepended rather than bound (binding costs a call).
+        instance = actor.instance
+        cls = type(instance)
+        cache = actor.runtime._method_cache
+        found = cache.get((cls, self.name))
+        if found is None:
+            found = cache[(cls, self.name)] = resolve_rpc(cls, self.name)
+        if type(found) is FunctionType:
+            return found, (instance, *self.args), self.kwargs
+        if isinstance(found, str):
+            raise TypeError(found)
+        return found.__get__(instance, cls), self.args, self.kwargs
 
 
 class Fetch(Event):
@@ -223,3 +236,24 @@ def accepted_arity(fn: Callable[..., Any], given: int, cache: dict[Any, Any]) ->
                 cached += 1
         cache[key] = cached
     return min(cached, given)
+
+
+def resolve_rpc(cls: type, name: str) -> Callable[..., Any] | str:
+    """Find the function behind an RPC call, or the TypeError message."""
+    if name.startswith("_"):
+        return (
+            f'The RPC receiver does not implement the method "{name}": '
+            "names starting with '_' are private and cannot be called over RPC."
+        )
+    reserved: frozenset[str] = getattr(cls, "_rpc_reserved", frozenset())
+    if name in reserved:
+        return (
+            f'The RPC receiver does not implement the method "{name}": '
+            f"{name}() is an event handler or reserved name, not an RPC method."
+        )
+    attr = inspect.getattr_static(cls, name, None)
+    if isinstance(attr, (staticmethod, classmethod)):
+        return attr  # type: ignore[return-value]
+    if attr is None or not inspect.isfunction(attr):
+        return f'The RPC receiver does not implement the method "{name}".'
+    return attr

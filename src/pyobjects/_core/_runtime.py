@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Callable, Coroutine, Iterator, Mapping
 from types import MappingProxyType
@@ -396,39 +395,9 @@ class Runtime:
         self._catalog.forget(actor)
         self._idle.forget(actor)
 
-    def _rpc_method(self, actor: Actor, name: str) -> Callable[..., Any]:
-        cls = type(actor.instance)
-        found = self._method_cache.get((cls, name))
-        if found is None:
-            found = self._method_cache[(cls, name)] = _resolve_rpc(cls, name)
-        if isinstance(found, str):
-            raise TypeError(found)
-        return found.__get__(actor.instance, cls)  # type: ignore[no-any-return]
-
     def _live_actors(self) -> list[Actor]:
         return list(self._catalog.actors.values())
 
 
 def _no_marker() -> Any:
     return UNKNOWN
-
-
-def _resolve_rpc(cls: type, name: str) -> Callable[..., Any] | str:
-    """Find the function behind an RPC call, or the TypeError message."""
-    if name.startswith("_"):
-        return (
-            f'The RPC receiver does not implement the method "{name}": '
-            "names starting with '_' are private and cannot be called over RPC."
-        )
-    reserved: frozenset[str] = getattr(cls, "_rpc_reserved", frozenset())
-    if name in reserved:
-        return (
-            f'The RPC receiver does not implement the method "{name}": '
-            f"{name}() is an event handler or reserved name, not an RPC method."
-        )
-    attr = inspect.getattr_static(cls, name, None)
-    if isinstance(attr, (staticmethod, classmethod)):
-        return attr  # type: ignore[return-value]
-    if attr is None or not inspect.isfunction(attr):
-        return f'The RPC receiver does not implement the method "{name}".'
-    return attr

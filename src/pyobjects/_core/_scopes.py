@@ -37,11 +37,26 @@ def marker_for(library: str) -> Callable[[], Any]:
         if library == "asyncio":
             from anyio._backends._asyncio import _task_states
 
-            current_task = sys.modules["asyncio"].current_task
+            asyncio = sys.modules["asyncio"]
+            current_tasks: dict[Any, Any] = asyncio.tasks._current_tasks
+            get_running_loop = asyncio.get_running_loop
+
+            # Every event on the fast path takes a marker: asyncio.current_task()
+            # is Python code and a WeakKeyDictionary lookup builds a weakref,
+            # so look the task up in C and remember the last task's state
+            # (anyio keeps one state object per task for the task's life).
+            last: list[Any] = [UNKNOWN, None]
 
             def asyncio_marker() -> Any:
-                state = _task_states.get(current_task())
-                return None if state is None else state.cancel_scope
+                task: Any = current_tasks.get(get_running_loop())
+                if task is last[0]:
+                    return last[1].cancel_scope
+                state = _task_states.get(task)
+                if state is None:
+                    return None
+                last[0] = task
+                last[1] = state
+                return state.cancel_scope
 
             asyncio_marker()  # fails here, not later, if the internals moved
             return asyncio_marker
