@@ -32,7 +32,7 @@ from pyobjects._errors import StorageError, StorageLimitError, TransactionError
 from pyobjects._serialization import MAX_VALUE_BYTES, decode, encode
 
 from ._base import ListQuery, WriteBatch
-from ._layers import _DONE_NONE, _MISS, _Done, _Layer, in_transaction
+from ._layers import _DONE_NONE, _MISS, _Done, _Layer, drive, in_transaction
 from ._sql import SqlStorage, wipe_database
 from ._sync_kv import SyncKV
 from ._transaction import Transaction, _TransactionContext
@@ -158,21 +158,6 @@ def _prefix_end(prefix: str) -> str | None:
                 nxt = 0xE000
             return "".join(chars) + chr(nxt)
     return None
-
-
-def drive(coro: Coroutine[Any, Any, T], what: str = "delete()") -> T:
-    """Run a backend coroutine that must finish without suspending."""
-    try:
-        coro.send(None)
-    except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]
-    coro.close()
-    # TODO(#2): backends whose reads suspend (a database server) need delete()
-    # to learn existence under the input gate instead of synchronously.
-    raise StorageError(
-        f"this storage backend suspended during {what}; backends used with "
-        f"{what} must answer reads without suspending"
-    )
 
 
 _NO_SQL = (

@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextvars
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-if TYPE_CHECKING:
-    from collections.abc import Generator
+from pyobjects._errors import StorageError
 
-__all__ = ["_DONE_NONE", "_MISS", "_Done", "_Layer", "in_transaction"]
+if TYPE_CHECKING:
+    from collections.abc import Coroutine, Generator
+
+__all__ = ["_DONE_NONE", "_MISS", "_Done", "_Layer", "drive", "in_transaction"]
 
 T = TypeVar("T")
 
@@ -65,3 +67,18 @@ class _Layer:
         return (
             bool(self.writes) or self.delete_all or self.alarm_changed or self.sql_dirty
         )
+
+
+def drive(coro: Coroutine[Any, Any, T], what: str = "delete()") -> T:
+    """Run a backend coroutine that must finish without suspending."""
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    coro.close()
+    # TODO(#2): backends whose reads suspend (a database server) need delete()
+    # to learn existence under the input gate instead of synchronously.
+    raise StorageError(
+        f"this storage backend suspended during {what}; backends used with "
+        f"{what} must answer reads without suspending"
+    )

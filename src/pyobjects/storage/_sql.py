@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     import builtins
     from collections.abc import Callable, Iterator
 
-    from ._api import Storage
+    from ._front import SqlFront
 
 __all__ = ["SqlCursor", "SqlStorage", "SqlValue", "wipe_database"]
 
@@ -561,7 +561,7 @@ class SqlStorage:
         "_wrote",
     )
 
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: SqlFront) -> None:
         self._storage = storage
         self._conn: sqlite3.Connection | None = None
         # SQL text -> whether it writes (learnt from the authorizer).

@@ -12,11 +12,13 @@ from typing import TYPE_CHECKING, Any, final
 
 from pyobjects._errors import StorageError
 
+from ._layers import drive
+
 if TYPE_CHECKING:
     import builtins
     from collections.abc import Iterator
 
-    from ._api import Storage
+    from ._front import KVFront
 
 __all__ = ["SyncKV"]
 
@@ -36,14 +38,12 @@ class SyncKV:
 
     __slots__ = ("_generation", "_storage")
 
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: KVFront) -> None:
         self._storage = storage
         self._generation = 0
 
     def get(self, key: str, /) -> Any:
         """Return the value stored under *key*, or ``None``."""
-        from ._api import drive  # import cycle
-
         if not isinstance(key, str):
             raise TypeError(f"kv.get() takes a str key, not {type(key).__name__}")
         return drive(self._storage.get(key), "kv.get()")
@@ -74,8 +74,6 @@ class SyncKV:
         ``list()`` is called; a later ``kv.list()`` call invalidates this
         iterator (``StorageError`` on its next use).
         """
-        from ._api import drive  # import cycle
-
         self._generation += 1
         entries = drive(
             self._storage.list(

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from datetime import datetime
     from types import TracebackType
 
-    from ._api import Storage
+    from ._front import TransactionFront
 
 __all__ = ["Transaction", "_TransactionContext"]
 
@@ -33,12 +33,12 @@ class Transaction:
 
     __slots__ = ("_layer", "_state", "_storage")
 
-    def __init__(self, storage: Storage, layer: _Layer) -> None:
+    def __init__(self, storage: TransactionFront, layer: _Layer) -> None:
         self._storage = storage
         self._layer = layer
         self._state = "open"
 
-    def _check(self, op: str) -> Storage:
+    def _check(self, op: str) -> TransactionFront:
         if self._state == "committed":
             raise TransactionError(
                 f"Cannot call {op}() on transaction that has already committed: "
@@ -126,7 +126,7 @@ class _TransactionContext:
 
     __slots__ = ("_layer", "_storage", "_token", "_txn")
 
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: TransactionFront) -> None:
         self._storage = storage
         self._txn: Transaction | None = None
         self._layer: _Layer | None = None
