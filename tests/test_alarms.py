@@ -154,7 +154,7 @@ async def test_an_alarm_without_handler_is_dropped_not_retried(
     await manual_clock.advance(1_000)
     assert "without a handler" in caplog.text
     # The constructor of the instance that ran it set a new one; that is all.
-    assert rt.alarms.scheduled <= 1
+    assert rt._alarms.scheduled <= 1
 
 
 async def test_alarm_fires_at_its_time_with_its_info(
@@ -447,10 +447,10 @@ async def test_many_alarms_share_one_timer_queue(
     n = 3_000
     for i in range(n):
         await rt.env.T.get_by_name(f"t{i}").arm(start + 1_000 + i)
-    assert rt.alarms.scheduled == n
+    assert rt._alarms.scheduled == n
     await manual_clock.advance(1_000 + n)
     assert Tick.fired == n
-    assert rt.alarms.scheduled == 0
+    assert rt._alarms.scheduled == 0
 
 
 async def test_crash_fails_calls_in_flight_and_keeps_committed_writes(
@@ -583,8 +583,8 @@ async def test_rearming_alarms_does_not_grow_the_timer_heap(
     far = manual_clock.now_ms() + 86_400_000
     for i in range(3_000):
         await stub.schedule(far + i)
-    assert len(rt.timers) <= 2  # the alarm (and the idle sweep)
-    assert len(rt.timers._heap) < 2_100  # cancelled entries get compacted
+    assert len(rt._timers) <= 2  # the alarm (and the idle sweep)
+    assert len(rt._timers._heap) < 2_100  # cancelled entries get compacted
     await manual_clock.advance(86_400_000 + 3_000)
     assert len(Reminder.runs) == 1
 
@@ -598,12 +598,12 @@ async def test_a_stale_index_entry_does_not_fire_a_deleted_alarm(
     await stub.schedule(at)
     await stub.cancel()
     # Pretend the index still lists it (a crash between the two writes).
-    rt.alarms.set(rt.env.R, str(stub.id), at)
+    rt._alarms.set(rt.env.R, str(stub.id), at)
     await manual_clock.advance(1_000)
     assert Reminder.runs == []
     # ... and an entry older than the stored time follows the stored time.
     await stub.schedule(at + 5_000)
-    rt.alarms.set(rt.env.R, str(stub.id), at + 1_000)
+    rt._alarms.set(rt.env.R, str(stub.id), at + 1_000)
     await manual_clock.advance(1_000)
     assert Reminder.runs == []
     await manual_clock.advance(4_000)

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine, Iterator
 
     from pyobjects._ids import DurableObjectId
-    from pyobjects.storage._base import WriteBatch
+    from pyobjects.storage._base import ObjectStore, WriteBatch
 
     from ._catalog import Counters
     from ._events import Event
@@ -190,30 +190,30 @@ class Actor(StorageOwner):
         object_id: DurableObjectId,
         counters: Counters,
     ) -> None:
-        self.runtime = runtime
-        self.namespace = namespace
-        self.id = visible_id(object_id)
-        self.key = (namespace._storage_name, object_id)
-        self.counters = counters
-        self.input_gate = InputGate(max_queued=runtime._max_queued_events)
-        self.store = runtime._open_store(namespace, str(object_id))
-        self.storage = Storage(self.store, self, name=self.id.name)
-        self.output_gate = OutputGate(
+        self.runtime: Runtime = runtime
+        self.namespace: DurableObjectNamespace = namespace
+        self.id: DurableObjectId = visible_id(object_id)
+        self.key: tuple[str, DurableObjectId] = (namespace._storage_name, object_id)
+        self.counters: Counters = counters
+        self.input_gate: InputGate = InputGate(max_queued=runtime._max_queued_events)
+        self.store: ObjectStore = runtime._open_store(namespace, str(object_id))
+        self.storage: Storage = Storage(self.store, self, name=self.id.name)
+        self.output_gate: OutputGate = OutputGate(
             self, runtime._commits, self.storage, runtime._commit_store(self)
         )
-        self.ctx = DurableObjectState(self)
+        self.ctx: DurableObjectState = DurableObjectState(self)
         self.instance: Any = None
         self.broken: BaseException | None = None
-        self.evicted = False
-        self.constructing = False
-        self.starting = False
-        self.start_failed = False
-        self.active = 0
+        self.evicted: bool = False
+        self.constructing: bool = False
+        self.starting: bool = False
+        self.start_failed: bool = False
+        self.active: int = 0
         # Steps of this object's event handlers running right now (nested
         # calls of an object to itself count twice); see _EventSteps.
-        self.stepping = 0
-        self.idle_since = 0
-        self.idle_queued_at = 0
+        self.stepping: int = 0
+        self.idle_since: int = 0
+        self.idle_queued_at: int = 0
         self.reset_scopes: set[anyio.CancelScope] = set()
         # Open plain (non-hibernatable) WebSockets accepted by this instance:
         # they keep it from being evicted.
@@ -319,7 +319,7 @@ class Actor(StorageOwner):
                 scope.cancel()
 
             runtime = self.runtime
-            timer = runtime.timers.call_at(
+            timer = runtime._timers.call_at(
                 runtime.clock.now_ms() + event.timeout_ms, expire
             )
         self.reset_scopes.add(scope)
@@ -501,7 +501,7 @@ class Actor(StorageOwner):
         counters = self.counters
         counters.commits += 1
         if batch.alarm_changed:
-            self.runtime.alarms.set(self.namespace, str(self.id), batch.alarm)
+            self.runtime._alarms.set(self.namespace, str(self.id), batch.alarm)
 
     # -- EventOwner (what WebSockets see) ---------------------------------------
 
@@ -668,7 +668,7 @@ class Actor(StorageOwner):
         scope = anyio.CancelScope()
         self.reset_scopes.add(scope)
         runtime = self.runtime
-        timer = runtime.timers.call_at(
+        timer = runtime._timers.call_at(
             runtime.clock.now_ms() + runtime._bcw_timeout_ms, self._bcw_timed_out
         )
         try:

@@ -117,7 +117,7 @@ class AlarmScheduler:
             self._running.add(key)
             self._runtime._spawn(self._run, key, namespace, retry, scheduled)
 
-        self._timers[key] = self._runtime.timers.call_at(at, fire)
+        self._timers[key] = self._runtime._timers.call_at(at, fire)
 
     async def _run(
         self, key: _Key, namespace: DurableObjectNamespace, retry: int, scheduled: int

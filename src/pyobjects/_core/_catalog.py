@@ -34,11 +34,11 @@ class Counters:
     __slots__ = ("commit_failures", "commits", "events", "evictions", "resets")
 
     def __init__(self) -> None:
-        self.events = dict.fromkeys(EVENT_KINDS, 0)
-        self.commits = 0
-        self.commit_failures = 0
-        self.evictions = 0
-        self.resets = 0
+        self.events: dict[str, int] = dict.fromkeys(EVENT_KINDS, 0)
+        self.commits: int = 0
+        self.commit_failures: int = 0
+        self.evictions: int = 0
+        self.resets: int = 0
 
 
 class Catalog:

@@ -168,9 +168,9 @@ class CommitQueue:
     __slots__ = ("_dirty", "_wakeup", "clock", "events_in_flight", "timers")
 
     def __init__(self, clock: Clock, timers: Timers) -> None:
-        self.clock = clock
-        self.timers = timers
-        self.events_in_flight = 0
+        self.clock: Clock = clock
+        self.timers: Timers = timers
+        self.events_in_flight: int = 0
         self._dirty: list[OutputGate] = []
         self._wakeup: anyio.Event | None = None
 
@@ -244,18 +244,18 @@ class OutputGate:
     ) -> None:
         self._owner = owner
         self._queue = queue
-        self.storage = storage
+        self.storage: Storage = storage
         # The store commits go to; pyobjects.testing.fail_next_commits() puts a
         # failing wrapper here (only here: reads use the storage's own store).
-        self.store = store
-        self.write_seq = 0
-        self.durable_seq = 0
-        self.broken = False
-        self.flush_scheduled = False  # pending writes not yet taken by a flush
-        self.flush_queued = False  # in the flusher's list
-        self.flushing = False
-        self.flushing_seq = 0
-        self.commit_ns = 0
+        self.store: ObjectStore = store
+        self.write_seq: int = 0
+        self.durable_seq: int = 0
+        self.broken: bool = False
+        self.flush_scheduled: bool = False  # pending writes not yet taken by a flush
+        self.flush_queued: bool = False  # in the flusher's list
+        self.flushing: bool = False
+        self.flushing_seq: int = 0
+        self.commit_ns: int = 0
         self._event: anyio.Event | None = None
         self._scope: anyio.CancelScope | None = None
 

@@ -164,15 +164,15 @@ class Runtime:
         if alarm_retry_jitter is None:
             # Exact retry times under a deterministic (manual) clock.
             alarm_retry_jitter = not getattr(self.clock, "deterministic", False)
-        self.timers = Timers(self.clock)
-        self.alarms = AlarmScheduler(
+        self._timers: Timers = Timers(self.clock)
+        self._alarms: AlarmScheduler = AlarmScheduler(
             self, jitter=alarm_retry_jitter, timeout_ms=round(alarm_timeout * 1000)
         )
         self._catalog = Catalog(self)
-        self._commits = CommitQueue(self.clock, self.timers)
+        self._commits = CommitQueue(self.clock, self._timers)
         self._idle = IdleCollector(
             self.clock,
-            self.timers,
+            self._timers,
             None if idle_timeout is None else round(idle_timeout * 1000),
         )
         self._task_scopes: set[anyio.CancelScope] = set()
@@ -216,7 +216,7 @@ class Runtime:
                 )
             self._namespaces.append(ns)
             items[name] = ns
-        self.env = Env(items)
+        self.env: Env = Env(items)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -232,9 +232,9 @@ class Runtime:
         if use_clock is not None:  # history timestamps (SQLiteBackend PITR)
             use_clock(self.clock.now_ms)
         self._spawn(self._commits.run)
-        self._spawn(self.timers.run)
+        self._spawn(self._timers.run)
         try:
-            await self.alarms.load()
+            await self._alarms.load()
         except BaseException:
             await self.__aexit__(None, None, None)
             raise
@@ -272,7 +272,7 @@ class Runtime:
     def _drop_all(self, error: RuntimeClosedError) -> None:
         for actor in self._live_actors():
             actor.break_(error)
-        self.alarms.cancel_all()
+        self._alarms.cancel_all()
 
     def _check_running(self) -> None:
         if not self._running:
@@ -335,7 +335,7 @@ class Runtime:
         """
         per_ns: dict[str, NamespaceStatistics] = {}
         seen: set[str] = set()
-        alarms = self.alarms.pending_by_namespace()
+        alarms = self._alarms.pending_by_namespace()
         for ns in self._namespaces:
             if ns._storage_name in seen:
                 continue
@@ -369,7 +369,7 @@ class Runtime:
         restored = getattr(store, "restored_alarm", False)
         if restored is not False:
             # A point-in-time restore replaced the object's data, alarm included.
-            self.alarms.set(namespace, hex_id, restored)
+            self._alarms.set(namespace, hex_id, restored)
         return store
 
     def _commit_store(self, actor: Actor) -> ObjectStore:

@@ -442,13 +442,13 @@ class Storage:
         return layers[0]
 
     @overload
-    def put(self, key: str, value: object, /) -> _Done[None]: ...
+    def put(self, key: str, value: object, /) -> Awaitable[None]: ...
     @overload
-    def put(self, entries: Mapping[str, object], /) -> _Done[None]: ...
+    def put(self, entries: Mapping[str, object], /) -> Awaitable[None]: ...
 
     def put(
         self, key: str | Mapping[str, object], value: object = _MISS, /
-    ) -> _Done[None]:
+    ) -> Awaitable[None]:
         """Store *value* under *key*, or every pair of a dict (at most 128).
 
         The write is recorded now; the returned awaitable is already done and
@@ -480,13 +480,15 @@ class Storage:
         return _DONE_NONE
 
     @overload
-    def delete(self, key: str, /) -> _Done[bool]: ...
+    def delete(self, key: str, /) -> Awaitable[bool]: ...
     @overload
-    def delete(self, keys: builtins.list[str] | tuple[str, ...], /) -> _Done[int]: ...
+    def delete(
+        self, keys: builtins.list[str] | tuple[str, ...], /
+    ) -> Awaitable[int]: ...
 
     def delete(
         self, key: str | builtins.list[str] | tuple[str, ...], /
-    ) -> _Done[bool] | _Done[int]:
+    ) -> Awaitable[bool] | Awaitable[int]:
         """Delete *key* (awaitable -> existed?) or a list of keys (-> count).
 
         Recorded at call time like :meth:`put`. Mirrors ``storage.delete()``.
@@ -527,7 +529,7 @@ class Storage:
             count += len(found)
         return count
 
-    def delete_all(self) -> _Done[None]:
+    def delete_all(self) -> Awaitable[None]:
         """Delete every key of the object, atomically.
 
         Writes not yet committed are dropped (they would be wiped anyway), and
@@ -578,7 +580,7 @@ class Storage:
                 return layer.alarm
         return self._alarm
 
-    def set_alarm(self, when: float | datetime) -> _Done[None]:
+    def set_alarm(self, when: float | datetime) -> Awaitable[None]:
         """Set the object's one alarm to *when* (epoch ms or an aware datetime).
 
         Replaces any earlier alarm; a time in the past is moved to now, so the
@@ -601,7 +603,7 @@ class Storage:
         self._alarm_writes += 1
         return _DONE_NONE
 
-    def delete_alarm(self) -> _Done[None]:
+    def delete_alarm(self) -> Awaitable[None]:
         """Delete the alarm, if any. Mirrors ``storage.deleteAlarm()``.
 
         A handler that is already running is not cancelled.
@@ -621,7 +623,7 @@ class Storage:
     # -- transactions ------------------------------------------------------
 
     @overload
-    def transaction(self) -> _TransactionContext: ...
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[Transaction]: ...
     @overload
     def transaction(
         self, closure: Callable[[Transaction], Awaitable[T]], /
@@ -629,7 +631,7 @@ class Storage:
 
     def transaction(  # mypy rejects a positional-only default here
         self, closure: Callable[[Transaction], Awaitable[Any]] | None = None
-    ) -> _TransactionContext | Coroutine[Any, Any, Any]:
+    ) -> contextlib.AbstractAsyncContextManager[Transaction] | Coroutine[Any, Any, Any]:
         """Run *closure(txn)* as one serializable transaction, or open one.
 
         ``await storage.transaction(fn)`` returns ``fn``'s result; the writes
