@@ -293,7 +293,9 @@ class Actor(StorageOwner):
                 self.end()
                 raise
             try:
-                if self.output_gate.pending or self.broken is not None:
+                gate = self.output_gate
+                # gate.pending, inlined: this runs once per event
+                if gate.durable_seq < gate.write_seq or self.broken is not None:
                     await self.wait_durable()
             finally:
                 self.end()

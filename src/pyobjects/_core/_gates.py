@@ -55,18 +55,20 @@ OUTPUT_GATE_TIMEOUT_MS = 30_000
 class InputGate:
     """FIFO admission of events into one object."""
 
-    __slots__ = ("_broken", "_closed", "_max_queued", "_waiters")
+    __slots__ = ("_broken", "_closed", "_max_queued", "_waiters", "is_open")
 
     def __init__(self, *, max_queued: int | None = None) -> None:
         self._closed = 0
         self._waiters: deque[anyio.Event] = deque()
         self._broken = False
         self._max_queued = max_queued
+        # True when a new event may start at once, without queueing. A plain
+        # attribute (every event reads it), kept equal to
+        # ``_closed == 0 and not _waiters`` by every method that changes them.
+        self.is_open: bool = True
 
-    @property
-    def is_open(self) -> bool:
-        """True when a new event may start at once, without queueing."""
-        return self._closed == 0 and not self._waiters
+    def _update(self) -> None:
+        self.is_open = self._closed == 0 and not self._waiters
 
     @property
     def queued(self) -> int:
@@ -81,10 +83,12 @@ class InputGate:
     def close(self) -> None:
         """Hold back new events until a matching :meth:`open`."""
         self._closed += 1
+        self.is_open = False
 
     def open(self) -> None:
         """Undo one :meth:`close`; lets the first waiter in when fully open."""
         self._closed -= 1
+        self._update()
         if self._closed == 0 and self._waiters:
             self._waiters[0].set()
 
@@ -94,6 +98,7 @@ class InputGate:
         for waiter in self._waiters:
             waiter.set()
         self._waiters.clear()
+        self._update()
 
     async def enter(self) -> None:
         """Wait for this event's turn.
@@ -110,6 +115,7 @@ class InputGate:
             )
         waiter = anyio.Event()
         self._waiters.append(waiter)
+        self.is_open = False
         try:
             while not self._broken:
                 if self._closed == 0 and self._waiters[0] is waiter:
@@ -128,6 +134,7 @@ class InputGate:
         else:
             if not self._broken:
                 self._waiters.popleft()
+                self._update()
                 # Wake the next one; it runs once this event yields, and by then
                 # it re-checks whether the gate is still open.
                 if self._waiters and self._closed == 0:
@@ -139,6 +146,7 @@ class InputGate:
         except ValueError:
             return
         del self._waiters[index]
+        self._update()
         if index == 0 and self._waiters and self._closed == 0:
             self._waiters[0].set()
 
