@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pathlib
 import sqlite3
 import time
 import typing
@@ -76,6 +77,7 @@ from ._history import (
     read_pages,
     read_wal_commits,
 )
+from ._lock import DirectoryLock
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -178,7 +180,8 @@ class SQLiteBackend:
     """Keep Durable Object storage in SQLite files under *directory*.
 
     Args:
-        directory: Where the databases live; created on the first write.
+        directory: Where the databases live; created when a runtime claims
+            it (see :meth:`claim`) or on the first write.
         synchronous: SQLite's ``PRAGMA synchronous`` for every database; see
             the module documentation for what each level survives.
         max_open_connections: How many object databases may be open at once.
@@ -238,6 +241,8 @@ class SQLiteBackend:
         self._index: sqlite3.Connection | None = None
         # Object connections currently open (for tests of the LRU bound).
         self._open_connections = 0
+        self._lock = DirectoryLock(self._directory)
+        self._read_only = False  # see read_only_backend()
 
     def open(self, namespace: str, object_id: str, /) -> _SQLiteStore:
         """Return a handle on one object's storage; creates no file.
@@ -370,11 +375,27 @@ class SQLiteBackend:
         entries.sort(key=lambda e: (e.time_ms, e.namespace, e.object_id))
         return entries
 
-    async def aclose(self) -> None:
-        """Close every open database, and finish writing the histories.
+    def claim(self) -> None:
+        """Make this backend the one owner of its directory, until :meth:`aclose`.
 
-        Nothing is lost: if the backend is used again (say, by a restarted
-        runtime), databases are reopened as needed, as after an eviction.
+        A :class:`~pyobjects.Runtime` claims its storage when it starts, so
+        that a second runtime on the same directory, in this process or in
+        another, is refused instead of running the same objects twice. The
+        claim is an OS file lock on ``<directory>/@lock``: closing the
+        backend releases it, and so does the process ending in any way.
+
+        Raises:
+            StorageInUseError: If another runtime holds the directory; the
+                message names the directory and that process's PID.
+        """
+        self._lock.acquire()
+
+    async def aclose(self) -> None:
+        """Close every open database, finish the histories, release the directory.
+
+        The directory is the one :meth:`claim` took. Nothing is lost: if the
+        backend is used again (say, by a restarted runtime), databases are
+        reopened as needed, as after an eviction.
         """
         while self._connections:
             self._discard(next(iter(self._connections)))
@@ -384,8 +405,16 @@ class SQLiteBackend:
         if self._index is not None:
             index, self._index = self._index, None
             index.close()
+        self._lock.release()
 
     def _connect(self, path: str, schema: Mapping[str, str]) -> sqlite3.Connection:
+        if self._read_only:
+            # mode=ro: never a write, never a checkpoint (the owner's
+            # history archiver must be the only one to fold the WAL).
+            uri = pathlib.Path(os.path.abspath(path)).as_uri() + "?mode=ro"
+            return sqlite3.connect(
+                uri, uri=True, timeout=_BUSY_TIMEOUT, isolation_level=None
+            )
         conn = sqlite3.connect(path, timeout=_BUSY_TIMEOUT, isolation_level=None)
         try:
             conn.execute("PRAGMA journal_mode = WAL")
@@ -702,6 +731,19 @@ class SQLiteBackend:
             # The commit itself succeeded; a row left behind is only stale,
             # and pending_alarms() drops it.
             pass
+
+
+def read_only_backend(directory: str | os.PathLike[str]) -> SQLiteBackend:
+    """Return a backend that only reads *directory* (for ``pyobjects inspect``).
+
+    Its databases are opened read-only (``mode=ro``) and without history, so
+    it never writes nor checkpoints a WAL: it may read while another process
+    owns the directory. SQLite's WAL mode gives it a consistent snapshot per
+    statement without blocking the owner's commits.
+    """
+    backend = SQLiteBackend(directory, pitr_retention=0)
+    backend._read_only = True
+    return backend
 
 
 def _check_name(namespace: str) -> None:
