@@ -331,6 +331,57 @@ async def test_a_new_alarm_set_before_failing_replaces_the_retry(
     ]
 
 
+async def _restarted(
+    rt: Runtime, backend: StorageBackend, manual_clock: ManualClock
+) -> Runtime:
+    """Crash *rt*; return a new runtime on the same storage (a fresh SQLiteBackend
+    on the same directory, so that only what is on disk survives)."""
+    await rt._crash()
+    if isinstance(backend, SQLiteBackend):
+        backend = SQLiteBackend(backend._directory)
+    return Runtime(bindings={"R": Reminder}, storage=backend, clock=manual_clock)
+
+
+async def test_retry_counts_survive_a_restart(
+    make_runtime: MakeRuntime, backend: StorageBackend, manual_clock: ManualClock
+) -> None:
+    rt = await make_runtime({"R": Reminder}, storage=backend)
+    start = manual_clock.now_ms()
+    await rt.env.R.get_by_name("r").schedule(start + 1_000, "fail")
+    await manual_clock.advance(3_000)  # attempts 0 and 1 failed; 2 is due at 7 s
+    assert [r[1].retry_count for r in Reminder.runs] == [0, 1]
+    async with await _restarted(rt, backend, manual_clock) as rt2:
+        await manual_clock.advance(3_999)
+        assert len(Reminder.runs) == 2  # the backoff holds across the restart
+        await manual_clock.advance(1 + 8_000 + 16_000 + 32_000 + 64_000)
+        times = [r[2] - start for r in Reminder.runs]
+        assert times == [1_000, 3_000, 7_000, 15_000, 31_000, 63_000, 127_000]
+        infos = [r[1] for r in Reminder.runs]
+        assert [i.retry_count for i in infos] == [0, 1, 2, 3, 4, 5, 6]
+        assert {i.scheduled_time for i in infos} == {start + 1_000}
+        # Seven attempts in all, restart or not: then it is abandoned.
+        assert await rt2.env.R.get_by_name("r").get_alarm() is None
+        await manual_clock.advance(10**6)
+        assert len(Reminder.runs) == 7
+
+
+async def test_a_new_alarm_starts_its_retries_at_zero_after_a_restart(
+    make_runtime: MakeRuntime, backend: StorageBackend, manual_clock: ManualClock
+) -> None:
+    rt = await make_runtime({"R": Reminder}, storage=backend)
+    stub = rt.env.R.get_by_name("r")
+    start = manual_clock.now_ms()
+    await stub.schedule(start + 1_000, "fail")
+    await manual_clock.advance(1_000)  # attempt 0 failed
+    await stub.schedule(start + 5_000)  # a new alarm replaces the retry
+    async with await _restarted(rt, backend, manual_clock):
+        await manual_clock.advance(4_000)
+        assert [(r[2] - start, r[1].retry_count) for r in Reminder.runs] == [
+            (1_000, 0),
+            (5_000, 0),
+        ]
+
+
 async def test_a_hanging_alarm_times_out_and_is_retried(
     make_runtime: MakeRuntime, manual_clock: ManualClock
 ) -> None:

@@ -96,11 +96,20 @@ class WriteBatch(NamedTuple):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AlarmEntry:
-    """A pending alarm in the cross-object index."""
+    """A pending alarm in the cross-object index.
+
+    ``time_ms`` is the time the alarm is set for. A backend that records
+    failed attempts (the optional ``record_alarm_retry()``, see
+    :class:`StorageBackend`) also returns how many attempts at that alarm
+    failed (``retry_count``) and when the next one is due (``retry_ms``), so
+    that a restarted runtime resumes the retries instead of starting over.
+    """
 
     namespace: str
     object_id: str
     time_ms: int
+    retry_count: int = 0
+    retry_ms: int | None = None
 
 
 class ObjectStore(Protocol):
@@ -181,6 +190,13 @@ class StorageBackend(Protocol):
     ``namespace`` is a string of ``[A-Za-z0-9_.-]`` (1 to 128 characters) and
     ``object_id`` 64 lowercase hex digits; backends check both before using
     them (as file names, for instance) and raise ``ValueError`` otherwise.
+
+    A backend may also offer ``async def record_alarm_retry(namespace,
+    object_id, /, *, scheduled_ms, retry_count, retry_ms)``: the runtime calls
+    it when an attempt at the alarm set for ``scheduled_ms`` failed, and
+    ``pending_alarms()`` then returns ``retry_count`` and ``retry_ms`` with
+    that alarm until the object's alarm changes. Without it, retries start
+    over from 0 after a restart.
     """
 
     def open(self, namespace: str, object_id: str, /) -> ObjectStore:

@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pyobjects._errors import StorageError
 
+from . import _alarm_index as alarm_index
 from ._base import (
     RESERVED_SCHEMA,
     USER_OBJECTS_WHERE,
@@ -90,14 +91,6 @@ _SYNCHRONOUS = {"off": "OFF", "normal": "NORMAL", "full": "FULL", "extra": "EXTR
 # Everything runs on the event-loop thread, so waiting long for a lock held
 # by another process would stall every object; give up after a short while.
 _BUSY_TIMEOUT = 1.0
-# The file name of the index; namespaces may not collide with it.
-_INDEX_FILE = "@metadata.sqlite"  # "@" is outside the namespace alphabet
-
-_INDEX_SCHEMA = {
-    "alarms": "CREATE TABLE IF NOT EXISTS alarms (namespace TEXT NOT NULL,"
-    " object_id TEXT NOT NULL, time_ms INTEGER NOT NULL,"
-    " PRIMARY KEY (namespace, object_id)) WITHOUT ROWID",
-}
 
 _GET = "SELECT value FROM _cf_KV WHERE key = ?"
 _PUT = "INSERT OR REPLACE INTO _cf_KV (key, value) VALUES (?, ?)"
@@ -339,9 +332,7 @@ class SQLiteBackend:
         if index is None:
             return []
         try:
-            rows = index.execute(
-                "SELECT namespace, object_id, time_ms FROM alarms"
-            ).fetchall()
+            rows, retries = alarm_index.read(index)
         except sqlite3.Error as exc:
             raise StorageError(f"cannot read the alarm index: {exc}") from exc
         entries = []
@@ -351,29 +342,62 @@ class SQLiteBackend:
                 check_object_id(object_id)
             except ValueError:
                 continue  # not written by this backend
-            truth = time_ms
+            key = (namespace, object_id)
+            truth: int | None = time_ms
             try:
-                conn = self._acquire((namespace, object_id), create=False)
+                conn = self._acquire(key, create=False)
                 truth = None if conn is None else _read_alarm(conn)
                 if truth is None:
-                    index.execute(
-                        "DELETE FROM alarms WHERE namespace = ? AND object_id = ?",
-                        (namespace, object_id),
-                    )
+                    alarm_index.clear(index, key)
                 elif truth != time_ms:
-                    index.execute(
-                        "UPDATE alarms SET time_ms = ?"
-                        " WHERE namespace = ? AND object_id = ?",
-                        (truth, namespace, object_id),
-                    )
+                    alarm_index.correct(index, key, truth)
             except (StorageError, sqlite3.Error):
                 pass  # keep what the index says: it may fire, it cannot be lost
-            if truth is not None:
-                entries.append(
-                    AlarmEntry(namespace=namespace, object_id=object_id, time_ms=truth)
+            if truth is None:
+                continue
+            scheduled, count, retry_ms = retries.get(key, (None, 0, None))
+            if scheduled != truth:  # no failed attempt at this alarm
+                count, retry_ms = 0, None
+            entries.append(
+                AlarmEntry(
+                    namespace=namespace,
+                    object_id=object_id,
+                    time_ms=truth,
+                    retry_count=count,
+                    retry_ms=retry_ms,
                 )
+            )
         entries.sort(key=lambda e: (e.time_ms, e.namespace, e.object_id))
         return entries
+
+    async def record_alarm_retry(
+        self,
+        namespace: str,
+        object_id: str,
+        /,
+        *,
+        scheduled_ms: int,
+        retry_count: int,
+        retry_ms: int,
+    ) -> None:
+        """Remember failed attempts at an alarm, for a runtime that restarts.
+
+        Kept in the alarm index next to the alarm (see ``pending_alarms()``).
+        """
+        _check_name(namespace)
+        check_object_id(object_id)
+        index = self._index_connection(create=True)
+        assert index is not None
+        try:
+            alarm_index.record_retry(
+                index,
+                (namespace, object_id),
+                scheduled_ms=scheduled_ms,
+                retry_count=retry_count,
+                retry_ms=retry_ms,
+            )
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot write the alarm index: {exc}") from exc
 
     def claim(self) -> None:
         """Make this backend the one owner of its directory, until :meth:`aclose`.
@@ -694,14 +718,14 @@ class SQLiteBackend:
     def _index_connection(self, *, create: bool) -> sqlite3.Connection | None:
         if self._index is not None:
             return self._index
-        path = os.path.join(self._directory, _INDEX_FILE)
+        path = os.path.join(self._directory, alarm_index.INDEX_FILE)
         new_file = not os.path.exists(path)
         if new_file and not create:
             return None
         try:
             if new_file:
                 os.makedirs(self._directory, exist_ok=True)
-            self._index = self._connect(path, _INDEX_SCHEMA)
+            self._index = self._connect(path, alarm_index.INDEX_SCHEMA)
             if new_file and self._sync_directories:
                 _fsync_directory(self._directory)
         except (OSError, sqlite3.Error) as exc:
@@ -712,11 +736,7 @@ class SQLiteBackend:
         index = self._index_connection(create=True)
         assert index is not None
         try:
-            index.execute(
-                "INSERT OR REPLACE INTO alarms (namespace, object_id, time_ms)"
-                " VALUES (?, ?, ?)",
-                (*key, time_ms),
-            )
+            alarm_index.set_time(index, key, time_ms)
         except sqlite3.Error as exc:
             raise StorageError(f"cannot write the alarm index: {exc}") from exc
 
@@ -724,9 +744,7 @@ class SQLiteBackend:
         try:
             index = self._index_connection(create=False)
             if index is not None:
-                index.execute(
-                    "DELETE FROM alarms WHERE namespace = ? AND object_id = ?", key
-                )
+                alarm_index.clear(index, key)
         except (StorageError, sqlite3.Error):
             # The commit itself succeeded; a row left behind is only stale,
             # and pending_alarms() drops it.
