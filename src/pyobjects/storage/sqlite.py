@@ -57,7 +57,15 @@ from typing import TYPE_CHECKING, Literal
 
 from pyobjects._errors import StorageError
 
-from . import _alarm_index as alarm_index
+from ._alarm_index import (
+    INDEX_FILE,
+    INDEX_SCHEMA,
+    clear as index_clear,
+    correct as index_correct,
+    read as index_read,
+    record_retry as index_record_retry,
+    set_time as index_set_time,
+)
 from ._base import (
     RESERVED_SCHEMA,
     USER_OBJECTS_WHERE,
@@ -332,7 +340,7 @@ class SQLiteBackend:
         if index is None:
             return []
         try:
-            rows, retries = alarm_index.read(index)
+            rows, retries = index_read(index)
         except sqlite3.Error as exc:
             raise StorageError(f"cannot read the alarm index: {exc}") from exc
         entries = []
@@ -348,9 +356,9 @@ class SQLiteBackend:
                 conn = self._acquire(key, create=False)
                 truth = None if conn is None else _read_alarm(conn)
                 if truth is None:
-                    alarm_index.clear(index, key)
+                    index_clear(index, key)
                 elif truth != time_ms:
-                    alarm_index.correct(index, key, truth)
+                    index_correct(index, key, truth)
             except (StorageError, sqlite3.Error):
                 pass  # keep what the index says: it may fire, it cannot be lost
             if truth is None:
@@ -389,7 +397,7 @@ class SQLiteBackend:
         index = self._index_connection(create=True)
         assert index is not None
         try:
-            alarm_index.record_retry(
+            index_record_retry(
                 index,
                 (namespace, object_id),
                 scheduled_ms=scheduled_ms,
@@ -718,14 +726,14 @@ class SQLiteBackend:
     def _index_connection(self, *, create: bool) -> sqlite3.Connection | None:
         if self._index is not None:
             return self._index
-        path = os.path.join(self._directory, alarm_index.INDEX_FILE)
+        path = os.path.join(self._directory, INDEX_FILE)
         new_file = not os.path.exists(path)
         if new_file and not create:
             return None
         try:
             if new_file:
                 os.makedirs(self._directory, exist_ok=True)
-            self._index = self._connect(path, alarm_index.INDEX_SCHEMA)
+            self._index = self._connect(path, INDEX_SCHEMA)
             if new_file and self._sync_directories:
                 _fsync_directory(self._directory)
         except (OSError, sqlite3.Error) as exc:
@@ -736,7 +744,7 @@ class SQLiteBackend:
         index = self._index_connection(create=True)
         assert index is not None
         try:
-            alarm_index.set_time(index, key, time_ms)
+            index_set_time(index, key, time_ms)
         except sqlite3.Error as exc:
             raise StorageError(f"cannot write the alarm index: {exc}") from exc
 
@@ -744,7 +752,7 @@ class SQLiteBackend:
         try:
             index = self._index_connection(create=False)
             if index is not None:
-                alarm_index.clear(index, key)
+                index_clear(index, key)
         except (StorageError, sqlite3.Error):
             # The commit itself succeeded; a row left behind is only stale,
             # and pending_alarms() drops it.
