@@ -126,7 +126,7 @@ class StorageInUseError(StorageError):
         self.directory = directory
         self.pid = pid
         if pid is None:
-            holder = "another process"
+            holder = "another Runtime (its PID could not be read)"
         elif pid == os.getpid():
             holder = f"another Runtime of this process (PID {pid})"
         else:

@@ -185,3 +185,46 @@ def test_another_process_is_refused_until_the_holder_is_killed(
     # The OS released the dead process's lock: the directory is free, and the
     # holder's acknowledged write is there.
     assert anyio.run(start) == 2
+
+
+def _unwritable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make creating or writing the lock file fail as in a read-only directory."""
+    real_open = os.open
+
+    def fake_open(path: str, flags: int, mode: int = 0o777) -> int:
+        if flags & (os.O_RDWR | os.O_WRONLY | os.O_CREAT):
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr("pyobjects.storage._lock.os.open", fake_open)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs flock")
+async def test_an_unwritable_directory_is_still_locked_if_it_has_a_lock_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path / "data"
+    async with _runtime(directory):
+        pass  # leaves data/@lock behind
+    _unwritable(monkeypatch)
+    async with _runtime(directory):
+        # Locked through a read-only descriptor: a second runtime is refused.
+        with pytest.raises(StorageInUseError) as info:
+            async with _runtime(directory):
+                pytest.fail("the second runtime ran")  # pragma: no cover
+        assert info.value.pid is None  # nobody could write a PID
+        assert "in use by another Runtime (its PID could not be read)" in str(
+            info.value
+        )
+
+
+async def test_an_unwritable_directory_without_a_lock_file_starts_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory = tmp_path / "data"
+    directory.mkdir()
+    _unwritable(monkeypatch)
+    async with _runtime(directory):
+        pass
+    assert "cannot create the lock file" in caplog.text
+    assert not (directory / "@lock").exists()
