@@ -15,10 +15,11 @@ import anyio
 import click
 
 from ._asgi import App
+from ._errors import StorageInUseError
 from ._inspect import ObjectSummary, dump_object, find_object, summarize
 from ._worker import Worker
 from .storage.memory import MemoryBackend
-from .storage.sqlite import SQLiteBackend
+from .storage.sqlite import SQLiteBackend, read_only_backend
 
 if TYPE_CHECKING:
     from .storage._base import StorageBackend
@@ -94,6 +95,22 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _check_not_in_use(directory: str) -> None:
+    """Refuse, with a clear message, a directory another runtime serves.
+
+    Only a courtesy check before uvicorn starts: the runtime claims the
+    directory itself when the lifespan starts it (and fails the startup if
+    another process took it in between).
+    """
+    probe = SQLiteBackend(directory)
+    try:
+        probe.claim()
+    except StorageInUseError as exc:
+        raise click.ClickException(f"cannot serve: {exc}") from None
+    finally:
+        anyio.run(probe.aclose)
+
+
 class _Stopped(Exception):
     """SIGTERM, seen after uvicorn's graceful shutdown."""
 
@@ -167,6 +184,7 @@ def serve(
         backend, where = MemoryBackend(), "in memory"
     else:
         directory = storage if storage is not None else DEFAULT_STORAGE
+        _check_not_in_use(directory)
         backend, where = SQLiteBackend(directory), f"SQLite in {directory}"
     app = App(worker, storage=backend, debug=debug)
     sock = _bind(host, port)
@@ -270,11 +288,12 @@ def inspect(
     known, key counts, bytes stored and pending alarms). With NAMESPACE, list
     that namespace only. With NAMESPACE OBJECT (64 hex digits, or the name
     the object was reached by), print its keys and decoded values. Reads
-    only; safe while a server runs on the same storage.
+    only (the databases are opened read-only and no WAL is checkpointed), so
+    it is safe while a server runs on the same storage.
     """
     if not os.path.isdir(storage):
         raise click.ClickException(f"no pyobjects storage at {storage}")
-    backend = SQLiteBackend(storage)
+    backend = read_only_backend(storage)
     try:
         if object_ref is not None:
             assert namespace is not None

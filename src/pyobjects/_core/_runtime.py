@@ -105,6 +105,9 @@ class Runtime:
             :class:`DurableObjectBinding` with options). Bindings that share
             a namespace key share their objects; they must bind one class.
         storage: A storage backend; ``None`` means a fresh ``MemoryBackend``.
+            The runtime owns it while it runs: entering a runtime on a
+            ``SQLiteBackend`` directory that another running runtime uses
+            (in this process or another) raises ``StorageInUseError``.
         clock: The clock for eviction, timeouts and alarms (default: the
             system clock; use ``pyobjects.testing.ManualClock`` in tests).
         vars: Plain values added to ``env``.
@@ -223,6 +226,11 @@ class Runtime:
     async def __aenter__(self) -> Self:
         if self._running or self._closed:
             raise RuntimeError("a Runtime can be entered only once")
+        claim = getattr(self.storage, "claim", None)
+        if claim is not None:
+            # One owner per storage directory (SQLiteBackend): a second
+            # runtime on it is refused here, before it touches anything.
+            claim()
         self._scope_marker = marker_for(sniffio.current_async_library())
         tg = anyio.create_task_group()
         await tg.__aenter__()

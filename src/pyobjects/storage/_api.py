@@ -31,7 +31,7 @@ from pyobjects._aliases import camel_aliases
 from pyobjects._errors import StorageError, StorageLimitError, TransactionError
 from pyobjects._serialization import MAX_VALUE_BYTES, decode, encode
 
-from ._base import ListQuery, WriteBatch
+from ._base import MAX_ALARM_MS, ListQuery, WriteBatch
 from ._layers import _DONE_NONE, _MISS, _Done, _Layer, drive, in_transaction
 from ._sql import SqlStorage, wipe_database
 from ._sync_kv import SyncKV
@@ -121,6 +121,13 @@ def encode_value(value: object) -> bytes:
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+def _shown(when: object) -> str:
+    if isinstance(when, int) and when.bit_length() > 128:
+        # repr() of a huge int is slow, or refused (sys.set_int_max_str_digits).
+        return f"an int of {when.bit_length()} bits"
+    return repr(when)
+
+
 def _alarm_ms(when: object, what: str = "set_alarm()") -> int:
     """Turn an alarm time (epoch ms or an aware datetime) into epoch ms."""
     if isinstance(when, datetime):
@@ -144,6 +151,16 @@ def _alarm_ms(when: object, what: str = "set_alarm()") -> int:
         if what == "set_alarm()":
             raise TypeError("setAlarm() cannot be called with an alarm time <= 0")
         raise ValueError(f"{what} needs a time after the epoch, not {when!r}")
+    if ms > MAX_ALARM_MS:
+        # Checked here, at the call: past the backends' range it would fail
+        # the commit instead, and with it every other write of the batch.
+        message = (
+            f"{what} needs a time at most {MAX_ALARM_MS} epoch milliseconds "
+            f"(the largest JavaScript Date, in the year 275760), not {_shown(when)}"
+        )
+        if what == "set_alarm()":
+            raise TypeError(message)
+        raise ValueError(message)
     return ms
 
 
@@ -588,8 +605,10 @@ class Storage:
         other writes, like :meth:`put`. Mirrors ``storage.setAlarm()``.
 
         Raises:
-            TypeError: *when* is not a time, is ``<= 0`` or a naive datetime,
-                or the class has no ``alarm()`` handler.
+            TypeError: *when* is not a time, is not finite, is ``<= 0``, is
+                past ``8.64e15`` ms (the largest JavaScript Date) or is a naive
+                datetime, or the class has no ``alarm()`` handler. Nothing is
+                recorded then: the other writes of the batch are unaffected.
         """
         self._owner.check_usable()
         ms = _alarm_ms(when)
