@@ -389,9 +389,9 @@ async def test_the_input_gates_open_flag_follows_its_state() -> None:
             entered.append(n)
             check()
 
-        for n in range(3):
+        for n in range(3):  # one at a time: trio starts tasks in any order
             tg.start_soon(enter, n)
-        await anyio.wait_all_tasks_blocked()
+            await anyio.wait_all_tasks_blocked()
         check()
         assert not gate.is_open
         assert gate.queued == 3
