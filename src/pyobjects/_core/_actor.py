@@ -32,7 +32,8 @@ import anyio.lowlevel
 
 from pyobjects._errors import DurableObjectResetError, RuntimeClosedError
 from pyobjects._owner import current_owner
-from pyobjects.storage._api import Storage, StorageOwner
+from pyobjects.storage._api import Storage
+from pyobjects.storage._front import StorageOwner
 
 from ._gates import InputGate, OutputGate, Resume
 from ._state import BlockConcurrencyHandle, DurableObjectState

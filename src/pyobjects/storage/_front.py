@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
     from ._layers import _Layer
 
-__all__ = ["KVFront", "SqlFront", "TransactionFront", "UsableCheck"]
+__all__ = ["KVFront", "SqlFront", "StorageOwner", "TransactionFront", "UsableCheck"]
 
 
 class UsableCheck(Protocol):
@@ -89,3 +89,37 @@ class SqlFront(Protocol):
     ) -> bool: ...
     def _sql_wrote(self) -> None: ...
     def _sql_dirty(self) -> bool: ...
+
+
+class StorageOwner:
+    """What the storage needs from the object that owns it (set by the runtime)."""
+
+    __slots__ = ()
+
+    def on_write(self) -> None:
+        """A write was recorded in the pending layer: schedule a flush."""
+        raise NotImplementedError
+
+    def hold_input(self) -> None:
+        """Hold back new events (a storage wait or a transaction started)."""
+        raise NotImplementedError
+
+    def release_input(self) -> None:
+        """Undo one :meth:`hold_input`."""
+        raise NotImplementedError
+
+    def check_usable(self) -> None:
+        """Raise the reset error if the object was reset."""
+        raise NotImplementedError
+
+    async def wait_durable(self) -> None:
+        """Wait until every write recorded so far is durable."""
+        raise NotImplementedError
+
+    def check_alarm_allowed(self) -> None:
+        """Raise ``TypeError`` if the object's class has no ``alarm()`` handler."""
+        raise NotImplementedError
+
+    def now_ms(self) -> int:
+        """Return the runtime clock's time in epoch milliseconds."""
+        raise NotImplementedError
