@@ -179,3 +179,19 @@ async def test_wait_until_after_the_runtime_stopped_is_refused() -> None:
 
     with pytest.raises(pyobjects.RuntimeClosedError):
         kept[0].wait_until(never())  # closed without a "never awaited" warning
+
+
+async def test_a_forgotten_await_is_named_in_the_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def inner() -> Response:
+        return Response("x")  # pragma: no cover - closed, never run
+
+    async def fetch(request: Request, env: Any) -> Any:
+        return inner()  # the await is missing
+
+    app = App(Worker(fetch, bindings={}))
+    async with lifespan(app):
+        result = await http(app)
+    assert result.status == 500
+    assert "not coroutine (an awaitable: is an `await` missing?)" in caplog.text

@@ -10,10 +10,20 @@ later without changing user code).
 from __future__ import annotations
 
 import json as _json
-from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, ClassVar, Self, TypeAlias, cast, final
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
+from typing import (
+    Any,
+    ClassVar,
+    Protocol,
+    Self,
+    TypeAlias,
+    cast,
+    final,
+    overload,
+)
 from urllib.parse import urlsplit
 
+from ._aliases import camel_aliases
 from ._websocket import NEW, WebSocket
 
 __all__ = ["Headers", "HeadersInit", "Request", "Response"]
@@ -23,6 +33,7 @@ BodyInit: TypeAlias = "bytes | bytearray | memoryview | str | None"
 
 
 @final
+@camel_aliases("get_set_cookie")
 class Headers:
     """Case-insensitive HTTP headers that keep repeated fields.
 
@@ -86,9 +97,40 @@ class Headers:
         key = name.lower()
         self._items = [(k, v) for k, v in self._items if k != key]
 
+    def has(self, name: str) -> bool:
+        """True if the field is present (``headers.has()`` in Workers)."""
+        return name in self
+
     def items(self) -> list[tuple[str, str]]:
         """Return ``(lowercase name, value)`` pairs in order, repeats included."""
         return list(self._items)
+
+    def keys(self) -> list[str]:
+        """Return the distinct lowercase names, sorted (as ``headers.keys()``)."""
+        return [name for name, _ in self.entries()]
+
+    def values(self) -> list[str]:
+        """Return the values in :meth:`entries` order (as ``headers.values()``)."""
+        return [value for _, value in self.entries()]
+
+    def entries(self) -> list[tuple[str, str]]:
+        """Return ``(name, value)`` pairs the way the Fetch API iterates them.
+
+        Names are sorted and each field's values joined by ``", "``, except
+        ``set-cookie``, whose values stay separate (``headers.entries()`` in
+        Workers). :meth:`items` keeps the order and the repeats instead.
+        """
+        out: list[tuple[str, str]] = []
+        for name in sorted(set(self)):
+            if name == "set-cookie":
+                out.extend((name, v) for v in self.get_all(name))
+            else:
+                out.append((name, ", ".join(self.get_all(name))))
+        return out
+
+    def get_set_cookie(self) -> list[str]:
+        """Return each ``Set-Cookie`` value (``headers.getSetCookie()``)."""
+        return self.get_all("set-cookie")
 
     def copy(self) -> Headers:
         """Return an independent copy."""
@@ -158,10 +200,6 @@ class _Body:
         """Return the body decoded as UTF-8."""
         return self._body.decode()
 
-    async def json(self) -> Any:
-        """Return the body parsed as JSON."""
-        return _json.loads(self._body)
-
 
 @final
 class Request(_Body):
@@ -197,6 +235,10 @@ class Request(_Body):
         self._body = _body_bytes(body)
         if self._body and self.method in ("GET", "HEAD"):
             raise ValueError(f"a {self.method} request cannot have a body")
+
+    async def json(self) -> Any:
+        """Return the body parsed as JSON."""
+        return _json.loads(self._body)
 
     @property
     def path(self) -> str:
@@ -237,26 +279,113 @@ def check_websocket(websocket: object) -> None:
         )
 
 
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+
+
+def _json_response(
+    data: Any,
+    status: int = 200,
+    *,
+    status_text: str = "",
+    headers: HeadersInit | None = None,
+) -> Response:
+    response = Response(
+        _json.dumps(data).encode(),
+        status,
+        status_text=status_text,
+        headers=headers,
+    )
+    if "content-type" not in response.headers:
+        response.headers.set("content-type", "application/json")
+    return response
+
+
+class JsonConstructor(Protocol):
+    """The signature of ``Response.json(data, status=200, ...)`` on the class."""
+
+    def __call__(
+        self,
+        data: Any,
+        status: int = 200,
+        *,
+        status_text: str = "",
+        headers: HeadersInit | None = None,
+    ) -> Response:
+        """Build a JSON response."""
+        ...
+
+
+@final
+class _JsonMember:
+    """``Response.json``: a constructor on the class, a body reader on instances.
+
+    Workers has both: ``Response.json(data)`` is the static constructor and
+    ``await response.json()`` parses a body. Python has one namespace for
+    both, so this descriptor picks by how it is reached.
+    """
+
+    __slots__ = ()
+
+    @overload
+    def __get__(self, instance: None, owner: type[Any]) -> JsonConstructor: ...
+    @overload
+    def __get__(
+        self, instance: Response, owner: type[Any]
+    ) -> Callable[[], Coroutine[Any, Any, Any]]: ...
+    def __get__(
+        self, instance: Response | None, owner: type[Any]
+    ) -> JsonConstructor | Callable[[], Coroutine[Any, Any, Any]]:
+        if instance is None:
+            return _json_response
+        body = instance._body
+
+        async def json() -> Any:
+            """Return the body parsed as JSON."""
+            return _json.loads(body)
+
+        return json
+
+
 @final
 class Response(_Body):
     """An HTTP response with a status, headers and a body.
 
-    ``Response(body=None, *, status=200, headers=None, websocket=None)``; a
-    ``websocket`` is only allowed with status 101.
+    ``Response(body=None, status=200, *, status_text="", headers=None,
+    websocket=None)``, as in Python Workers (``web_socket=`` is accepted for
+    ``websocket=``); a ``websocket`` is only allowed with status 101.
+    ``Response.json(data, status=200, ...)`` builds a JSON response, while
+    ``await response.json()`` reads one.
     """
 
-    __slots__ = ("_body", "headers", "status", "websocket")
+    __slots__ = ("_body", "headers", "status", "status_text", "websocket")
+
+    json: ClassVar[_JsonMember] = _JsonMember()
 
     def __init__(
         self,
         body: BodyInit = None,
-        *,
         status: int = 200,
+        *,
+        status_text: str = "",
         headers: HeadersInit | None = None,
         websocket: object | None = None,
+        web_socket: object | None = None,
     ) -> None:
+        if web_socket is not None:
+            if websocket is not None:
+                raise TypeError(
+                    "Response() takes websocket= or its Python Workers spelling "
+                    "web_socket=, not both"
+                )
+            websocket = web_socket
         if not isinstance(cast("object", status), int) or isinstance(status, bool):
             raise TypeError(f"status must be an int, not {type(status).__name__}")
+        if not isinstance(cast("object", status_text), str):
+            raise TypeError(
+                f"status_text must be a str, not {type(status_text).__name__}"
+            )
+        if "\r" in status_text or "\n" in status_text:
+            raise ValueError(f"status_text cannot contain line breaks: {status_text!r}")
         if websocket is not None:
             if status != 101:
                 raise ValueError("a Response with a websocket must have status 101")
@@ -264,6 +393,7 @@ class Response(_Body):
         elif not 200 <= status <= 599:
             raise ValueError(f"status must be in 200..599, got {status}")
         self.status: int = status
+        self.status_text: str = status_text
         self.headers: Headers = Headers(headers)
         self._body = _body_bytes(body)
         self.websocket: object | None = websocket
@@ -272,13 +402,38 @@ class Response(_Body):
 
     @classmethod
     def from_json(
-        cls, obj: Any, *, status: int = 200, headers: HeadersInit | None = None
+        cls,
+        obj: Any,
+        *,
+        status: int = 200,
+        status_text: str = "",
+        headers: HeadersInit | None = None,
     ) -> Response:
-        """Build a JSON response (``Response.json()`` in Workers)."""
-        response = cls(_json.dumps(obj).encode(), status=status, headers=headers)
-        if "content-type" not in response.headers:
-            response.headers.set("content-type", "application/json")
-        return response
+        """Build a JSON response (the same as ``Response.json(obj)``)."""
+        return _json_response(obj, status, status_text=status_text, headers=headers)
+
+    @staticmethod
+    def redirect(url: str, status: int = 302) -> Response:
+        """Build a redirect to *url* (``Response.redirect()`` in Workers).
+
+        Raises:
+            ValueError: If *url* is not absolute, or *status* is not one of
+                301, 302, 303, 307, 308 (a ``RangeError`` in Workers).
+        """
+        if not isinstance(cast("object", url), str):
+            raise TypeError(f"url must be a str, not {type(url).__name__}")
+        parts = urlsplit(url)
+        if not parts.scheme or not parts.netloc:
+            raise ValueError(
+                f"Response.redirect() needs an absolute URL (scheme://host/...), "
+                f"got {url!r}"
+            )
+        if status not in _REDIRECT_STATUSES:
+            raise ValueError(
+                f"Response.redirect() status must be 301, 302, 303, 307 or 308, "
+                f"got {status!r}"
+            )
+        return Response(status=status, headers={"location": url})
 
     @property
     def ok(self) -> bool:
@@ -289,6 +444,7 @@ class Response(_Body):
         """Return an independent copy (what crosses out of an object)."""
         new = object.__new__(Response)
         new.status = self.status
+        new.status_text = self.status_text
         new.headers = self.headers.copy()
         new._body = self._body
         new.websocket = self.websocket

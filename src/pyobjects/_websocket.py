@@ -590,7 +590,9 @@ class WebSocketPair(tuple[WebSocket, WebSocket]):
 
     ``pair[0]`` is the client end (return it in ``Response(status=101,
     websocket=client)``), ``pair[1]`` the server end (accept it in the
-    object). Mirrors ``new WebSocketPair()`` in Workers.
+    object). Mirrors ``new WebSocketPair()`` in Workers;
+    ``WebSocketPair.new().object_values()`` (the Python Workers spelling)
+    works too.
     """
 
     __slots__ = ()
@@ -601,6 +603,19 @@ class WebSocketPair(tuple[WebSocket, WebSocket]):
         client._peer = server
         server._peer = client
         return super().__new__(cls, (client, server))
+
+    @classmethod
+    def new(cls) -> Self:
+        """Return a new pair: Pyodide's spelling of ``new WebSocketPair()``.
+
+        Lets ``client, server = WebSocketPair.new().object_values()``, as
+        Python Workers write it, run unchanged.
+        """
+        return cls()
+
+    def object_values(self) -> tuple[WebSocket, WebSocket]:
+        """Return ``(client, server)``: ``Object.values(pair)`` in Workers."""
+        return (self[0], self[1])
 
     def __repr__(self) -> str:
         return f"WebSocketPair({self[0]!r}, {self[1]!r})"

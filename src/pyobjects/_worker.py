@@ -174,9 +174,14 @@ class Worker:
         else:
             response = await fetch(ExecutionContext(spawn), env).fetch(request)
         if not isinstance(response, Response):
+            hint = ""
+            if inspect.isawaitable(response):
+                hint = " (an awaitable: is an `await` missing?)"
+                if inspect.iscoroutine(response):
+                    response.close()  # no "never awaited" warning on top
             raise TypeError(
                 f"the worker's fetch() must return a pyobjects.Response, "
-                f"not {type(response).__name__}"
+                f"not {type(response).__name__}{hint}"
             )
         return response
 

@@ -75,3 +75,13 @@ async def websocket_types(ctx: pyobjects.DurableObjectState) -> None:
         assert_type(message, str | bytes)
     assert_type(server.ready_state, int)
     assert_type(server.deserialize_attachment(), Any)
+
+
+async def response_types(response: pyobjects.Response) -> None:
+    # Response.json is Cloudflare's static constructor on the class and the
+    # body reader on an instance.
+    assert_type(pyobjects.Response.json({"a": 1}, 201), pyobjects.Response)
+    assert_type(await response.json(), Any)
+    assert_type(pyobjects.Response.redirect("https://h/", 301), pyobjects.Response)
+    assert_type(pyobjects.Response("x", 404, status_text="Nope").status_text, str)
+    assert_type(await pyobjects.Request("https://h/").json(), Any)

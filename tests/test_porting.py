@@ -1,0 +1,181 @@
+"""Code written the Cloudflare Python Workers way runs with only its imports changed.
+
+The objects and workers below are spelled as Python Workers samples and docs
+spell them (``WebSocketPair.new().object_values()``, ``web_socket=``,
+``Response.json(data)``, camelCase state methods); only ``from workers import``
+became ``from pyobjects import``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from pyobjects import (
+    DurableObject,
+    Headers,
+    Request,
+    Response,
+    WebSocketPair,
+    Worker,
+    WorkerEntrypoint,
+)
+from pyobjects.asgi import App
+
+from .asgi_driver import http, lifespan, websocket
+
+
+class Chat(DurableObject):
+    async def fetch(self, request: Any) -> Any:
+        if request.headers.get("Upgrade") != "websocket":
+            return Response("expected a WebSocket upgrade", 426)
+        client, server = WebSocketPair.new().object_values()
+        ctx: Any = self.ctx  # ported code is untyped; camelCase is not in the stubs
+        ctx.acceptWebSocket(server)
+        return Response(None, status=101, web_socket=client)
+
+    async def webSocketMessage(self, ws: Any, message: Any) -> None:
+        ctx: Any = self.ctx
+        for socket in ctx.getWebSockets():
+            socket.send(f"echo: {message}")
+
+
+class Counter(DurableObject):
+    async def fetch(self, request: Any) -> Any:
+        count = (await self.ctx.storage.get("count") or 0) + 1
+        await self.ctx.storage.put("count", count)
+        return Response.json({"count": count})
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request: Any) -> Any:
+        path = request.path
+        if path == "/old":
+            return Response.redirect("https://example.test/new", 301)
+        if path.startswith("/chat"):
+            return await self.env.CHAT.getByName("room").fetch(request)
+        if path == "/count":
+            response = await self.env.COUNTER.getByName("c").fetch(request)
+            data = await response.json()
+            return Response.json({"seen": data["count"]}, 201)
+        return Response("not found", 404, status_text="Nowhere")
+
+
+def make_app() -> App:
+    return App(Worker(Default, bindings={"CHAT": Chat, "COUNTER": Counter}))
+
+
+async def test_a_python_workers_chat_room_accepts_and_echoes() -> None:
+    app = make_app()
+    async with lifespan(app), websocket(app, "/chat") as peer:
+        assert (await peer.next())["type"] == "websocket.accept"
+        await peer.send_text("hi")
+        assert await peer.next() == {"type": "websocket.send", "text": "echo: hi"}
+        await peer.disconnect(1000)
+
+
+async def test_response_json_redirect_and_positional_status_through_the_app() -> None:
+    app = make_app()
+    async with lifespan(app):
+        first = await http(app, "GET", "/count")
+        second = await http(app, "GET", "/count")
+        missing = await http(app, "GET", "/nowhere")
+        moved = await http(app, "GET", "/old")
+    assert (first.status, json.loads(first.body)) == (201, {"seen": 1})
+    assert json.loads(second.body) == {"seen": 2}
+    assert first.header("content-type") == "application/json"
+    assert (missing.status, missing.body) == (404, b"not found")
+    assert moved.status == 301
+    assert moved.header("location") == "https://example.test/new"
+
+
+def test_websocket_pair_new_object_values() -> None:
+    pair = WebSocketPair.new()
+    client, server = pair.object_values()
+    assert (client, server) == (pair[0], pair[1])
+    assert client is not server
+
+
+def test_response_takes_web_socket_or_websocket_but_not_both() -> None:
+    client, _ = WebSocketPair.new().object_values()
+    assert Response(None, status=101, web_socket=client).websocket is client
+    other, _ = WebSocketPair()
+    with pytest.raises(TypeError, match="not both"):
+        Response(status=101, websocket=client, web_socket=other)
+    with pytest.raises(ValueError, match="101"):
+        Response(web_socket=other)
+
+
+async def test_response_json_is_a_constructor_on_the_class() -> None:
+    r = Response.json({"a": [1]}, 202, status_text="Accepted", headers={"X-A": "1"})
+    assert isinstance(r, Response)
+    assert (r.status, r.status_text) == (202, "Accepted")
+    assert r.headers["content-type"] == "application/json"
+    assert r.headers["x-a"] == "1"
+    assert await r.json() == {"a": [1]}  # and a body reader on the instance
+    assert await Response.json([1, 2]).json() == [1, 2]
+    typed = Response.json({}, headers={"content-type": "application/ld+json"})
+    assert typed.headers["content-type"] == "application/ld+json"
+    assert Response.from_json(None, status_text="x").status_text == "x"
+
+
+async def test_response_status_positional_and_status_text() -> None:
+    r = Response("gone", 404)
+    assert (r.status, r.status_text, r.ok) == (404, "", False)
+    assert Response("x", status_text="Fine").status_text == "Fine"
+    assert r.copy().status_text == ""
+    assert Response(None, 200, status_text="OK").copy().status_text == "OK"
+    with pytest.raises(TypeError, match="status_text must be a str"):
+        Response(status_text=5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="line breaks"):
+        Response(status_text="a\r\nx-injected: 1")
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_response_redirect(status: int) -> None:
+    r = Response.redirect("https://example.test/to", status)
+    assert r.status == status
+    assert r.headers["location"] == "https://example.test/to"
+    assert Response.redirect("https://example.test/").status == 302
+
+
+@pytest.mark.parametrize(
+    ("url", "status", "error", "match"),
+    [
+        ("/relative", 302, ValueError, "absolute URL"),
+        ("https://h/", 200, ValueError, "301, 302, 303, 307 or 308"),
+        (5, 302, TypeError, "url must be a str"),
+    ],
+)
+def test_bad_redirects(
+    url: Any, status: int, error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        Response.redirect(url, status)
+
+
+def test_headers_the_fetch_api_way() -> None:
+    h = Headers({"Content-Type": "text/plain", "X-B": "2"})
+    h.append("Set-Cookie", "a=1")
+    h.append("x-b", "3")
+    h.append("set-cookie", "b=2")
+    assert h.has("content-type")
+    assert not h.has("x-missing")
+    assert h.entries() == [
+        ("content-type", "text/plain"),
+        ("set-cookie", "a=1"),
+        ("set-cookie", "b=2"),
+        ("x-b", "2, 3"),
+    ]
+    assert h.keys() == ["content-type", "set-cookie", "set-cookie", "x-b"]
+    assert h.values() == ["text/plain", "a=1", "b=2", "2, 3"]
+    assert h.get_set_cookie() == ["a=1", "b=2"]
+    assert h.getSetCookie() == ["a=1", "b=2"]  # type: ignore[attr-defined]
+    assert Headers({"a": "1"}.items()) == Headers([["a", "1"]])  # type: ignore[list-item]
+
+
+async def test_a_request_still_reads_json() -> None:
+    r = Request("https://h/", method="POST", body='{"a": 1}')
+    assert await r.json() == {"a": 1}
