@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import anyio
@@ -179,6 +180,52 @@ def test_serve_usage_errors(args: list[str], message: str) -> None:
     result = CliRunner().invoke(cli, ["serve", "--app-dir", str(ROOT), *args])
     assert result.exit_code == 2
     assert message in result.output
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        # A missing module whose name is a prefix of the served one's.
+        (
+            "from js import Response\n",
+            "failed while importing: No module named 'js' ('js' is Pyodide's",
+        ),
+        (
+            "from workers import Response\n",
+            "No module named 'workers' ('workers' is Cloudflare's Python Workers",
+        ),
+        ("import pyodide.ffi\n", "No module named 'pyodide' ('pyodide' exists"),
+        ("import no_such_dependency\n", "No module named 'no_such_dependency'"),
+        ("raise RuntimeError('bad config')\n", "RuntimeError: bad config"),
+        ("def broken(:\n", "SyntaxError"),
+    ],
+)
+def test_serve_shows_why_a_module_failed_to_import(
+    tmp_path: Path, source: str, message: str
+) -> None:
+    # A fresh module name per case: sys.modules remembers failed imports' parents.
+    name = f"js_app_{zlib.crc32(source.encode())}"
+    (tmp_path / f"{name}.py").write_text(source)
+    result = CliRunner().invoke(
+        cli, ["serve", "--app-dir", str(tmp_path), f"{name}:worker"]
+    )
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert f"module {name!r} failed while importing" in result.output
+    assert "cannot import module" not in result.output
+    # The module's own frame is shown, importlib's are not.
+    assert f"{name}.py" in result.output
+    assert "<frozen importlib" not in result.output
+    assert "import_module" not in result.output
+
+
+def test_serve_names_a_missing_parent_package(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        cli, ["serve", "--app-dir", str(tmp_path), "no_such_pkg.app:worker"]
+    )
+    assert result.exit_code == 2
+    assert "cannot import module 'no_such_pkg.app'" in result.output
+    assert "there is no module 'no_such_pkg'" in result.output
 
 
 def test_serve_reports_a_port_in_use() -> None:

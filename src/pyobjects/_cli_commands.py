@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import sys
+import traceback
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import anyio
@@ -22,6 +23,8 @@ from .storage.memory import MemoryBackend
 from .storage.sqlite import SQLiteBackend, read_only_backend
 
 if TYPE_CHECKING:
+    from types import ModuleType
+
     from .storage._base import StorageBackend
 
 __all__ = ["cli"]
@@ -36,6 +39,72 @@ def cli() -> None:
     """Serve and inspect pyobjects Durable Objects."""
 
 
+#: What to do about a module that only exists on Cloudflare (Python Workers).
+_PORTING_HINTS = {
+    "js": (
+        "'js' is Pyodide's bridge to JavaScript, which exists only on Cloudflare: "
+        "import Response, WebSocketPair and the rest from pyobjects instead"
+    ),
+    "pyodide": (
+        "'pyodide' exists only on Cloudflare: to_js, to_py and create_proxy "
+        "are not needed with pyobjects (pass the Python values as they are)"
+    ),
+    "workers": (
+        "'workers' is Cloudflare's Python Workers module: import the same "
+        "names from pyobjects instead"
+    ),
+}
+
+
+def _import(module_name: str, path: str) -> ModuleType:
+    """Import *module_name*, turning every failure into a usage error.
+
+    A module that is not there is named as such; a module that is there but
+    fails while importing (a missing dependency, a syntax error, an exception
+    at module level) gets its own traceback on stderr, importlib's frames
+    left out, and the error in the message.
+    """
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name
+        if missing is not None and (
+            module_name == missing or module_name.startswith(missing + ".")
+        ):
+            raise click.BadParameter(
+                f"cannot import module {module_name!r} (from {path}): "
+                f"there is no module {missing!r}",
+                param_hint="MODULE:WORKER",
+            ) from None
+        hint = _PORTING_HINTS.get((missing or "").partition(".")[0])
+        _print_import_traceback(exc)
+        raise click.BadParameter(
+            f"module {module_name!r} failed while importing: {exc}"
+            + (f" ({hint})" if hint else ""),
+            param_hint="MODULE:WORKER",
+        ) from None
+    except Exception as exc:
+        _print_import_traceback(exc)
+        raise click.BadParameter(
+            f"module {module_name!r} failed while importing: "
+            f"{type(exc).__name__}: {exc} (traceback above)",
+            param_hint="MODULE:WORKER",
+        ) from None
+
+
+def _print_import_traceback(exc: BaseException) -> None:
+    report = traceback.TracebackException.from_exception(exc)
+    report.stack = traceback.StackSummary.from_list(
+        [
+            frame
+            for frame in report.stack
+            if not frame.filename.startswith("<frozen importlib")
+            and frame.filename not in (__file__, importlib.__file__)
+        ]
+    )
+    click.echo("".join(report.format()), err=True, nl=False)
+
+
 def load_worker(target: str, app_dir: str) -> Worker:
     """Import ``module:attribute`` (relative to *app_dir*) and check it is a Worker."""
     module_name, sep, attr = target.partition(":")
@@ -47,15 +116,7 @@ def load_worker(target: str, app_dir: str) -> Worker:
     path = os.path.abspath(app_dir)
     if path not in sys.path:
         sys.path.insert(0, path)
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and module_name.startswith(exc.name):
-            raise click.BadParameter(
-                f"cannot import module {module_name!r} (from {path})",
-                param_hint="MODULE:WORKER",
-            ) from None
-        raise
+    module = _import(module_name, path)
     obj: Any = module
     for part in attr.split("."):
         try:
