@@ -23,6 +23,7 @@ from pyobjects import (
     WorkerEntrypoint,
 )
 from pyobjects.asgi import App
+from pyobjects.testing import MakeRuntime, run_in_durable_object
 
 from .asgi_driver import http, lifespan, websocket
 
@@ -179,3 +180,27 @@ def test_headers_the_fetch_api_way() -> None:
 async def test_a_request_still_reads_json() -> None:
     r = Request("https://h/", method="POST", body='{"a": 1}')
     assert await r.json() == {"a": 1}
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda storage: storage.put(1, "x"),
+        lambda storage: storage.get([1]),
+        lambda storage: storage.delete([1]),
+    ],
+)
+async def test_a_non_str_storage_key_says_what_cloudflare_would_do(
+    make_runtime: MakeRuntime, call: Any
+) -> None:
+    rt = await make_runtime({"COUNTER": Counter})
+
+    async def inside(obj: Any, ctx: Any) -> None:
+        with pytest.raises(TypeError) as info:
+            await call(ctx.storage)
+        assert str(info.value) == (
+            "storage key must be a str, not int (Cloudflare's JavaScript API "
+            "converts any key to a string; here pass str(key))"
+        )
+
+    await run_in_durable_object(rt.env.COUNTER.get_by_name("k"), inside)

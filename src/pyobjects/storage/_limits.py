@@ -35,7 +35,10 @@ CACHE_BYTES = 8 * 1024 * 1024
 def check_key(key: object, what: str = "key") -> str:
     """Validate a storage key: a ``str`` of at most 2,048 UTF-8 bytes."""
     if type(key) is not str and not isinstance(key, str):
-        raise TypeError(f"storage {what} must be a str, not {type(key).__name__}")
+        raise TypeError(
+            f"storage {what} must be a str, not {type(key).__name__} (Cloudflare's "
+            f"JavaScript API converts any key to a string; here pass str({what}))"
+        )
     if key.isascii():
         size = len(key)
     else:
