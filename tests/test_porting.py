@@ -15,6 +15,7 @@ import pytest
 
 from pyobjects import (
     DurableObject,
+    DurableObjectBinding,
     Headers,
     Request,
     Response,
@@ -204,3 +205,86 @@ async def test_a_non_str_storage_key_says_what_cloudflare_would_do(
         )
 
     await run_in_durable_object(rt.env.COUNTER.get_by_name("k"), inside)
+
+
+# What workerd 2026-11-23 (the npm package `workerd`) answered for
+# `idFromName(name).toString()` in namespaces whose uniqueKey is
+# "chat-worker-ChatRoom" and "chat-worker-Counter": the keys wrangler dev
+# (Miniflare's getDurableObjectUniqueKey) gives the classes ChatRoom and
+# Counter of a worker named "chat-worker".
+WORKERD_IDS = {
+    ("ChatRoom", "global"): (
+        "23d59b097f3c2263f6274e695565669f6f2686d0780098ae0dafaf4112654a71"
+    ),
+    ("ChatRoom", "room-1"): (
+        "c9446237ebd766e397c47876f5ec00cddb1630faca24f47a6357d4724df4e717"
+    ),
+    ("ChatRoom", ""): (
+        "2f220ba233f42289d636a55fa3cdcc64c2079b4b7454e37fa443a38573ab885d"
+    ),
+    ("ChatRoom", "é🙂"): (
+        "214992f3fd1df94fdf40c84c3d8be68988bab4f1834542c52c7e60bb78de2a20"
+    ),
+    ("Counter", "global"): (
+        "cabb93854d4a836940eb1a2e55087edf183abf21fa0ed85b8058b17a60243016"
+    ),
+    ("Counter", "room-1"): (
+        "9444e4353caca9e461d1e72d1dc7d94f4c809edea502ccc76a9fda7c625dc4d2"
+    ),
+}
+
+
+class ChatRoom(DurableObject):
+    async def own_id(self) -> str:
+        return str(self.ctx.id)
+
+
+@pytest.mark.parametrize(("class_name", "name"), sorted(WORKERD_IDS))
+async def test_wrangler_keys_give_the_ids_wrangler_dev_gives(
+    make_runtime: MakeRuntime, class_name: str, name: str
+) -> None:
+    cls = {"ChatRoom": ChatRoom, "Counter": Counter}[class_name]
+    rt = await make_runtime(
+        {"ROOMS": DurableObjectBinding.wrangler(cls, worker_name="chat-worker")}
+    )
+    assert str(rt.env.ROOMS.id_from_name(name)) == WORKERD_IDS[class_name, name]
+
+
+async def test_worker_name_keys_every_binding_the_wrangler_way(
+    make_runtime: MakeRuntime,
+) -> None:
+    worker = Worker(
+        Default,
+        name="chat-worker",
+        bindings={
+            "CHAT": ChatRoom,
+            "COUNTER": DurableObjectBinding(object_class=Counter),
+            "PINNED": DurableObjectBinding(object_class=Counter, unique_key="mine"),
+        },
+    )
+    assert worker.name == "chat-worker"
+    assert worker.bindings["CHAT"] == DurableObjectBinding(
+        object_class=ChatRoom, unique_key="chat-worker-ChatRoom"
+    )
+    assert worker.bindings["PINNED"] == DurableObjectBinding(
+        object_class=Counter, unique_key="mine"
+    )
+    rt = await make_runtime(worker.bindings)
+    chat = rt.env.CHAT.get_by_name("global")
+    assert await chat.own_id() == WORKERD_IDS["ChatRoom", "global"]
+    assert (
+        str(rt.env.COUNTER.id_from_name("room-1")) == (WORKERD_IDS["Counter", "room-1"])
+    )
+    # Without a name, namespaces stay keyed by binding name.
+    assert Worker(Default, bindings={"CHAT": ChatRoom}).bindings["CHAT"] is ChatRoom
+
+
+def test_wrangler_class_name_and_bad_names() -> None:
+    binding = DurableObjectBinding.wrangler(
+        Counter, worker_name="w", class_name="Renamed"
+    )
+    assert binding.unique_key == "w-Renamed"
+    with pytest.raises(TypeError, match="worker_name must be a str"):
+        DurableObjectBinding.wrangler(Counter, worker_name=5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="non-empty str"):
+        Worker(Default, bindings={}, name="")

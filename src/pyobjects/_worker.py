@@ -13,13 +13,13 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, TypeAlias, final
+from typing import TYPE_CHECKING, Any, TypeAlias, cast, final
 
 from ._aliases import camel_aliases
+from ._core._namespace import DurableObjectBinding
 from ._http import Request, Response
 
 if TYPE_CHECKING:
-    from ._core._namespace import DurableObjectBinding
     from ._core._object import DurableObject
     from ._core._runtime import Env
 
@@ -106,6 +106,24 @@ def _takes_ctx(fn: Callable[..., Any]) -> bool:
     return positional >= 3
 
 
+def _wrangler_bindings(
+    bindings: Mapping[str, type[DurableObject] | DurableObjectBinding], name: str
+) -> dict[str, type[DurableObject] | DurableObjectBinding]:
+    if not isinstance(cast("object", name), str) or not name:
+        raise TypeError(f"Worker(name=...) must be a non-empty str, got {name!r}")
+    out: dict[str, type[DurableObject] | DurableObjectBinding] = {}
+    for binding, spec in bindings.items():
+        if isinstance(spec, DurableObjectBinding):
+            if spec.unique_key is None:
+                spec = DurableObjectBinding.wrangler(
+                    spec.object_class, worker_name=name
+                )
+        elif isinstance(spec, type):
+            spec = DurableObjectBinding.wrangler(spec, worker_name=name)
+        out[binding] = spec  # anything else: Runtime() reports it
+    return out
+
+
 @final
 class Worker:
     """A worker: its ``fetch`` entry point plus the bindings it runs with.
@@ -116,11 +134,18 @@ class Worker:
     ``bindings`` and ``vars`` become ``env``, exactly as for
     :class:`~pyobjects.Runtime`. Serve it with :class:`pyobjects.asgi.App` or
     ``pyobjects serve module:worker``.
+
+    ``name`` is the worker's name (``name`` in a wrangler config). With it,
+    every binding without a pinned ``unique_key`` is keyed the way
+    ``wrangler dev`` keys it, ``"<name>-<class name>"``
+    (:meth:`DurableObjectBinding.wrangler`), so the same names give the same
+    ids as under wrangler; without it, namespaces are keyed by binding name.
     """
 
-    __slots__ = ("_mode", "bindings", "fetch", "vars")
+    __slots__ = ("_mode", "bindings", "fetch", "name", "vars")
 
     fetch: FetchHandler | type[WorkerEntrypoint]
+    name: str | None
     _mode: _Mode
     bindings: Mapping[str, type[DurableObject] | DurableObjectBinding]
     vars: Mapping[str, Any]
@@ -131,6 +156,7 @@ class Worker:
         *,
         bindings: Mapping[str, type[DurableObject] | DurableObjectBinding],
         vars: Mapping[str, Any] | None = None,  # noqa: A002  # Cloudflare's name
+        name: str | None = None,
     ) -> None:
         if isinstance(fetch, type):
             if not issubclass(fetch, WorkerEntrypoint):
@@ -153,7 +179,10 @@ class Worker:
             raise TypeError(
                 f"bindings must be a mapping, not {type(bindings).__name__}"
             )
+        if name is not None:
+            bindings = _wrangler_bindings(bindings, name)
         self.fetch = fetch
+        self.name = name
         self.bindings = MappingProxyType(dict(bindings))
         self.vars = MappingProxyType(dict(vars or {}))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, cast, final
 
 from pyobjects._aliases import camel_aliases
 from pyobjects._ids import JURISDICTIONS, DurableObjectId, IdFactory
@@ -45,11 +45,34 @@ class DurableObjectBinding:
     ``unique_key`` is the namespace key: ids are derived from it and stored
     objects are found by it. It defaults to the binding name, so renaming a
     binding changes its ids; pin ``unique_key`` to rename safely (workerd's
-    ``uniqueKey``).
+    ``uniqueKey``). :meth:`wrangler` gives the key ``wrangler dev`` uses.
     """
 
     object_class: type[DurableObject]
     unique_key: str | None = None
+
+    @classmethod
+    def wrangler(
+        cls,
+        object_class: type[DurableObject],
+        *,
+        worker_name: str,
+        class_name: str | None = None,
+    ) -> DurableObjectBinding:
+        """Bind *object_class* with the namespace key ``wrangler dev`` gives it.
+
+        Wrangler (through Miniflare) keys a namespace by
+        ``"<worker name>-<class name>"``, the worker's ``name`` and the
+        binding's ``class_name`` in its config; *class_name* defaults to
+        ``object_class.__name__``. Ids then equal those ``wrangler dev`` makes
+        for the same names.
+        """
+        if not isinstance(cast("object", worker_name), str):
+            raise TypeError(
+                f"worker_name must be a str, not {type(worker_name).__name__}"
+            )
+        name = object_class.__name__ if class_name is None else class_name
+        return cls(object_class=object_class, unique_key=f"{worker_name}-{name}")
 
 
 def storage_name(unique_key: str) -> str:
