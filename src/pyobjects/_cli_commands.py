@@ -10,6 +10,7 @@ import signal
 import socket
 import sys
 import traceback
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import anyio
@@ -19,6 +20,7 @@ from ._asgi import App
 from ._errors import StorageInUseError
 from ._inspect import ObjectSummary, dump_object, find_object, summarize
 from ._worker import Worker
+from ._wrangler import CONFIG_NAMES, find_config, main_folder, read_config
 from .storage.memory import MemoryBackend
 from .storage.sqlite import SQLiteBackend, read_only_backend
 
@@ -105,6 +107,40 @@ def _print_import_traceback(exc: BaseException) -> None:
     click.echo("".join(report.format()), err=True, nl=False)
 
 
+def _parse_vars(pairs: tuple[str, ...]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(
+                f"expected KEY=VALUE, got {pair!r}", param_hint="--var"
+            )
+        out[key] = value
+    return out
+
+
+def _load_config_worker(
+    config_path: str | None, app_dir: str, overrides: dict[str, str]
+) -> tuple[Worker, str]:
+    """Build the Worker a wrangler config describes (``serve`` without a target)."""
+    path = Path(config_path) if config_path is not None else find_config(app_dir)
+    if path is None:
+        raise click.UsageError(
+            "give MODULE:WORKER, or --config with a wrangler config "
+            f"({', '.join(CONFIG_NAMES)}: none in {os.path.abspath(app_dir)})"
+        )
+    try:
+        config = read_config(path, extra_vars=overrides)
+        main = config.main_path()
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--config") from None
+    module = _import(main.stem, main_folder(main))
+    try:
+        return config.worker_from(module), str(path)
+    except (ValueError, TypeError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--config") from None
+
+
 def load_worker(target: str, app_dir: str) -> Worker:
     """Import ``module:attribute`` (relative to *app_dir*) and check it is a Worker."""
     module_name, sep, attr = target.partition(":")
@@ -183,7 +219,21 @@ def _stop_on_sigterm(signum: int, frame: object) -> NoReturn:
 
 
 @cli.command()
-@click.argument("target", metavar="MODULE:WORKER")
+@click.argument("target", metavar="[MODULE:WORKER]", required=False)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="A wrangler.toml/.jsonc/.json to serve (found in --app-dir by default).",
+)
+@click.option(
+    "--var",
+    "extra_vars",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Add or override a var (repeatable).",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface.")
 @click.option(
     "--port",
@@ -217,7 +267,9 @@ def _stop_on_sigterm(signum: int, frame: object) -> NoReturn:
     help="Directory MODULE is imported from.",
 )
 def serve(
-    target: str,
+    target: str | None,
+    config_path: str | None,
+    extra_vars: tuple[str, ...],
     host: str,
     port: int,
     storage: str | None,
@@ -227,6 +279,10 @@ def serve(
     app_dir: str,
 ) -> None:
     """Serve MODULE:WORKER (a pyobjects.Worker) over HTTP and WebSockets.
+
+    Without MODULE:WORKER, serve the wrangler config given with --config, or
+    the wrangler.json, wrangler.jsonc or wrangler.toml in --app-dir: its
+    main, durable_objects bindings, vars (and .dev.vars) and name.
 
     Runs uvicorn. Ctrl-C (or SIGTERM) stops accepting connections, lets
     running requests finish, flushes every pending write and exits with 0.
@@ -239,7 +295,21 @@ def serve(
         raise click.ClickException(
             "pyobjects serve needs uvicorn: pip install 'pyobjects[server]'"
         ) from None
-    worker = load_worker(target, app_dir)
+    overrides = _parse_vars(extra_vars)
+    if target is not None:
+        if config_path is not None:
+            raise click.UsageError("give MODULE:WORKER or --config, not both")
+        worker = load_worker(target, app_dir)
+        if overrides:
+            worker = Worker(
+                worker.fetch,
+                bindings=worker.bindings,
+                vars={**worker.vars, **overrides},
+                name=worker.name,
+            )
+        label = target
+    else:
+        worker, label = _load_config_worker(config_path, app_dir, overrides)
     backend: StorageBackend
     if memory:
         backend, where = MemoryBackend(), "in memory"
@@ -260,7 +330,7 @@ def serve(
     bound = sock.getsockname()[1]
     url_host = f"[{host}]" if ":" in host else host
     click.echo(
-        f"pyobjects: serving {target} at http://{url_host}:{bound} "
+        f"pyobjects: serving {label} at http://{url_host}:{bound} "
         f"(storage: {where}); press Ctrl-C to stop"
     )
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
