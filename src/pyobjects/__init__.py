@@ -24,6 +24,7 @@ from ._core._stub import DurableObjectStub as DurableObjectStub
 from ._errors import (
     DurableObjectError as DurableObjectError,
     DurableObjectResetError as DurableObjectResetError,
+    FetchError as FetchError,
     InvalidIdError as InvalidIdError,
     MessageTooLargeError as MessageTooLargeError,
     OverloadedError as OverloadedError,
@@ -39,6 +40,7 @@ from ._errors import (
     WebSocketLimitError as WebSocketLimitError,
     WebSocketStateError as WebSocketStateError,
 )
+from ._fetch import fetch as fetch
 from ._http import Headers as Headers, Request as Request, Response as Response
 from ._ids import DurableObjectId as DurableObjectId
 from ._statistics import (
@@ -71,6 +73,7 @@ __all__ = (
     "DurableObjectStub",
     "Env",
     "ExecutionContext",
+    "FetchError",
     "Headers",
     "InvalidIdError",
     "MessageTooLargeError",
@@ -98,6 +101,7 @@ __all__ = (
     "WebSocketStateError",
     "Worker",
     "WorkerEntrypoint",
+    "fetch",
 )
 
 for _name in __all__:

@@ -11,6 +11,7 @@
     │   ├── StorageInUseError                            another Runtime uses the dir
     │   └── SqlError                                     wraps sqlite3.Error
     ├── MessageTooLargeError(PyObjectsError, ValueError)  RPC message over 32 MiB
+    ├── FetchError(PyObjectsError, OSError)  an outgoing pyobjects.fetch() failed
     ├── DurableObjectError       flags: retryable / overloaded / durable_object_reset
     │   ├── DurableObjectResetError   the instance was reset (abort, failed commit, ...)
     │   └── OverloadedError           overloaded = True
@@ -31,6 +32,7 @@ import os
 __all__ = [
     "DurableObjectError",
     "DurableObjectResetError",
+    "FetchError",
     "InvalidIdError",
     "MessageTooLargeError",
     "OverloadedError",
@@ -107,6 +109,21 @@ class MessageTooLargeError(PyObjectsError, ValueError):
             f"{limit // (1024 * 1024)}MiB, but the size of this value was: "
             f"{size} bytes."
         )
+
+
+class FetchError(PyObjectsError, OSError):
+    """An outgoing :func:`pyobjects.fetch` got no response.
+
+    The connection failed, timed out or broke, or a redirect came back with
+    ``redirect="error"``; the underlying httpx error, if any, is the
+    ``__cause__``. Workers rejects ``fetch()`` with a ``TypeError`` here.
+    """
+
+    def __init__(self, method: str, url: str, reason: str) -> None:
+        self.method = method
+        self.url = url
+        self.reason = reason
+        super().__init__(f"fetch {method} {url} failed: {reason}")
 
 
 class TransactionError(StorageError, RuntimeError):
