@@ -173,6 +173,7 @@ async def websocket(
     *,
     denial_extension: bool = True,
     headers: Sequence[tuple[str, str]] = (),
+    query: bytes = b"",
 ) -> AsyncIterator[WebSocketPeer]:
     """Open a WebSocket to *app*; the block ends when the app returns."""
     all_headers = [
@@ -183,7 +184,9 @@ async def websocket(
         ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
         *headers,
     ]
-    scope = http_scope("GET", path, headers=all_headers, scheme="ws", kind="websocket")
+    scope = http_scope(
+        "GET", path, query=query, headers=all_headers, scheme="ws", kind="websocket"
+    )
     if denial_extension:
         scope["extensions"] = {"websocket.http.response": {}}
     to_app, app_inbox = anyio.create_memory_object_stream[Message](16)

@@ -58,6 +58,7 @@ def test_every_example_is_tested() -> None:
         "chat_room",
         "collab_doc",
         "game_room",
+        "python_workers_chat",
     }, "add tests/examples/test_<name>.py for each new application"
     tests = Path(__file__).parent / "examples"
     listing = (EXAMPLES.parent / "docs" / "examples.md").read_text()
