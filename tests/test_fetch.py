@@ -85,6 +85,15 @@ async def test_redirect_modes() -> None:
             )
 
 
+async def test_a_redirect_loop_is_a_fetch_error() -> None:
+    seen: list[httpx.Request] = []
+    loop = httpx.Response(307, headers={"location": "https://example.test/loop"})
+    async with mock_client(seen, loop=loop) as client:
+        with pytest.raises(FetchError, match="Exceeded maximum allowed redirects"):
+            await pyobjects.fetch("https://example.test/loop", client=client)
+    assert len(seen) == 21  # the request and the 20 redirects httpx follows
+
+
 async def test_a_refused_connection_is_a_fetch_error() -> None:
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("connection refused", request=request)

@@ -13,8 +13,14 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from pyobjects import DurableObjectBinding, WorkerEntrypoint
-from pyobjects._cli_commands import cli
+from pyobjects import (
+    DurableObjectBinding,
+    Request,
+    Response,
+    Worker,
+    WorkerEntrypoint,
+)
+from pyobjects._cli_commands import cli, with_vars
 from pyobjects._wrangler import find_config, parse_dotenv, read_config, strip_jsonc
 
 from .test_porting import WORKERD_IDS
@@ -298,3 +304,15 @@ def test_serve_runs_a_wrangler_project_with_wrangler_ids(
     assert first == {"count": 1, "id": WORKERD_IDS["Counter", "global"]}
     assert second["count"] == 2
     assert variables == {"greeting": "hey, world", "secret": "from-dev-vars"}
+
+
+def test_var_overrides_a_module_workers_vars() -> None:
+    class Default(WorkerEntrypoint):
+        async def fetch(self, request: Request) -> Response:
+            return Response("")  # pragma: no cover - never served
+
+    worker = Worker(Default, bindings={}, vars={"A": "1", "B": "2"}, name="w")
+    assert with_vars(worker, {}) is worker
+    changed = with_vars(worker, {"B": "3", "C": "4"})
+    assert dict(changed.vars) == {"A": "1", "B": "3", "C": "4"}
+    assert (changed.fetch, changed.name) == (Default, "w")

@@ -119,6 +119,18 @@ def _parse_vars(pairs: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+def with_vars(worker: Worker, overrides: dict[str, str]) -> Worker:
+    """Return *worker* with *overrides* (``--var``) on top of its vars."""
+    if not overrides:
+        return worker
+    return Worker(
+        worker.fetch,
+        bindings=worker.bindings,
+        vars={**worker.vars, **overrides},
+        name=worker.name,
+    )
+
+
 def _load_config_worker(
     config_path: str | None, app_dir: str, overrides: dict[str, str]
 ) -> tuple[Worker, str]:
@@ -299,14 +311,7 @@ def serve(
     if target is not None:
         if config_path is not None:
             raise click.UsageError("give MODULE:WORKER or --config, not both")
-        worker = load_worker(target, app_dir)
-        if overrides:
-            worker = Worker(
-                worker.fetch,
-                bindings=worker.bindings,
-                vars={**worker.vars, **overrides},
-                name=worker.name,
-            )
+        worker = with_vars(load_worker(target, app_dir), overrides)
         label = target
     else:
         worker, label = _load_config_worker(config_path, app_dir, overrides)
