@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import pytest
 from examples.python_workers_chat import app as chat_app
 from websockets.sync.client import ClientConnection, connect
 
@@ -24,6 +25,7 @@ from pyobjects import DurableObjectBinding
 from pyobjects._wrangler import read_config
 from pyobjects.asgi import App
 from tests.asgi_driver import WebSocketPeer, http, lifespan, websocket
+from tests.examples.browser import CHROMIUM, chromium
 
 if TYPE_CHECKING:
     from .support import Serve
@@ -120,7 +122,8 @@ def test_two_clients_chat_under_uvicorn(serve: Serve) -> None:
         assert recv_event(ada) == {"type": "leave", "name": "bob", "online": ["ada"]}
 
 
-def test_pyobjects_serve_in_the_folder_serves_the_project(tmp_path: Path) -> None:
+def start_serve(tmp_path: Path) -> tuple[subprocess.Popen[str], str]:
+    """Start ``pyobjects serve`` in the example's folder; return it and its URL."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
         [
@@ -134,11 +137,21 @@ def test_pyobjects_serve_in_the_folder_serves_the_project(tmp_path: Path) -> Non
         stderr=subprocess.PIPE,
         text=True,
     )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    assert "pyobjects: serving wrangler.toml at http://127.0.0.1:" in line, line
+    return process, line.split(" at ")[1].split()[0]
+
+
+def stop_serve(process: subprocess.Popen[str]) -> None:
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+
+
+def test_pyobjects_serve_in_the_folder_serves_the_project(tmp_path: Path) -> None:
+    process, base = start_serve(tmp_path)
     try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        assert "pyobjects: serving wrangler.toml at http://127.0.0.1:" in line, line
-        base = line.split(" at ")[1].split()[0]
         assert "<title>pyobjects chat</title>" in httpx.get(base + "/").text
         ws_base = base.replace("http://", "ws://")
         with connect(f"{ws_base}/rooms/r2/ws?name=cy") as cy:
@@ -146,6 +159,32 @@ def test_pyobjects_serve_in_the_folder_serves_the_project(tmp_path: Path) -> Non
             cy.send("anyone?")
             assert recv_event(cy)["text"] == "anyone?"
     finally:
-        process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=30)
-    assert process.returncode == 0, err
+        stop_serve(process)
+
+
+LOG = "document.getElementById('log').textContent"
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium")
+def test_the_chat_page_works_in_headless_chromium(tmp_path: Path) -> None:
+    # Two tabs of the example's own page, against a real `pyobjects serve`:
+    # what one types reaches the other through the room.
+    process, base = start_serve(tmp_path)
+    try:
+        with chromium(tmp_path / "profile") as browser:
+            ada = browser.open(f"{base}/?room=web&name=ada")
+            browser.wait_for(ada, f"{LOG}.includes('ada joins')")
+            bob = browser.open(f"{base}/?room=web&name=bob")
+            browser.wait_for(bob, f"{LOG}.includes('bob joins')")
+            browser.wait_for(ada, f"{LOG}.includes('bob joins')")
+            browser.evaluate(
+                bob,
+                "document.getElementById('text').value = 'hello from bob';"
+                "document.getElementById('form').requestSubmit(); true",
+            )
+            assert "bob: hello from bob" in browser.wait_for(
+                ada, f"{LOG}.includes('bob: hello') && {LOG}"
+            )
+            assert browser.evaluate(bob, "document.getElementById('text').value") == ""
+    finally:
+        stop_serve(process)
