@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import anyio
 import pytest
 
 from pyobjects import (
@@ -19,11 +20,14 @@ from pyobjects import (
     Headers,
     Request,
     Response,
+    Runtime,
     WebSocketPair,
     Worker,
     WorkerEntrypoint,
 )
+from pyobjects._serialization import decode
 from pyobjects.asgi import App
+from pyobjects.storage import MemoryBackend
 from pyobjects.testing import MakeRuntime, run_in_durable_object
 
 from .asgi_driver import http, lifespan, websocket
@@ -288,3 +292,38 @@ def test_wrangler_class_name_and_bad_names() -> None:
         DurableObjectBinding.wrangler(Counter, worker_name=5)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="non-empty str"):
         Worker(Default, bindings={}, name="")
+
+
+class StreamConsumer(DurableObject):
+    """A stream consumer as Python Workers write one: a background task started
+    with ``ctx.waitUntil()`` stores its cursor after each event."""
+
+    events: Any = None  # an anyio receive stream, set by the test
+
+    async def start(self) -> None:
+        ctx: Any = self.ctx
+        ctx.waitUntil(self.consume())
+
+    async def consume(self) -> None:
+        async for n in self.events:
+            await self.ctx.storage.put("cursor", n)
+
+
+async def test_a_wait_until_task_commits_its_cursor_while_it_runs() -> None:
+    backend = MemoryBackend()
+    send, receive = anyio.create_memory_object_stream[int](1)
+    StreamConsumer.events = receive
+    with send, receive:
+        async with Runtime(bindings={"S": StreamConsumer}, storage=backend) as rt:
+            stub = rt.env.S.get_by_name("feed")
+            await stub.start()
+            store = backend.open("S", str(stub.id))
+            try:
+                for n in (1, 2, 3):
+                    await send.send(n)
+                    await anyio.wait_all_tasks_blocked()
+                    # Durable while the task still runs (waiting for more).
+                    assert decode((await store.get(["cursor"]))["cursor"]) == n
+            finally:
+                store.close()
+                send.close()
