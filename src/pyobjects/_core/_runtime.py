@@ -359,6 +359,8 @@ class Runtime:
             events_in_flight=self._commits.events_in_flight,
             commits=sum(p.commits for p in parts),
             commit_failures=sum(p.commit_failures for p in parts),
+            commit_seconds=sum(p.commit_seconds for p in parts),
+            bytes_written=sum(p.bytes_written for p in parts),
             evictions=sum(p.evictions for p in parts),
             resets=sum(p.resets for p in parts),
             pending_alarms=sum(p.pending_alarms for p in parts),
