@@ -2,15 +2,35 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+import httpx
 import pytest
 
-from pyobjects import DurableObject, DurableObjectResetError, Runtime
+from pyobjects import (
+    DurableObject,
+    DurableObjectResetError,
+    PrometheusCollector,
+    Request,
+    Response,
+    Runtime,
+    Worker,
+)
+from pyobjects.asgi import App
 
 if TYPE_CHECKING:
+    from pyobjects import RuntimeStatistics
     from pyobjects.testing import ManualClock
+
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class Writer(DurableObject):
@@ -70,3 +90,168 @@ async def test_lifecycle_events_are_logged(
     assert len(resets) == 1
     assert resets[0][0] == logging.INFO
     assert "operator test" in resets[0][1]
+
+
+def _samples(collector: object) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    registry = CollectorRegistry()
+    registry.register(collector)  # type: ignore[arg-type]
+    text = generate_latest(registry).decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def test_the_prometheus_collector_reads_the_statistics(
+    manual_clock: ManualClock,
+) -> None:
+    async with Runtime(bindings={"W": Writer}, clock=manual_clock) as rt:
+        stub = rt.env.W.get_by_name("w")
+        await stub.write("k", 10)
+        await stub.write("k", 10)
+        samples = _samples(PrometheusCollector(rt))
+        ns = (("namespace", "W"),)
+        assert samples["pyobjects_events_total", (("kind", "call"), *ns)] == 2
+        assert samples["pyobjects_events_total", (("kind", "alarm"), *ns)] == 0
+        assert samples["pyobjects_commits_total", ns] == 2
+        assert samples["pyobjects_live_objects", ns] == 1
+        assert samples["pyobjects_written_bytes_total", ns] == (
+            rt.statistics().bytes_written
+        )
+        assert samples["pyobjects_commit_duration_seconds_total", ns] > 0
+        assert samples["pyobjects_events_in_flight", ()] == 0
+        assert samples["pyobjects_pending_alarms", ns] == 0
+    # A source that is not running (an App before its lifespan started)
+    # gives no samples rather than failing the scrape.
+    app = App(Worker(_not_found, bindings={"W": Writer}))
+    assert _samples(PrometheusCollector(lambda: app.runtime.statistics())) == {}
+
+
+async def _not_found(request: Request, env: object) -> Response:
+    return Response("none", status=404)  # pragma: no cover - never served
+
+
+def test_the_prometheus_collector_checks_its_source() -> None:
+    with pytest.raises(TypeError, match="takes a Runtime or a function"):
+        PrometheusCollector(42)
+
+
+def test_serve_exposes_metrics(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pyobjects",
+            "serve",
+            "tests.cli_app:worker",
+            "--memory",
+            "--port",
+            "0",
+            "--metrics-port",
+            "0",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().split(" at ")[1].split()[0]
+        metrics_line = process.stdout.readline()
+        assert metrics_line.startswith("pyobjects: metrics at http://127.0.0.1:")
+        metrics_url = metrics_line.split(" at ")[1].strip()
+        with httpx.Client(timeout=10) as client:
+            assert client.get(url + "/m").text == "1"
+            text = client.get(metrics_url).text
+        assert 'pyobjects_events_total{kind="fetch",namespace="COUNTER"} 1.0' in text
+        assert 'pyobjects_live_objects{namespace="COUNTER"} 1.0' in text
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=30)
+    assert process.returncode == 0
+
+
+async def test_the_collector_reads_again_when_a_dict_changed_under_it(
+    manual_clock: ManualClock,
+) -> None:
+    async with Runtime(bindings={"W": Writer}, clock=manual_clock) as rt:
+        await rt.env.W.get_by_name("w").write("k", 1)
+        failures = [RuntimeError("dictionary changed size during iteration")] * 2
+
+        def flaky() -> RuntimeStatistics:
+            if failures:
+                raise failures.pop()
+            return rt.statistics()
+
+        samples = _samples(PrometheusCollector(flaky))
+        assert samples["pyobjects_commits_total", (("namespace", "W"),)] == 1
+
+        def broken() -> RuntimeStatistics:
+            raise RuntimeError("always")
+
+        assert _samples(PrometheusCollector(broken)) == {}
+
+
+def test_serve_logs_pyobjects_lifecycle_as_json_lines(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pyobjects",
+            "serve",
+            "tests.cli_app:worker",
+            "--memory",
+            "--port",
+            "0",
+            "--log-level",
+            "debug",
+            "--log-format",
+            "json",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().split(" at ")[1].split()[0]
+        with httpx.Client(timeout=10) as client:
+            assert client.get(url + "/logged").text == "1"
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    entries = [json.loads(line) for line in err.splitlines() if line.strip()]
+    assert {"time", "level", "logger", "message"} <= entries[0].keys()
+    lifecycle = [e for e in entries if e["logger"] == "pyobjects"]
+    assert any(
+        e["level"] == "DEBUG" and e["message"].startswith("constructed Counter")
+        for e in lifecycle
+    ), entries
+    assert any(e["logger"] == "uvicorn.access" for e in entries)
+
+
+def test_the_json_formatter_renders_exceptions() -> None:
+    from pyobjects._logs import JsonFormatter
+
+    try:
+        raise ValueError("bad")
+    except ValueError:
+        record = logging.LogRecord(
+            "pyobjects", logging.ERROR, __file__, 1, "failed %s", ("x",), sys.exc_info()
+        )
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["message"] == "failed x"
+    assert entry["level"] == "ERROR"
+    assert "ValueError: bad" in entry["exc_info"]
+    assert entry["time"].endswith("+00:00")

@@ -41,6 +41,7 @@ from ._errors import (
 )
 from ._http import Headers as Headers, Request as Request, Response as Response
 from ._ids import DurableObjectId as DurableObjectId
+from ._prometheus import PrometheusCollector as PrometheusCollector
 from ._statistics import (
     NamespaceStatistics as NamespaceStatistics,
     RuntimeStatistics as RuntimeStatistics,
@@ -76,6 +77,7 @@ __all__ = (
     "MessageTooLargeError",
     "NamespaceStatistics",
     "OverloadedError",
+    "PrometheusCollector",
     "PyObjectsError",
     "Request",
     "Response",
