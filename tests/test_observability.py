@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -17,6 +17,7 @@ import pytest
 from pyobjects import (
     DurableObject,
     DurableObjectResetError,
+    OpenTelemetry,
     PrometheusCollector,
     Request,
     Response,
@@ -255,3 +256,98 @@ def test_the_json_formatter_renders_exceptions() -> None:
     assert entry["level"] == "ERROR"
     assert "ValueError: bad" in entry["exc_info"]
     assert entry["time"].endswith("+00:00")
+
+
+class Caller(DurableObject):
+    async def relay(self, key: str) -> None:
+        await self.env.W.get_by_name("callee").write(key, 3)
+
+    async def boom(self) -> None:
+        raise ValueError("boom")
+
+
+def _providers() -> tuple[Any, Any, Any, Any]:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+        InMemorySpanExporter,
+    )
+
+    spans = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    reader = InMemoryMetricReader()
+    return tracer_provider, spans, MeterProvider(metric_readers=[reader]), reader
+
+
+async def test_opentelemetry_traces_events_with_nested_calls(
+    manual_clock: ManualClock,
+) -> None:
+    tracer_provider, spans, meter_provider, reader = _providers()
+    telemetry = OpenTelemetry(
+        tracer_provider=tracer_provider, meter_provider=meter_provider
+    )
+    async with Runtime(
+        bindings={"W": Writer, "C": Caller},
+        clock=manual_clock,
+        opentelemetry=telemetry,
+    ) as rt:
+        await rt.env.C.get_by_name("caller").relay("k")
+        with pytest.raises(ValueError, match="boom"):
+            await rt.env.C.get_by_name("caller").boom()
+    finished = {span.name: span for span in spans.get_finished_spans()}
+    assert set(finished) == {"Caller/relay", "Writer/write", "Caller/boom"}
+    outer, inner = finished["Caller/relay"], finished["Writer/write"]
+    assert inner.parent is not None
+    assert inner.parent.span_id == outer.context.span_id  # the call is a child
+    assert outer.attributes is not None
+    assert outer.attributes["rpc.system"] == "pyobjects"
+    assert outer.attributes["rpc.service"] == "Caller"
+    assert outer.attributes["rpc.method"] == "relay"
+    assert outer.attributes["pyobjects.namespace"] == "C"
+    assert outer.attributes["pyobjects.object.name"] == "caller"
+    assert outer.attributes["pyobjects.event.kind"] == "call"
+    failed = finished["Caller/boom"]
+    assert not failed.status.is_ok
+    assert failed.events[0].name == "exception"
+
+    data = reader.get_metrics_data()
+    points = {
+        metric.name: metric.data.data_points
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for metric in sm.metrics
+    }
+    events = {
+        (p.attributes["pyobjects.namespace"], p.attributes.get("error.type")): p.count
+        for p in points["pyobjects.event.duration"]
+    }
+    assert events == {("C", None): 1, ("W", None): 1, ("C", "ValueError"): 1}
+    (commits,) = points["pyobjects.commit.duration"]
+    assert commits.count == 1
+    assert commits.attributes["pyobjects.namespace"] == "W"
+
+
+def test_opentelemetry_takes_its_options_type() -> None:
+    with pytest.raises(TypeError, match=r"takes a pyobjects\.OpenTelemetry"):
+        Runtime(bindings={}, opentelemetry=True)  # type: ignore[arg-type]
+
+
+async def test_without_opentelemetry_objects_are_not_traced(
+    manual_clock: ManualClock,
+) -> None:
+    from pyobjects._core._telemetry import TracedActor
+    from pyobjects.testing import run_in_durable_object
+
+    async with Runtime(bindings={"W": Writer}, clock=manual_clock) as rt:
+        stub = rt.env.W.get_by_name("w")
+        traced = await run_in_durable_object(
+            stub, lambda obj, ctx: _is_traced(ctx, TracedActor)
+        )
+        assert traced is False
+
+
+async def _is_traced(ctx: Any, cls: type) -> bool:
+    return isinstance(ctx._actor, cls)

@@ -46,6 +46,7 @@ from ._statistics import (
     NamespaceStatistics as NamespaceStatistics,
     RuntimeStatistics as RuntimeStatistics,
 )
+from ._telemetry_options import OpenTelemetry as OpenTelemetry
 from ._version import __version__ as __version__
 from ._websocket import (
     WebSocket as WebSocket,
@@ -76,6 +77,7 @@ __all__ = (
     "InvalidIdError",
     "MessageTooLargeError",
     "NamespaceStatistics",
+    "OpenTelemetry",
     "OverloadedError",
     "PrometheusCollector",
     "PyObjectsError",

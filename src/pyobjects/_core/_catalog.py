@@ -76,7 +76,8 @@ class Catalog:
         counters = self.counters.get(key[0])
         if counters is None:
             counters = self.counters[key[0]] = Counters()
-        actor = self.actors[key] = Actor(self._runtime, namespace, object_id, counters)
+        cls = Actor if self._runtime._telemetry is None else traced_actor()
+        actor = self.actors[key] = cls(self._runtime, namespace, object_id, counters)
         return actor
 
     def live(
@@ -116,3 +117,10 @@ class Catalog:
             open_websockets=open_sockets,
             hibernated_websockets=hibernated,
         )
+
+
+def traced_actor() -> type[Actor]:
+    """The actor class of a runtime with telemetry on (imported on demand)."""
+    from ._telemetry import TracedActor
+
+    return TracedActor
