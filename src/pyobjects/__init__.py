@@ -43,10 +43,12 @@ from ._errors import (
 from ._fetch import fetch as fetch
 from ._http import Headers as Headers, Request as Request, Response as Response
 from ._ids import DurableObjectId as DurableObjectId
+from ._prometheus import PrometheusCollector as PrometheusCollector
 from ._statistics import (
     NamespaceStatistics as NamespaceStatistics,
     RuntimeStatistics as RuntimeStatistics,
 )
+from ._telemetry_options import OpenTelemetry as OpenTelemetry
 from ._version import __version__ as __version__
 from ._websocket import (
     WebSocket as WebSocket,
@@ -78,7 +80,9 @@ __all__ = (
     "InvalidIdError",
     "MessageTooLargeError",
     "NamespaceStatistics",
+    "OpenTelemetry",
     "OverloadedError",
+    "PrometheusCollector",
     "PyObjectsError",
     "Request",
     "Response",

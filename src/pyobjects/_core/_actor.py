@@ -442,6 +442,7 @@ class Actor(StorageOwner):
         self.stepping += 1  # its writes commit with the first event's output
         try:
             self.instance = self.namespace.object_class(self.ctx, self.runtime.env)
+            logger.debug("constructed %s", self._label())
         finally:
             self.stepping -= 1
             self.constructing = False
@@ -499,10 +500,17 @@ class Actor(StorageOwner):
         self.counters.commit_failures += 1
         self.break_(error)
 
-    def committed(self, batch: WriteBatch) -> None:
+    def committed(self, batch: WriteBatch, elapsed_ns: int) -> None:
         """A batch is durable: count it, and let its alarm change take effect."""
         counters = self.counters
         counters.commits += 1
+        counters.commit_ns += elapsed_ns
+        written = 0
+        for key, value in batch.writes.items():
+            written += len(key) if key.isascii() else len(key.encode())
+            if value is not None:
+                written += len(value)
+        counters.bytes_written += written
         if batch.alarm_changed:
             self.runtime._alarms.set(self.namespace, str(self.id), batch.alarm)
 
@@ -578,6 +586,11 @@ class Actor(StorageOwner):
             and not self.sockets
         )
 
+    def _label(self) -> str:
+        """How log lines name this object: class, id and name if known."""
+        name = "" if self.id.name is None else f" {self.id.name!r}"
+        return f"{self.namespace.object_class.__name__} {self.id}{name}"
+
     def reset_error(self) -> BaseException:
         """The error callers of a reset instance get (a fresh flagged copy)."""
         assert self.broken is not None
@@ -602,6 +615,7 @@ class Actor(StorageOwner):
         self.broken = error
         if not isinstance(error, RuntimeClosedError):  # closing is no reset
             self.counters.resets += 1
+            logger.info("reset %s: %s: %s", self._label(), type(error).__name__, error)
         self.runtime._forget(self)
         self.storage._discard()
         self.input_gate.fail_all()
@@ -629,6 +643,7 @@ class Actor(StorageOwner):
         """Drop this (quiescent) instance; storage stays for the next one."""
         self.evicted = True
         self.counters.evictions += 1
+        logger.debug("evicted %s", self._label())
         self.runtime._forget(self)
         self.store.close()
         self.instance = None

@@ -158,8 +158,8 @@ class GateOwner(Protocol):
         """A commit failed or timed out: reset the object with *error*."""
         ...
 
-    def committed(self, batch: WriteBatch, /) -> None:
-        """*batch* is durable (alarm changes take effect now)."""
+    def committed(self, batch: WriteBatch, elapsed_ns: int, /) -> None:
+        """*batch* is durable (alarm changes take effect now); it took *elapsed_ns*."""
         ...
 
 
@@ -370,10 +370,11 @@ class OutputGate:
             self.flushing = False
         if self._was_broken():
             return  # reset while the commit was in flight: nothing to deliver
-        self.commit_ns = (self.commit_ns * 3 + perf_counter_ns() - started) >> 2
+        elapsed = perf_counter_ns() - started
+        self.commit_ns = (self.commit_ns * 3 + elapsed) >> 2
         self.storage._batch_done(layer, batch)
         self._confirmed(seq)
-        self._owner.committed(batch)
+        self._owner.committed(batch, elapsed)
 
     async def _commit_slowly(
         self, commit: Coroutine[Any, Any, None], first: Any

@@ -15,6 +15,7 @@ from pyobjects._clock import Clock, SystemClock
 from pyobjects._errors import RuntimeClosedError
 from pyobjects._ids import DurableObjectId
 from pyobjects._statistics import NamespaceStatistics, RuntimeStatistics
+from pyobjects._telemetry_options import OpenTelemetry
 from pyobjects.storage.memory import MemoryBackend
 
 from ._alarms import AlarmScheduler
@@ -123,6 +124,9 @@ class Runtime:
         alarm_retry_jitter: Add up to 25 % to alarm retry delays. ``None``
             (the default) means yes, unless the clock is deterministic (a
             ``ManualClock``), so that tests see exact retry times.
+        opentelemetry: An :class:`~pyobjects.OpenTelemetry` to trace every
+            event (a span each) and measure event and commit durations;
+            ``None`` (the default) costs nothing.
     """
 
     def __init__(
@@ -137,6 +141,7 @@ class Runtime:
         max_queued_events: int | None = None,
         alarm_timeout: float = 900.0,
         alarm_retry_jitter: bool | None = None,
+        opentelemetry: OpenTelemetry | None = None,
     ) -> None:
         self._options: dict[str, Any] = {
             "bindings": bindings,
@@ -148,6 +153,7 @@ class Runtime:
             "max_queued_events": max_queued_events,
             "alarm_timeout": alarm_timeout,
             "alarm_retry_jitter": alarm_retry_jitter,
+            "opentelemetry": opentelemetry,
         }
         if idle_timeout is not None and idle_timeout <= 0:
             raise ValueError(
@@ -160,6 +166,16 @@ class Runtime:
             )
         if alarm_timeout <= 0:
             raise ValueError(f"alarm_timeout must be > 0 seconds, got {alarm_timeout}")
+        self._telemetry: Telemetry | None = None
+        if opentelemetry is not None:
+            if not isinstance(opentelemetry, OpenTelemetry):
+                raise TypeError(
+                    "opentelemetry takes a pyobjects.OpenTelemetry, not "
+                    f"{type(opentelemetry).__name__}"
+                )
+            from ._telemetry import Telemetry
+
+            self._telemetry = Telemetry(opentelemetry)
         self.storage: StorageBackend = MemoryBackend() if storage is None else storage
         self.clock: Clock = SystemClock() if clock is None else clock
         self._bcw_timeout_ms = round(block_concurrency_timeout * 1000)
@@ -359,6 +375,8 @@ class Runtime:
             events_in_flight=self._commits.events_in_flight,
             commits=sum(p.commits for p in parts),
             commit_failures=sum(p.commit_failures for p in parts),
+            commit_seconds=sum(p.commit_seconds for p in parts),
+            bytes_written=sum(p.bytes_written for p in parts),
             evictions=sum(p.evictions for p in parts),
             resets=sum(p.resets for p in parts),
             pending_alarms=sum(p.pending_alarms for p in parts),
