@@ -55,6 +55,7 @@ from ._websocket import (
     WebSocketClose as WebSocketClose,
     WebSocketPair as WebSocketPair,
 )
+from ._websocket_client import connect_websocket as connect_websocket
 from ._worker import (
     ExecutionContext as ExecutionContext,
     Worker as Worker,
@@ -105,6 +106,7 @@ __all__ = (
     "WebSocketStateError",
     "Worker",
     "WorkerEntrypoint",
+    "connect_websocket",
     "fetch",
 )
 
