@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ from pyobjects import (
     WorkerEntrypoint,
 )
 from pyobjects._cli_commands import cli, with_vars
+from pyobjects._cli_reload import watched
 from pyobjects._wrangler import find_config, parse_dotenv, read_config, strip_jsonc
 
 from .test_porting import WORKERD_IDS
@@ -316,3 +318,70 @@ def test_var_overrides_a_module_workers_vars() -> None:
     changed = with_vars(worker, {"B": "3", "C": "4"})
     assert dict(changed.vars) == {"A": "1", "B": "3", "C": "4"}
     assert (changed.fetch, changed.name) == (Default, "w")
+
+
+RELOAD_MAIN = """\
+from pyobjects import DurableObject, Response, WorkerEntrypoint
+
+
+class Counter(DurableObject):
+    async def fetch(self, request):
+        count = (await self.ctx.storage.get("count") or 0) + 1
+        await self.ctx.storage.put("count", count)
+        return Response(f"{VERSION} {count}")
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        return await self.env.COUNTER.getByName("c").fetch(request)
+
+
+VERSION = "{version}"
+"""
+
+
+def test_serve_reload_restarts_on_a_change_and_keeps_the_data(tmp_path: Path) -> None:
+    (tmp_path / "reload_main.py").write_text(RELOAD_MAIN.replace("{version}", "v1"))
+    (tmp_path / "wrangler.toml").write_text(
+        'name = "r"\nmain = "reload_main.py"\n'
+        '[[durable_objects.bindings]]\nname = "COUNTER"\nclass_name = "Counter"\n'
+    )
+    with socket.socket() as probe:  # a free port, kept across restarts
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pyobjects", "serve", "--reload", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        assert process.stdout is not None
+        assert "pyobjects: serving wrangler.toml" in process.stdout.readline()
+        assert httpx.get(url, timeout=10).text == "v1 1"
+        (tmp_path / "reload_main.py").write_text(RELOAD_MAIN.replace("{version}", "v2"))
+        # The old server stops (flushing), the new one starts on the same port.
+        assert "pending writes flushed" in process.stdout.readline()
+        assert "pyobjects: serving wrangler.toml" in process.stdout.readline()
+        assert httpx.get(url, timeout=10).text == "v2 2"
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert "reload_main.py changed; restarting" in err
+    assert ".pyobjects" not in err  # the storage's own writes restart nothing
+    assert "pending writes flushed" in out
+
+
+def test_what_reload_watches(tmp_path: Path) -> None:
+    storage = tmp_path / ".pyobjects"
+    assert watched(str(tmp_path / "app.py"), [storage])
+    assert watched(str(tmp_path / "wrangler.jsonc"), [storage])
+    assert watched(str(tmp_path / ".dev.vars"), [storage])
+    assert not watched(str(tmp_path / "notes.txt"), [storage])
+    assert not watched(str(tmp_path / "__pycache__" / "app.py"), [storage])
+    assert not watched(str(storage / "COUNTER" / "x.json"), [storage])

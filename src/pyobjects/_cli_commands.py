@@ -17,6 +17,7 @@ import anyio
 import click
 
 from ._asgi import App
+from ._cli_reload import run_with_reload
 from ._errors import StorageInUseError
 from ._inspect import ObjectSummary, dump_object, find_object, summarize
 from ._logs import serve_log_config
@@ -261,6 +262,11 @@ def _stop_on_sigterm(signum: int, frame: object) -> NoReturn:
     help="A wrangler.toml/.jsonc/.json to serve (found in --app-dir by default).",
 )
 @click.option(
+    "--reload",
+    is_flag=True,
+    help="Restart when a .py file, the wrangler config or .dev.vars changes.",
+)
+@click.option(
     "--var",
     "extra_vars",
     multiple=True,
@@ -315,6 +321,7 @@ def _stop_on_sigterm(signum: int, frame: object) -> NoReturn:
 def serve(
     target: str | None,
     config_path: str | None,
+    reload: bool,
     extra_vars: tuple[str, ...],
     host: str,
     port: int,
@@ -344,6 +351,14 @@ def serve(
             "pyobjects serve needs uvicorn: pip install 'pyobjects[server]'"
         ) from None
     overrides = _parse_vars(extra_vars)
+    if reload:
+        args = [a for a in sys.argv[1:] if a != "--reload"]
+        run_with_reload(
+            args[args.index("serve") + 1 :] if "serve" in args else args,
+            watch=str(Path(config_path).parent) if config_path else app_dir,
+            ignore=[storage if storage is not None else DEFAULT_STORAGE],
+        )
+        return
     if target is not None:
         if config_path is not None:
             raise click.UsageError("give MODULE:WORKER or --config, not both")
