@@ -33,6 +33,9 @@ __all__ = ["connect_websocket"]
 #: How long leaving the ``async with`` waits for the closing handshake.
 CLOSE_TIMEOUT = 5.0
 _CLOSED = WebSocket.READY_STATE_CLOSED
+#: Cloudflare's limit on a received message; a larger one fails the
+#: connection with 1009, and the object sees it closed.
+MAX_MESSAGE_SIZE = 32 * 1024 * 1024
 
 
 @contextlib.asynccontextmanager
@@ -74,7 +77,7 @@ async def connect_websocket(
     protocol = ClientProtocol(
         wsuri,
         subprotocols=[Subprotocol(p) for p in protocols] or None,
-        max_size=None,
+        max_size=MAX_MESSAGE_SIZE,
     )
     request = protocol.connect()
     for name, value in Headers(headers).items():
@@ -201,10 +204,13 @@ class _Bridge:
         rcvd = protocol.close_rcvd
         if near.ready_state == _CLOSED:
             return
-        if rcvd is None or rcvd.code in (1005, 1006):
+        if rcvd is None:
             near._disconnect()
-        else:
+            return
+        try:
             near.close(rcvd.code, rcvd.reason)
+        except ValueError:  # 1005 (no code) and others a close() cannot send
+            near._disconnect()
 
     async def _to_server(self, scope: anyio.CancelScope) -> None:
         protocol, near = self.protocol, self.near
