@@ -9,6 +9,7 @@
     │   ├── SerializationError(StorageError, TypeError)  value the codec cannot encode
     │   ├── TransactionError(StorageError, RuntimeError) misuse of a transaction
     │   └── SqlError                                     wraps sqlite3.Error
+    │       └── SqlTimeoutError                          statement over the time limit
     ├── MessageTooLargeError(PyObjectsError, ValueError)  RPC message over 32 MiB
     ├── DurableObjectError       flags: retryable / overloaded / durable_object_reset
     │   ├── DurableObjectResetError   the instance was reset (abort, failed commit, ...)
@@ -35,6 +36,7 @@ __all__ = [
     "RuntimeClosedError",
     "SerializationError",
     "SqlError",
+    "SqlTimeoutError",
     "StorageError",
     "StorageLimitError",
     "TransactionError",
@@ -122,6 +124,32 @@ class SqlError(StorageError):
     code: str | None = None
     extended_code: str | None = None
     sqlite_message: str | None = None
+
+
+class SqlTimeoutError(SqlError):
+    """A call into SQLite for user SQL ran longer than the statement time limit.
+
+    SQLite interrupts it (``SQLITE_INTERRUPT``) and undoes what it wrote, so
+    that one object's long query cannot stall every object of the process.
+    ``limit`` holds the limit in seconds (``Runtime(sql_statement_timeout=)``).
+    """
+
+    def __init__(self, *, limit: float) -> None:
+        self.limit = limit
+        super().__init__(
+            f"SQL statement interrupted: it ran longer than the {limit:g} s "
+            "statement time limit (Runtime(sql_statement_timeout=...)): "
+            "SQLITE_INTERRUPT"
+        )
+        self.sqlite_message = "interrupted"
+        self.code = self.extended_code = "SQLITE_INTERRUPT"
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_timeout_error, (self.limit,))
+
+
+def _timeout_error(limit: float) -> SqlTimeoutError:
+    return SqlTimeoutError(limit=limit)
 
 
 class DurableObjectError(PyObjectsError):

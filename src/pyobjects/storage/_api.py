@@ -28,7 +28,12 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast, final, overload
 import anyio
 
 from pyobjects._aliases import camel_aliases
-from pyobjects._errors import StorageError, StorageLimitError, TransactionError
+from pyobjects._errors import (
+    DurableObjectResetError,
+    StorageError,
+    StorageLimitError,
+    TransactionError,
+)
 from pyobjects._serialization import MAX_VALUE_BYTES, decode, encode
 
 from ._base import ListQuery, WriteBatch
@@ -84,6 +89,14 @@ class StorageOwner:
 
     def now_ms(self) -> int:
         """Return the runtime clock's time in epoch milliseconds."""
+        raise NotImplementedError
+
+    def reset(self, error: BaseException) -> None:
+        """Reset the object with *error*: its uncommitted writes are dropped."""
+        raise NotImplementedError
+
+    def sql_time_limit(self) -> float:
+        """Return the longest a call into SQLite for user SQL may run, in seconds."""
         raise NotImplementedError
 
 
@@ -673,6 +686,8 @@ class Storage:
     def _close_layer(self, layer: _Layer, commit: bool) -> None:
         """End a transaction layer: merge it into the one below, or drop it."""
         layers = self._layers
+        if layer not in layers:
+            return  # the object was reset: _discard() dropped every layer
         if layers[-1] is not layer:  # pragma: no cover  # defended by rollback()
             raise TransactionError("transactions ended out of order")
         layers.pop()
@@ -821,6 +836,34 @@ class Storage:
         """True while the open SQL transaction holds changes or savepoints."""
         return any(layer.sql_dirty or layer.savepoint for layer in self._layers)
 
+    def _sql_rolled_back(self, cause: BaseException) -> None:
+        """SQLite ended the object's transaction inside a user statement.
+
+        ``INSERT OR ROLLBACK``, ``ON CONFLICT ROLLBACK``, ``RAISE(ROLLBACK,
+        ...)`` and an interrupted write roll back the whole transaction, not
+        only the statement. If it held SQL writes of the pending batch (or of
+        one being committed), those are gone while the batch's KV writes are
+        not, and what callers were told is lost: reset the object, so that
+        nothing of the batch commits, and raise the reset error. Otherwise
+        only the failed statement was undone: forget the savepoints SQLite
+        dropped with the transaction, and let its error propagate.
+        """
+        if not any(layer.sql_dirty for layer in (*self._layers, *self._inflight)):
+            for layer in self._layers[1:]:
+                layer.savepoint = None
+            return
+        error = DurableObjectResetError(
+            f"SQLite rolled back the Durable Object's transaction ({cause}), "
+            "discarding SQL writes not yet committed, so the object was reset: "
+            "no write of the batch is kept. INSERT OR ROLLBACK, UPDATE OR "
+            "ROLLBACK, ON CONFLICT ROLLBACK and RAISE(ROLLBACK, ...) end the "
+            "whole transaction; use ABORT (the default), FAIL or IGNORE, which "
+            "undo one statement."
+        )
+        error.__cause__ = cause
+        self._owner.reset(error)
+        self._owner.check_usable()
+
     def _wipe_sql(self) -> bool:
         """Drop every user table, view, index and trigger (for delete_all()).
 
@@ -832,6 +875,7 @@ class Storage:
         conn = self.sql._connection(create=False)
         if conn is None:
             return False
+        self.sql._settle()  # an unfinished statement would lock its table
         return wipe_database(conn, lambda: self._sql_enter(conn, need_transaction=True))
 
     # -- point-in-time recovery ------------------------------------------------
@@ -843,6 +887,8 @@ class Storage:
                 "This Durable Object's storage back-end does not implement "
                 "point-in-time recovery."
             )
+        if self._sql is not None:
+            self._sql._settle()  # the history's checkpoint needs no reader
         return method
 
     async def get_current_bookmark(self) -> str:
@@ -901,6 +947,9 @@ class Storage:
         pending = self._layers[0]
         if not pending:
             return None
+        if self._sql is not None and self._sql._open:
+            # An unfinished statement would block the checkpoints after it.
+            self._sql._settle()
         self._layers[0] = _Layer()
         self._inflight.append(pending)
         batch = WriteBatch(
@@ -932,6 +981,8 @@ class Storage:
     def _discard(self) -> None:
         """Drop everything not committed (the object was reset)."""
         sql = self._sql
+        if sql is not None:
+            sql._drop_cursors()
         if sql is not None and sql._conn is not None:
             with contextlib.suppress(Exception):
                 if sql._conn.in_transaction:
