@@ -52,6 +52,7 @@ from ._sql_rules import (
     may_rename,
     not_authorized,
     reserved_names,
+    sets_foreign_keys,
     split_statements,
     sql_error,
     writes,
@@ -169,11 +170,14 @@ class SqlStorage:
         "_auth_error",
         "_conn",
         "_deadline",
+        "_foreign_keys",
         "_known",
         "_limit",
         "_now",
         "_open",
+        "_sets_fk",
         "_storage",
+        "_text",
         "_timed_out",
         "_untrusted",
         "_writes",
@@ -196,6 +200,11 @@ class SqlStorage:
         self._now: Callable[[], float] = time.monotonic
         self._deadline = 0.0
         self._timed_out = False
+        self._text = ""  # the SQL text being prepared
+        # SQL texts that set PRAGMA foreign_keys, and the setting to restore
+        # on a connection the backend reopened.
+        self._sets_fk: set[str] = set()
+        self._foreign_keys = True
         # Lazy cursors not read to the end yet.
         self._open: weakref.WeakSet[SqlCursor] = weakref.WeakSet()
 
@@ -224,7 +233,7 @@ class SqlStorage:
         if setconfig is not None:  # pragma: no cover - Python 3.12+
             setconfig(sqlite3.SQLITE_DBCONFIG_DEFENSIVE, True)  # type: ignore[attr-defined]
         if not conn.in_transaction:
-            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute(f"PRAGMA foreign_keys = {int(self._foreign_keys)}")
         # Installing an authorizer expires every prepared statement, so each
         # statement this instance runs is authorized (and classified) again.
         conn.set_authorizer(self._authorize)
@@ -243,8 +252,10 @@ class SqlStorage:
     ) -> int:
         if not self._untrusted:
             return _OK  # the backend's and the front end's own statements
-        if writes(action, arg2):
+        if writes(action, arg1, arg2):
             self._wrote = True
+        elif sets_foreign_keys(action, arg1, arg2):
+            self._sets_fk.add(self._text)
         if action in TRANSACTION_ACTIONS:
             self._auth_error = TRANSACTION_MESSAGE
         return authorize(action, arg1, arg2, database)
@@ -392,8 +403,8 @@ class SqlStorage:
             raise SqlError("SQL code did not contain a statement.")
         cursor, wrote = self._run(conn, pieces[-1], bindings)
         result = self._cursor(conn, cursor, wrote, changes)
-        if len(pieces) == 1 and not may_rename(pieces[0]):
-            text = pieces[0] + _USER_SUFFIX
+        text = pieces[0] + _USER_SUFFIX
+        if len(pieces) == 1 and not may_rename(pieces[0]) and text not in self._sets_fk:
             classified = self._writes.get(text)
             if classified is not None:
                 if len(self._known) >= _MAX_CLASSIFIED:
@@ -475,6 +486,7 @@ class SqlStorage:
             before = reserved_names(conn)
             conn.execute(f"SAVEPOINT {_RENAME_SAVEPOINT}")
         self._wrote = False
+        self._text = text
         prepared = False
         try:
             cursor: sqlite3.Cursor = self._guarded(
@@ -499,7 +511,31 @@ class SqlStorage:
                 elif began and not storage._sql_dirty():
                     # A read needed no transaction after all: end it at once.
                     conn.execute("ROLLBACK")
+        if text in self._sets_fk:
+            cursor = self._set_foreign_keys(conn, text, bindings, cursor, last=last)
         return cursor, wrote
+
+    def _set_foreign_keys(
+        self,
+        conn: sqlite3.Connection,
+        text: str,
+        bindings: tuple[Any, ...],
+        cursor: sqlite3.Cursor,
+        *,
+        last: bool,
+    ) -> sqlite3.Cursor:
+        """Make ``PRAGMA foreign_keys = ...`` take effect outside a transaction.
+
+        SQLite ignores it inside one. It is no write, so it runs outside the
+        object's transaction unless that holds writes (then, as in SQLite,
+        it does nothing); run for the first time, it ran in a transaction
+        opened to learn what it does, so it runs again now that this ended.
+        """
+        if not _in_transaction(conn):
+            cursor = self._guarded(conn, conn.execute, text, bindings, last=last)
+            (value,) = conn.execute("PRAGMA foreign_keys").fetchone()
+            self._foreign_keys = bool(value)
+        return cursor
 
     def _check_renamed(self, conn: sqlite3.Connection, before: set[str]) -> None:
         """Undo and refuse a statement that gave something a reserved name."""

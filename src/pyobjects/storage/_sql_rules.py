@@ -37,6 +37,7 @@ __all__ = [
     "not_authorized",
     "pragma_allowed",
     "reserved_names",
+    "sets_foreign_keys",
     "split_statements",
     "sql_error",
     "writes",
@@ -388,14 +389,28 @@ def not_authorized() -> SqlError:
     return error
 
 
-def writes(action: int, arg2: str | None) -> bool:
+def writes(action: int, arg1: str | None, arg2: str | None) -> bool:
     """True if the authorizer *action* means the statement writes.
 
     A PRAGMA that sets something counts: it must run in the object's
-    transaction too (``defer_foreign_keys`` lasts until its COMMIT).
+    transaction too (``defer_foreign_keys`` lasts until its COMMIT). Except
+    ``foreign_keys``, which SQLite ignores inside a transaction (see
+    :func:`sets_foreign_keys`).
     """
     return action in _WRITE_ACTIONS or (
-        action == sqlite3.SQLITE_PRAGMA and arg2 is not None
+        action == sqlite3.SQLITE_PRAGMA
+        and arg2 is not None
+        and not sets_foreign_keys(action, arg1, arg2)
+    )
+
+
+def sets_foreign_keys(action: int, arg1: str | None, arg2: str | None) -> bool:
+    """True for the authorizer call of ``PRAGMA foreign_keys = <value>``."""
+    return (
+        action == sqlite3.SQLITE_PRAGMA
+        and arg2 is not None
+        and arg1 is not None
+        and arg1.lower() == "foreign_keys"
     )
 
 
