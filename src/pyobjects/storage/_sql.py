@@ -167,6 +167,7 @@ class SqlStorage:
     """
 
     __slots__ = (
+        "__weakref__",
         "_auth_error",
         "_conn",
         "_deadline",
@@ -238,6 +239,10 @@ class SqlStorage:
         # statement this instance runs is authorized (and classified) again.
         conn.set_authorizer(self._authorize)
         conn.set_progress_handler(self._progress, PROGRESS_STEPS)
+        if hasattr(conn, "before_close"):
+            # SQLiteBackend may close it (its LRU): read open cursors first.
+            settle = weakref.WeakMethod(self._settle)
+            conn.before_close = lambda: (method := settle()) and method()
         self._writes.clear()
         self._known.clear()
         self._conn = conn
@@ -330,7 +335,7 @@ class SqlStorage:
         cursors = list(self._open)
         self._open.clear()
         for cursor in cursors:
-            cursor._drop()
+            cursor._drop(reset=True)
 
     # -- running SQL -------------------------------------------------------------
 

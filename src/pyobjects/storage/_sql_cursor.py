@@ -14,6 +14,8 @@ WAL checkpoints that follow a commit.
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from typing import TYPE_CHECKING, Any, Protocol, final
 
 from pyobjects._aliases import camel_aliases
@@ -21,7 +23,6 @@ from pyobjects._errors import SqlError
 
 if TYPE_CHECKING:
     import builtins
-    import sqlite3
     from collections.abc import Iterator
 
 __all__ = ["RowSource", "SqlCursor"]
@@ -151,9 +152,19 @@ class SqlCursor:
             except Exception as exc:  # raised when the rows before it are read
                 self._failure = exc
 
-    def _drop(self) -> None:
-        """Forget the statement (the object was reset): no rows remain."""
-        self._cursor = None
+    def _drop(self, *, reset: bool = False) -> None:
+        """End the statement now and forget the rows not handed out.
+
+        After a *reset*, reading the cursor raises the reset error.
+        """
+        cursor = self._cursor
+        if cursor is not None:
+            # The statement ends (it would lock its tables); a closed
+            # connection ended it already.
+            with contextlib.suppress(sqlite3.ProgrammingError):
+                cursor.close()
+            if not reset:
+                self._cursor = None
         self._rows = []
         self._pos = 0
 
