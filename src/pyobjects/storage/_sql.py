@@ -79,6 +79,12 @@ _MAX_CLASSIFIED = 4096
 # SQLite virtual-machine instructions between two looks at the clock: about
 # a millisecond of work, so the check costs well under 1% of a long statement.
 PROGRESS_STEPS: Final = 10_000
+# SqlStorage._started when no user SQL runs, and when it runs but the
+# progress handler has not looked at the clock yet (clocks never go below 0).
+_IDLE: Final = -1.0
+_ARMED: Final = -2.0
+# Rows of a read taken at exec() time; a result this long or longer is lazy.
+_PREFETCH: Final = 64
 # A statement that may rename a table runs inside this savepoint.
 _RENAME_SAVEPOINT: Final = "_cf_rename_check"
 
@@ -170,13 +176,13 @@ class SqlStorage:
         "__weakref__",
         "_auth_error",
         "_conn",
-        "_deadline",
         "_foreign_keys",
         "_known",
         "_limit",
         "_now",
         "_open",
         "_sets_fk",
+        "_started",
         "_storage",
         "_text",
         "_timed_out",
@@ -195,11 +201,15 @@ class SqlStorage:
         self._untrusted = False
         self._wrote = False
         self._auth_error: str | None = None
-        # The statement time limit (seconds), the clock that measures it and
-        # the deadline of the call into SQLite now running (0.0: none).
+        # The statement time limit (seconds), the clock that measures it,
+        # and when the progress handler first saw the call into SQLite for
+        # user SQL now running (_IDLE: none runs; _ARMED: not seen yet).
+        # Starting the clock there, not before each call, keeps the clock off
+        # the hot path; it misses at most the first PROGRESS_STEPS
+        # instructions.
         self._limit: float = storage._owner.sql_time_limit()
         self._now: Callable[[], float] = time.monotonic
-        self._deadline = 0.0
+        self._started = _IDLE
         self._timed_out = False
         self._text = ""  # the SQL text being prepared
         # SQL texts that set PRAGMA foreign_keys, and the setting to restore
@@ -267,8 +277,13 @@ class SqlStorage:
 
     def _progress(self) -> int:
         """SQLite's progress handler: interrupt user SQL past its deadline."""
-        deadline = self._deadline
-        if deadline and self._now() > deadline:
+        started = self._started
+        if started == _IDLE:
+            return 0
+        now = self._now()
+        if started == _ARMED:
+            self._started = now
+        elif now - started > self._limit:
             self._timed_out = True
             return 1
         return 0
@@ -285,23 +300,29 @@ class SqlStorage:
         self._untrusted = True
         self._auth_error = None
         self._timed_out = False
-        self._deadline = self._now() + self._limit
+        self._started = _ARMED
         try:
             return fn(*args)
         except _STATEMENT_ERRORS as exc:
-            error = self._error(exc, last=last)
-            if (
-                isinstance(exc, sqlite3.Error)
-                and not isinstance(exc, sqlite3.ProgrammingError)
-                and not _in_transaction(conn)
-            ):
-                # SQLite ended the transaction (a ROLLBACK conflict
-                # resolution, an interrupted write): maybe the batch is torn.
-                self._storage._sql_rolled_back(error)
-            raise error from exc
+            raise self._failure(conn, exc, last=last) from exc
         finally:
             self._untrusted = False
-            self._deadline = 0.0
+            self._started = _IDLE
+
+    def _failure(
+        self, conn: sqlite3.Connection, exc: BaseException, *, last: bool
+    ) -> BaseException:
+        """The error to raise for *exc*, once the storage learnt what it did."""
+        error = self._error(exc, last=last)
+        if (
+            isinstance(exc, sqlite3.Error)
+            and not isinstance(exc, sqlite3.ProgrammingError)
+            and not _in_transaction(conn)
+        ):
+            # SQLite ended the transaction (a ROLLBACK conflict resolution,
+            # an interrupted write): maybe the batch is torn.
+            self._storage._sql_rolled_back(error)
+        return error
 
     def _fetch(
         self, cursor: sqlite3.Cursor, size: int
@@ -381,18 +402,38 @@ class SqlStorage:
                 if wrote and not in_transaction:
                     conn.execute("BEGIN")
                 changes = conn.total_changes
+                # _guarded() and _cursor(), inlined.
+                self._untrusted = True
+                self._auth_error = None
+                self._timed_out = False
+                self._started = _ARMED
                 try:
-                    cursor = self._guarded(
-                        conn, conn.execute, text, bindings, last=True
-                    )
+                    cursor = conn.execute(text, bindings)
+                    description = cursor.description
+                    if description is None:
+                        rows = []
+                    elif wrote:
+                        rows = cursor.fetchall()
+                    else:
+                        rows = cursor.fetchmany(_PREFETCH)
+                except _STATEMENT_ERRORS as exc:
+                    raise self._failure(conn, exc, last=True) from exc
                 finally:
+                    self._untrusted = False
+                    self._started = _IDLE
                     if (
                         wrote
                         and not storage._layers[0].sql_dirty
                         and _in_transaction(conn)
                     ):
                         storage._sql_wrote()
-                return self._cursor(conn, cursor, wrote, changes)
+                written = conn.total_changes - changes
+                if description is None:
+                    return SqlCursor([], rows, written)
+                names = [d[0] for d in description]
+                if wrote or len(rows) < _PREFETCH:
+                    return SqlCursor(names, rows, written)
+                return self._lazy(names, rows, written, cursor)
         conn = self._connection()
         pieces = split_statements(query) if ";" in query else [query]
         if len(pieces) > 1 and not pieces[-1].strip():
@@ -433,9 +474,22 @@ class SqlStorage:
             # A write runs to the end now: its rows (RETURNING) are kept.
             rows = self._guarded(conn, cursor.fetchall, last=True)
             return SqlCursor(names, rows, conn.total_changes - changes)
-        result = SqlCursor(
-            names, [], conn.total_changes - changes, cursor=cursor, source=self
-        )
+        # A read: the first rows now (most results are that small), the rest
+        # as the cursor is read.
+        rows = self._guarded(conn, cursor.fetchmany, _PREFETCH, last=True)
+        if len(rows) < _PREFETCH:
+            return SqlCursor(names, rows, conn.total_changes - changes)
+        return self._lazy(names, rows, conn.total_changes - changes, cursor)
+
+    def _lazy(
+        self,
+        names: builtins.list[str],
+        rows: builtins.list[tuple[Any, ...]],
+        written: int,
+        cursor: sqlite3.Cursor,
+    ) -> SqlCursor:
+        """A cursor over *rows*, then what *cursor* has left."""
+        result = SqlCursor(names, rows, written, cursor=cursor, source=self)
         self._open.add(result)
         return result
 

@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 __all__ = ["RowSource", "SqlCursor"]
 
+# Rows a lazy cursor asks SQLite for at a time.
+_BATCH = 64
+
 
 class RowSource(Protocol):
     """What a lazy cursor asks for its rows (the SQL API, with its guards)."""
@@ -109,9 +112,9 @@ class SqlCursor:
                 self._raise_failure()
                 return None
             assert self._source is not None
-            rows = self._rows = self._source._fetch(cursor, 64)
+            rows = self._rows = self._source._fetch(cursor, _BATCH)
             pos = self._pos = 0
-            if len(rows) < 64:
+            if len(rows) < _BATCH:
                 self._cursor = None  # the statement is done
             if not rows:
                 return None
@@ -199,6 +202,12 @@ class SqlCursor:
         Raises:
             SqlError: If there is no row, or more than one.
         """
+        rows = self._rows
+        pos = self._pos
+        if self._cursor is None and len(rows) == pos + 1:  # the common case
+            self._pos = pos + 1
+            self._read += 1
+            return dict(zip(self._names, rows[pos]))  # noqa: B905  # same length
         row = self._take()
         if row is None:
             raise SqlError(
