@@ -599,7 +599,7 @@ async def bench_alarms(sizes: Sizes, ctx: Context) -> list[Result]:
             if i % 10_000 == 9_999:
                 await clock.advance(1_000)  # lets idle instances be evicted
         set_seconds = time.perf_counter() - began
-        scheduled = rt.alarms.scheduled
+        scheduled = rt._alarms.scheduled
         began = time.perf_counter()
         await clock.advance(start + 20_000 + n // 10 + 1 - clock.now_ms())
         fire_seconds = time.perf_counter() - began

@@ -17,7 +17,8 @@ from pyobjects import (
     Runtime,
     RuntimeClosedError,
 )
-from pyobjects.storage import SQLiteBackend, Transaction
+from pyobjects.storage import SQLiteBackend, StorageBackend, Transaction
+from pyobjects.storage._base import MAX_ALARM_MS
 from pyobjects.testing import (
     MakeRuntime,
     ManualClock,
@@ -133,6 +134,98 @@ async def test_bad_alarm_times_raise_type_error(
     assert await stub.get_alarm() is None
 
 
+OUT_OF_RANGE = [
+    2**63,
+    2**64 + 1,
+    10**5000,
+    1e300,
+    float("inf"),
+    float("-inf"),
+    float("nan"),
+    -0.0,
+    -1.5,
+    -(2**63) - 1,
+    MAX_ALARM_MS + 1,
+    float(MAX_ALARM_MS) * 2,
+]
+
+
+def _id(when: Any) -> str:
+    return "10**5000" if when == 10**5000 else repr(when)
+
+
+@pytest.mark.parametrize("when", OUT_OF_RANGE, ids=_id)
+async def test_out_of_range_alarm_times_fail_at_the_call_not_the_commit(
+    make_runtime: MakeRuntime, backend: StorageBackend, when: Any
+) -> None:
+    rt = await make_runtime({"R": Reminder}, storage=backend)
+    stub = rt.env.R.get_by_name("r")
+    # schedule() puts "mode", then sets the alarm: the put is in the batch.
+    with pytest.raises(TypeError) as info:
+        await stub.schedule(when, "kept")
+    assert any(
+        word in str(info.value) for word in ("<= 0", "finite", str(MAX_ALARM_MS))
+    )
+    # The call was refused alone: the rest of its batch committed, durably.
+    async with crash_and_restart(rt) as rt2:
+        stub2 = rt2.env.R.get_by_name("r")
+        assert await stub2.get_alarm() is None
+
+        async def read(obj: Reminder, ctx: pyobjects.DurableObjectState) -> Any:
+            return await ctx.storage.get("mode")
+
+        assert await run_in_durable_object(stub2, read) == "kept"
+
+
+async def test_an_out_of_range_alarm_in_a_batch_loses_none_of_it(
+    make_runtime: MakeRuntime, backend: StorageBackend, manual_clock: ManualClock
+) -> None:
+    rt = await make_runtime({"R": Reminder}, storage=backend)
+    stub = rt.env.R.get_by_name("r")
+    at = manual_clock.now_ms() + 1_000
+
+    async def body(obj: Reminder, ctx: pyobjects.DurableObjectState) -> list[str]:
+        storage, refused = ctx.storage, []
+        storage.put("a", 1)
+        for when in (2**63, 1e300, -0.0):
+            try:
+                storage.set_alarm(when)
+            except TypeError as exc:
+                refused.append(type(exc).__name__)
+        storage.put("b", 2)
+        storage.set_alarm(at)
+        return refused
+
+    assert await run_in_durable_object(stub, body) == ["TypeError"] * 3
+    async with crash_and_restart(rt) as rt2:
+        stub2 = rt2.env.R.get_by_name("r")
+        assert await stub2.get_alarm() == at
+
+        async def read(obj: Reminder, ctx: pyobjects.DurableObjectState) -> Any:
+            return await ctx.storage.get(["a", "b"])
+
+        assert await run_in_durable_object(stub2, read) == {"a": 1, "b": 2}
+
+
+async def test_the_latest_alarm_times_are_stored_on_every_backend(
+    make_runtime: MakeRuntime, backend: StorageBackend, manual_clock: ManualClock
+) -> None:
+    rt = await make_runtime({"R": Reminder}, storage=backend)
+    latest = dt.datetime.max.replace(tzinfo=dt.timezone(-dt.timedelta(hours=23)))
+    latest_ms = (latest - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(
+        milliseconds=1
+    )
+    await rt.env.R.get_by_name("max").schedule(MAX_ALARM_MS)
+    await rt.env.R.get_by_name("year-9999").schedule(latest)
+    await rt.env.R.get_by_name("soon").schedule(manual_clock.now_ms() + 1_000)
+    # Far-off alarms wait; a near one still fires.
+    await manual_clock.advance(1_000)
+    assert [run[0] for run in Reminder.runs] == ["soon"]
+    async with crash_and_restart(rt) as rt2:
+        assert await rt2.env.R.get_by_name("max").get_alarm() == MAX_ALARM_MS
+        assert await rt2.env.R.get_by_name("year-9999").get_alarm() == latest_ms
+
+
 async def test_set_alarm_needs_an_alarm_handler(make_runtime: MakeRuntime) -> None:
     rt = await make_runtime({"N": NoAlarm})
     stub = rt.env.N.get_by_name("n")
@@ -154,7 +247,7 @@ async def test_an_alarm_without_handler_is_dropped_not_retried(
     await manual_clock.advance(1_000)
     assert "without a handler" in caplog.text
     # The constructor of the instance that ran it set a new one; that is all.
-    assert rt.alarms.scheduled <= 1
+    assert rt._alarms.scheduled <= 1
 
 
 async def test_alarm_fires_at_its_time_with_its_info(
@@ -236,6 +329,57 @@ async def test_a_new_alarm_set_before_failing_replaces_the_retry(
         (1_000, 0),
         (1_500, 0),
     ]
+
+
+async def _restarted(
+    rt: Runtime, backend: StorageBackend, manual_clock: ManualClock
+) -> Runtime:
+    """Crash *rt*; return a new runtime on the same storage (a fresh SQLiteBackend
+    on the same directory, so that only what is on disk survives)."""
+    await rt._crash()
+    if isinstance(backend, SQLiteBackend):
+        backend = SQLiteBackend(backend._directory)
+    return Runtime(bindings={"R": Reminder}, storage=backend, clock=manual_clock)
+
+
+async def test_retry_counts_survive_a_restart(
+    make_runtime: MakeRuntime, backend: StorageBackend, manual_clock: ManualClock
+) -> None:
+    rt = await make_runtime({"R": Reminder}, storage=backend)
+    start = manual_clock.now_ms()
+    await rt.env.R.get_by_name("r").schedule(start + 1_000, "fail")
+    await manual_clock.advance(3_000)  # attempts 0 and 1 failed; 2 is due at 7 s
+    assert [r[1].retry_count for r in Reminder.runs] == [0, 1]
+    async with await _restarted(rt, backend, manual_clock) as rt2:
+        await manual_clock.advance(3_999)
+        assert len(Reminder.runs) == 2  # the backoff holds across the restart
+        await manual_clock.advance(1 + 8_000 + 16_000 + 32_000 + 64_000)
+        times = [r[2] - start for r in Reminder.runs]
+        assert times == [1_000, 3_000, 7_000, 15_000, 31_000, 63_000, 127_000]
+        infos = [r[1] for r in Reminder.runs]
+        assert [i.retry_count for i in infos] == [0, 1, 2, 3, 4, 5, 6]
+        assert {i.scheduled_time for i in infos} == {start + 1_000}
+        # Seven attempts in all, restart or not: then it is abandoned.
+        assert await rt2.env.R.get_by_name("r").get_alarm() is None
+        await manual_clock.advance(10**6)
+        assert len(Reminder.runs) == 7
+
+
+async def test_a_new_alarm_starts_its_retries_at_zero_after_a_restart(
+    make_runtime: MakeRuntime, backend: StorageBackend, manual_clock: ManualClock
+) -> None:
+    rt = await make_runtime({"R": Reminder}, storage=backend)
+    stub = rt.env.R.get_by_name("r")
+    start = manual_clock.now_ms()
+    await stub.schedule(start + 1_000, "fail")
+    await manual_clock.advance(1_000)  # attempt 0 failed
+    await stub.schedule(start + 5_000)  # a new alarm replaces the retry
+    async with await _restarted(rt, backend, manual_clock):
+        await manual_clock.advance(4_000)
+        assert [(r[2] - start, r[1].retry_count) for r in Reminder.runs] == [
+            (1_000, 0),
+            (5_000, 0),
+        ]
 
 
 async def test_a_hanging_alarm_times_out_and_is_retried(
@@ -447,10 +591,10 @@ async def test_many_alarms_share_one_timer_queue(
     n = 3_000
     for i in range(n):
         await rt.env.T.get_by_name(f"t{i}").arm(start + 1_000 + i)
-    assert rt.alarms.scheduled == n
+    assert rt._alarms.scheduled == n
     await manual_clock.advance(1_000 + n)
     assert Tick.fired == n
-    assert rt.alarms.scheduled == 0
+    assert rt._alarms.scheduled == 0
 
 
 async def test_crash_fails_calls_in_flight_and_keeps_committed_writes(
@@ -583,8 +727,8 @@ async def test_rearming_alarms_does_not_grow_the_timer_heap(
     far = manual_clock.now_ms() + 86_400_000
     for i in range(3_000):
         await stub.schedule(far + i)
-    assert len(rt.timers) <= 2  # the alarm (and the idle sweep)
-    assert len(rt.timers._heap) < 2_100  # cancelled entries get compacted
+    assert len(rt._timers) <= 2  # the alarm (and the idle sweep)
+    assert len(rt._timers._heap) < 2_100  # cancelled entries get compacted
     await manual_clock.advance(86_400_000 + 3_000)
     assert len(Reminder.runs) == 1
 
@@ -598,12 +742,12 @@ async def test_a_stale_index_entry_does_not_fire_a_deleted_alarm(
     await stub.schedule(at)
     await stub.cancel()
     # Pretend the index still lists it (a crash between the two writes).
-    rt.alarms.set(rt.env.R, str(stub.id), at)
+    rt._alarms.set(rt.env.R, str(stub.id), at)
     await manual_clock.advance(1_000)
     assert Reminder.runs == []
     # ... and an entry older than the stored time follows the stored time.
     await stub.schedule(at + 5_000)
-    rt.alarms.set(rt.env.R, str(stub.id), at + 1_000)
+    rt._alarms.set(rt.env.R, str(stub.id), at + 1_000)
     await manual_clock.advance(1_000)
     assert Reminder.runs == []
     await manual_clock.advance(4_000)

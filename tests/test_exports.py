@@ -48,6 +48,45 @@ def test_import_pyobjects_does_not_import_testing() -> None:
     assert out.stdout.strip() == "False"
 
 
+def test_pyobjects_testing_works_without_pytest() -> None:
+    # pytest (and hypothesis) are test tools of the user's choosing:
+    # pyobjects.testing must import and work in a plain script without them.
+    code = """
+import sys
+sys.modules["pytest"] = None  # any import of pytest now raises ImportError
+sys.modules["hypothesis"] = None
+import anyio
+import pyobjects
+from pyobjects.testing import ManualClock, run_in_durable_object
+
+class Counter(pyobjects.DurableObject):
+    async def incr(self) -> int:
+        n = (await self.ctx.storage.get("n") or 0) + 1
+        self.ctx.storage.put("n", n)
+        return n
+
+async def main() -> None:
+    async with pyobjects.Runtime(
+        bindings={"C": Counter}, clock=ManualClock()
+    ) as rt:
+        stub = rt.env.C.get_by_name("a")
+        await stub.incr()
+
+        async def peek(obj: Counter, ctx: pyobjects.DurableObjectState) -> int:
+            return await ctx.storage.get("n")
+
+        print(await run_in_durable_object(stub, peek))
+
+anyio.run(main)
+print("pytest" in sys.modules and sys.modules["pytest"] is not None)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "False"]
+
+
 def test_api_names_from_the_contract_exist() -> None:
     import pyobjects
     import pyobjects.storage

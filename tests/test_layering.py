@@ -32,6 +32,7 @@ VALUE_MODULES = {
     "pyobjects._owner",
     "pyobjects._serialization",
     "pyobjects._statistics",
+    "pyobjects._telemetry_options",
     "pyobjects._version",
     "pyobjects._websocket",
 }

@@ -365,3 +365,53 @@ async def test_the_statistics_example_of_the_testing_guide(
     stats = rt.statistics()
     assert (stats.live_objects, stats.evictions) == (0, 1)
     assert stats.namespaces["COUNTER"].events["call"] == 1
+
+
+async def test_the_input_gates_open_flag_follows_its_state() -> None:
+    # InputGate.is_open is a plain attribute kept up to date by hand (every
+    # event reads it): check it against the state it summarises through
+    # closes, queued events, departures and a failure.
+    from pyobjects._core._gates import InputGate
+
+    gate = InputGate()
+
+    def check() -> None:
+        assert gate.is_open == (gate._closed == 0 and not gate._waiters)
+
+    check()
+    gate.close()
+    check()
+    entered: list[int] = []
+    async with anyio.create_task_group() as tg:
+
+        async def enter(n: int) -> None:
+            await gate.enter()
+            entered.append(n)
+            check()
+
+        for n in range(3):  # one at a time: trio starts tasks in any order
+            tg.start_soon(enter, n)
+            await anyio.wait_all_tasks_blocked()
+        check()
+        assert not gate.is_open
+        assert gate.queued == 3
+        gate.open()
+        check()
+    assert entered == [0, 1, 2]
+    check()
+    assert gate.is_open
+    gate.close()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(gate.enter)
+        await anyio.wait_all_tasks_blocked()
+        tg.cancel_scope.cancel()  # the waiter leaves the queue
+    check()
+    gate.open()
+    check()
+    assert gate.is_open
+    gate.close()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(gate.enter)
+        await anyio.wait_all_tasks_blocked()
+        gate.fail_all()
+    check()

@@ -3,6 +3,7 @@ from __future__ import annotations
 import enum
 import math
 import struct
+import tracemalloc
 import zoneinfo
 from collections import OrderedDict, defaultdict, namedtuple
 from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
@@ -404,6 +405,68 @@ def test_depth_limit(kind: type) -> None:
     decode(encode(nested(kind, 1024)))
     with pytest.raises(SerializationError, match="nested more than 1024 levels"):
         encode(nested(kind, 1025))
+
+
+DEEP = 100_000
+# Far more than the search for a cycle or a path needs (a few MB): a search
+# that spelled out a path per level would need gigabytes at DEEP levels.
+PEAK_BYTES = 32 * 1024 * 1024
+
+
+def _peak_while(fn: Any, *args: Any) -> tuple[BaseException, int]:
+    """Run fn(*args), which must raise; return the error and the peak memory."""
+    tracemalloc.start()
+    try:
+        fn(*args)
+    except Exception as exc:  # the caller checks what it is
+        error = exc
+    else:  # pragma: no cover - the test fails below
+        error = AssertionError(f"{fn.__name__} did not raise")
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    return error, peak
+
+
+@pytest.mark.parametrize("kind", [list, tuple, dict])
+@pytest.mark.parametrize("codec", [encode, copy_value])
+def test_a_very_deep_value_fails_in_linear_memory(kind: type, codec: Any) -> None:
+    value = nested(kind, DEEP)  # built iteratively, before the measurement
+    error, peak = _peak_while(codec, value)
+    assert isinstance(error, SerializationError)
+    assert "nested more than 1024 levels" in str(error)
+    assert peak < PEAK_BYTES
+
+
+def test_a_cycle_beside_a_very_deep_value_is_named() -> None:
+    loop: list[Any] = []
+    loop.append(loop)
+    error, peak = _peak_while(encode, [nested(list, DEEP), {"x": loop}])
+    assert isinstance(error, SerializationError)
+    assert "contains itself (at [1]['x'][0])" in str(error)
+    assert peak < PEAK_BYTES
+
+
+def test_a_cycle_below_the_depth_limit_is_reported_as_too_deep() -> None:
+    # The packer stops at 1024 levels; what lies below is too deep anyway.
+    loop: list[Any] = []
+    loop.append(loop)
+    value: Any = loop
+    for _ in range(DEEP):
+        value = [value]
+    error, peak = _peak_while(encode, value)
+    assert isinstance(error, SerializationError)
+    assert "nested more than 1024 levels" in str(error)
+    assert peak < PEAK_BYTES
+
+
+def test_an_unsupported_item_beside_a_very_deep_value_is_located() -> None:
+    error, peak = _peak_while(
+        encode, [nested(list, 1000), [object()], nested(list, DEEP)]
+    )
+    assert isinstance(error, SerializationError)
+    assert "'object' value at [1][0]" in str(error)
+    assert peak < PEAK_BYTES
 
 
 @pytest.mark.parametrize(

@@ -423,3 +423,44 @@ async def test_rpc_messages_are_limited_to_32_mib(runtime: Runtime) -> None:
         async with Runtime(bindings={"H": Huge}) as rt2:
             with pytest.raises(pyobjects.MessageTooLargeError):
                 await rt2.env.H.get_by_name("h").give()
+
+
+def _nested_lists(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+class Deep(DurableObject):
+    async def echo(self, value: object) -> object:
+        return value
+
+    async def store_nested(self, depth: int) -> str:
+        storage = self.ctx.storage
+        storage.put("before", 1)
+        message = "accepted"
+        try:
+            storage.put("deep", _nested_lists(depth))
+        except pyobjects.SerializationError as exc:
+            message = str(exc)
+        storage.put("after", 2)
+        return message
+
+    async def read(self) -> dict[str, object]:
+        return await self.ctx.storage.get(["before", "deep", "after"])
+
+
+async def test_deeply_nested_values_fail_fast_in_rpc_and_storage() -> None:
+    # 100,000 levels: quadratic work would take minutes and gigabytes.
+    deep = _nested_lists(100_000)
+    async with Runtime(bindings={"DEEP": Deep}) as rt:
+        stub = rt.env.DEEP.get_by_name("d")
+        with pytest.raises(pyobjects.SerializationError) as info:
+            await stub.echo(deep)
+        assert "nested more than 1024 levels" in str(info.value)
+        assert any("positional argument" in n for n in info.value.__notes__)
+        message = await stub.store_nested(100_000)
+        assert "nested more than 1024 levels" in message
+        # Only the refused put was dropped.
+        assert await stub.read() == {"before": 1, "after": 2}

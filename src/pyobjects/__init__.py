@@ -33,6 +33,7 @@ from ._errors import (
     SqlError as SqlError,
     SqlTimeoutError as SqlTimeoutError,
     StorageError as StorageError,
+    StorageInUseError as StorageInUseError,
     StorageLimitError as StorageLimitError,
     TransactionError as TransactionError,
     WebSocketError as WebSocketError,
@@ -41,10 +42,12 @@ from ._errors import (
 )
 from ._http import Headers as Headers, Request as Request, Response as Response
 from ._ids import DurableObjectId as DurableObjectId
+from ._prometheus import PrometheusCollector as PrometheusCollector
 from ._statistics import (
     NamespaceStatistics as NamespaceStatistics,
     RuntimeStatistics as RuntimeStatistics,
 )
+from ._telemetry_options import OpenTelemetry as OpenTelemetry
 from ._version import __version__ as __version__
 from ._websocket import (
     WebSocket as WebSocket,
@@ -75,7 +78,9 @@ __all__ = (
     "InvalidIdError",
     "MessageTooLargeError",
     "NamespaceStatistics",
+    "OpenTelemetry",
     "OverloadedError",
+    "PrometheusCollector",
     "PyObjectsError",
     "Request",
     "Response",
@@ -86,6 +91,7 @@ __all__ = (
     "SqlError",
     "SqlTimeoutError",
     "StorageError",
+    "StorageInUseError",
     "StorageLimitError",
     "SystemClock",
     "TransactionError",

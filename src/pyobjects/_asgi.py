@@ -166,11 +166,11 @@ class App:
             raise ValueError(f"max_body_size must be >= 0, got {max_body_size}")
         if max_message_size < 1:
             raise ValueError(f"max_message_size must be >= 1, got {max_message_size}")
-        self.worker = worker
+        self.worker: Worker = worker
         self.storage: StorageBackend = MemoryBackend() if storage is None else storage
-        self.debug = debug
-        self.max_body_size = max_body_size
-        self.max_message_size = max_message_size
+        self.debug: bool = debug
+        self.max_body_size: int | None = max_body_size
+        self.max_message_size: int = max_message_size
         self._options = runtime_options
         self._background = _Background()
         self._runtime: Runtime | None = None

@@ -15,10 +15,13 @@ import anyio
 import click
 
 from ._asgi import App
+from ._errors import StorageInUseError
 from ._inspect import ObjectSummary, dump_object, find_object, summarize
+from ._logs import serve_log_config
+from ._prometheus import PrometheusCollector
 from ._worker import Worker
 from .storage.memory import MemoryBackend
-from .storage.sqlite import SQLiteBackend
+from .storage.sqlite import SQLiteBackend, read_only_backend
 
 if TYPE_CHECKING:
     from .storage._base import StorageBackend
@@ -94,6 +97,41 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _check_not_in_use(directory: str) -> None:
+    """Refuse, with a clear message, a directory another runtime serves.
+
+    Only a courtesy check before uvicorn starts: the runtime claims the
+    directory itself when the lifespan starts it (and fails the startup if
+    another process took it in between).
+    """
+    probe = SQLiteBackend(directory)
+    try:
+        probe.claim()
+    except StorageInUseError as exc:
+        raise click.ClickException(f"cannot serve: {exc}") from None
+    finally:
+        anyio.run(probe.aclose)
+
+
+def _serve_metrics(app: App, host: str, port: int) -> tuple[Any, int]:
+    """Start the Prometheus endpoint (a thread); return its server and port."""
+    try:
+        from prometheus_client import CollectorRegistry, start_http_server
+    except ModuleNotFoundError:
+        raise click.ClickException(
+            "--metrics-port needs prometheus-client: pip install 'pyobjects[metrics]'"
+        ) from None
+    registry = CollectorRegistry()
+    registry.register(PrometheusCollector(lambda: app.runtime.statistics()))
+    try:
+        server, _ = start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot serve metrics on {host}:{port}: {exc.strerror}"
+        ) from None
+    return server, server.server_address[1]
+
+
 class _Stopped(Exception):
     """SIGTERM, seen after uvicorn's graceful shutdown."""
 
@@ -129,7 +167,20 @@ def _stop_on_sigterm(signum: int, frame: object) -> NoReturn:
     type=click.Choice(_LOG_LEVELS),
     default="info",
     show_default=True,
-    help="uvicorn's log level.",
+    help="Log level of uvicorn and pyobjects (debug shows objects' lifecycle).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log lines as text (time, level, logger, message) or JSON objects.",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Also serve Prometheus metrics at http://HOST:PORT/metrics (0: a free port).",
 )
 @click.option(
     "--app-dir",
@@ -146,6 +197,8 @@ def serve(
     memory: bool,
     debug: bool,
     log_level: str,
+    log_format: str,
+    metrics_port: int | None,
     app_dir: str,
 ) -> None:
     """Serve MODULE:WORKER (a pyobjects.Worker) over HTTP and WebSockets.
@@ -167,13 +220,16 @@ def serve(
         backend, where = MemoryBackend(), "in memory"
     else:
         directory = storage if storage is not None else DEFAULT_STORAGE
+        _check_not_in_use(directory)
         backend, where = SQLiteBackend(directory), f"SQLite in {directory}"
     app = App(worker, storage=backend, debug=debug)
+    metrics = None if metrics_port is None else _serve_metrics(app, host, metrics_port)
     sock = _bind(host, port)
     config = uvicorn.Config(
         app,
         lifespan="on",
         log_level=log_level,
+        log_config=serve_log_config(log_level, json_lines=log_format == "json"),
         ws_max_size=app.max_message_size,
         server_header=False,
     )
@@ -184,6 +240,8 @@ def serve(
         f"pyobjects: serving {target} at http://{url_host}:{bound} "
         f"(storage: {where}); press Ctrl-C to stop"
     )
+    if metrics is not None:
+        click.echo(f"pyobjects: metrics at http://{url_host}:{metrics[1]}/metrics")
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         server.run(sockets=[sock])
@@ -192,6 +250,8 @@ def serve(
     finally:
         signal.signal(signal.SIGTERM, previous)
         sock.close()
+        if metrics is not None:
+            metrics[0].shutdown()
     if not server.started:
         raise click.ClickException("the server did not start (see the log above)")
     click.echo("pyobjects: stopped; pending writes flushed")
@@ -270,11 +330,12 @@ def inspect(
     known, key counts, bytes stored and pending alarms). With NAMESPACE, list
     that namespace only. With NAMESPACE OBJECT (64 hex digits, or the name
     the object was reached by), print its keys and decoded values. Reads
-    only; safe while a server runs on the same storage.
+    only (the databases are opened read-only and no WAL is checkpointed), so
+    it is safe while a server runs on the same storage.
     """
     if not os.path.isdir(storage):
         raise click.ClickException(f"no pyobjects storage at {storage}")
-    backend = SQLiteBackend(storage)
+    backend = read_only_backend(storage)
     try:
         if object_ref is not None:
             assert namespace is not None

@@ -8,6 +8,7 @@
     │   ├── StorageLimitError(StorageError, ValueError)  key/value/batch over a limit
     │   ├── SerializationError(StorageError, TypeError)  value the codec cannot encode
     │   ├── TransactionError(StorageError, RuntimeError) misuse of a transaction
+    │   ├── StorageInUseError                            another Runtime uses the dir
     │   └── SqlError                                     wraps sqlite3.Error
     │       └── SqlTimeoutError                          statement over the time limit
     ├── MessageTooLargeError(PyObjectsError, ValueError)  RPC message over 32 MiB
@@ -26,6 +27,8 @@ attribute ``durable_object_reset = True`` set on it (Cloudflare's
 
 from __future__ import annotations
 
+import os
+
 __all__ = [
     "DurableObjectError",
     "DurableObjectResetError",
@@ -38,6 +41,7 @@ __all__ = [
     "SqlError",
     "SqlTimeoutError",
     "StorageError",
+    "StorageInUseError",
     "StorageLimitError",
     "TransactionError",
     "WebSocketError",
@@ -109,6 +113,31 @@ class MessageTooLargeError(PyObjectsError, ValueError):
 
 class TransactionError(StorageError, RuntimeError):
     """A transaction was used after it finished or was rolled back, or misused."""
+
+
+class StorageInUseError(StorageError):
+    """Another runtime owns the storage directory (its lock file is held).
+
+    Raised when a :class:`~pyobjects.Runtime` starts on a ``SQLiteBackend``
+    directory that a running runtime, in this process or another one, already
+    uses. ``directory`` is the directory and ``pid`` the process holding it
+    (``None`` if it could not be read).
+    """
+
+    def __init__(self, *, directory: str, pid: int | None) -> None:
+        self.directory = directory
+        self.pid = pid
+        if pid is None:
+            holder = "another Runtime (its PID could not be read)"
+        elif pid == os.getpid():
+            holder = f"another Runtime of this process (PID {pid})"
+        else:
+            holder = f"process {pid}"
+        super().__init__(
+            f"storage directory {directory!r} is in use by {holder}: only one "
+            "Runtime at a time may run on a SQLiteBackend directory; stop that "
+            "one first, or use another directory"
+        )
 
 
 class SqlError(StorageError):

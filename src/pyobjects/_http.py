@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json as _json
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Self, TypeAlias, cast, final
+from typing import Any, ClassVar, Self, TypeAlias, cast, final
 from urllib.parse import urlsplit
 
 from ._websocket import NEW, WebSocket
@@ -127,7 +127,7 @@ class Headers:
             return sorted(self._items) == sorted(other._items)
         return NotImplemented
 
-    __hash__ = None  # type: ignore[assignment]  # mutable
+    __hash__: ClassVar[None] = None  # type: ignore[assignment]  # mutable
 
     def __repr__(self) -> str:
         return f"Headers({self._items!r})"
@@ -191,9 +191,9 @@ class Request(_Body):
             )
         if not isinstance(cast("object", method), str) or not method.isalpha():
             raise ValueError(f"invalid HTTP method: {method!r}")
-        self.url = url
-        self.method = method.upper()
-        self.headers = Headers(headers)
+        self.url: str = url
+        self.method: str = method.upper()
+        self.headers: Headers = Headers(headers)
         self._body = _body_bytes(body)
         if self._body and self.method in ("GET", "HEAD"):
             raise ValueError(f"a {self.method} request cannot have a body")
@@ -263,10 +263,10 @@ class Response(_Body):
             check_websocket(websocket)
         elif not 200 <= status <= 599:
             raise ValueError(f"status must be in 200..599, got {status}")
-        self.status = status
-        self.headers = Headers(headers)
+        self.status: int = status
+        self.headers: Headers = Headers(headers)
         self._body = _body_bytes(body)
-        self.websocket = websocket
+        self.websocket: object | None = websocket
         if isinstance(body, str) and "content-type" not in self.headers:
             self.headers.set("content-type", "text/plain;charset=UTF-8")
 

@@ -228,50 +228,85 @@ def _default(value: object) -> object:
     return encoder(value)
 
 
-def _children(node: Any, path: str) -> list[tuple[object, str]]:
-    """List the items of a container with their paths, in packing order."""
+# A path through a value, as a linked list from the item back to the root:
+# (parent trail, kind of step, index or key). Paths are spelled out only for
+# the one item an error names, so finding it costs time and memory linear in
+# the value, however deep it nests (a path per visited item would be
+# quadratic: 100,000 levels would need gigabytes).
+_Trail = tuple["_Trail", str, object] | None
+
+
+def _children(node: Any, trail: _Trail) -> list[tuple[object, _Trail]]:
+    """List the items of a container with their trails, in packing order."""
     if type(node) is list or type(node) is tuple:
-        return [(item, f"{path}[{i}]") for i, item in enumerate(node)]
+        return [(item, (trail, "index", i)) for i, item in enumerate(node)]
     if type(node) is dict:
-        out: list[tuple[object, str]] = []
+        out: list[tuple[object, _Trail]] = []
         for i, (key, item) in enumerate(node.items()):
-            out.append((key, f"{path}<key #{i}>"))
-            out.append((item, f"{path}[{key!r}]"))
+            out.append((key, (trail, "key", i)))
+            out.append((item, (trail, "value", key)))
         return out
     # set or frozenset: callers pass containers only
-    return [(item, f"{path}<item #{i}>") for i, item in enumerate(node)]
+    return [(item, (trail, "item", i)) for i, item in enumerate(node)]
+
+
+_STEP_FORMATS: Final = {
+    "index": "[{}]",
+    "key": "<key #{}>",
+    "value": "[{!r}]",
+    "item": "<item #{}>",
+}
+
+
+def _path(trail: _Trail) -> str:
+    """Spell out a trail: ``[0]['a']<key #1>``."""
+    steps = []
+    while trail is not None:
+        trail, kind, where = trail
+        steps.append(_STEP_FORMATS[kind].format(where))
+    return "".join(reversed(steps))
 
 
 def _locate(root: object, target: object) -> str:
     """Return the path from *root* to *target* (by identity), for messages."""
     seen: set[int] = set()
-    stack: list[tuple[object, str]] = [(root, "")]
+    stack: list[tuple[object, _Trail]] = [(root, None)]
     while stack:
-        node, path = stack.pop()
+        node, trail = stack.pop()
         if node is target:
-            return path
+            return _path(trail)
         if type(node) in _CONTAINERS and id(node) not in seen:
             seen.add(id(node))
-            stack.extend(reversed(_children(node, path)))
+            stack.extend(reversed(_children(node, trail)))
     return ""
 
 
 def _find_cycle(root: object) -> str | None:
-    """Return the path of a container that contains itself, if there is one."""
+    """Return the path of a container that contains itself, if there is one.
+
+    Only the first ``_MAX_DEPTH + 1`` levels are searched: the packer gave up
+    there, so a value without a cycle that shallow is too deep either way.
+    Every container is expanded at most once.
+    """
     active: set[int] = set()
     done: set[int] = set()
-    stack: list[tuple[object, str, bool]] = [(root, "", False)]
+    stack: list[tuple[object, _Trail, int, bool]] = [(root, None, 0, False)]
     while stack:
-        node, path, leaving = stack.pop()
+        node, trail, depth, leaving = stack.pop()
         if leaving:
             active.discard(id(node))
             done.add(id(node))
         elif type(node) in _CONTAINERS and id(node) not in done:
             if id(node) in active:
-                return path
+                return _path(trail)
+            if depth > _MAX_DEPTH:
+                continue
             active.add(id(node))
-            stack.append((node, path, True))
-            stack.extend((c, p, False) for c, p in reversed(_children(node, path)))
+            stack.append((node, trail, depth, True))
+            stack.extend(
+                (item, step, depth + 1, False)
+                for item, step in reversed(_children(node, trail))
+            )
     return None
 
 

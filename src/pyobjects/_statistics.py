@@ -20,7 +20,11 @@ class NamespaceStatistics:
     ``"alarm"``, ``"websocket"`` (message, close and error events of
     hibernatable sockets) and ``"run"`` (``run_in_durable_object``).
     ``commits`` counts committed write batches and ``commit_failures`` those
-    that failed (each reset its object); ``resets`` counts every reset
+    that failed (each reset its object); ``commit_seconds`` is the time spent
+    in those commits (divide by ``commits`` for the mean commit latency) and
+    ``bytes_written`` the bytes of KV keys and values they wrote (SQL writes
+    are not counted: they go to the database as they run). ``events["alarm"]``
+    counts alarms fired, retries included. ``resets`` counts every reset
     (``abort()``, a failing ``block_concurrency_while`` or constructor, a
     failed commit, a timeout). ``open_websockets`` counts connected sockets
     (plain and hibernatable), ``hibernated_websockets`` the hibernatable ones
@@ -31,6 +35,8 @@ class NamespaceStatistics:
     events: Mapping[str, int]
     commits: int
     commit_failures: int
+    commit_seconds: float
+    bytes_written: int
     evictions: int
     resets: int
     pending_alarms: int
@@ -53,6 +59,8 @@ class RuntimeStatistics:
     events_in_flight: int
     commits: int
     commit_failures: int
+    commit_seconds: float
+    bytes_written: int
     evictions: int
     resets: int
     pending_alarms: int

@@ -573,3 +573,53 @@ async def test_batches_of_the_wrong_types_are_rejected(
         await store.commit(batch)
     assert await store.list(ListQuery()) == [("k", b"v")]
     await backend.aclose()
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_alarm_retries_are_kept_for_their_alarm_only(
+    tmp_path: Path, kind: str
+) -> None:
+    backend: MemoryBackend | SQLiteBackend = (
+        MemoryBackend() if kind == "memory" else SQLiteBackend(tmp_path)
+    )
+    store = backend.open(NS, ID1)
+    await store.commit(WriteBatch(alarm_changed=True, alarm=100))
+    await backend.record_alarm_retry(
+        NS, ID1, scheduled_ms=100, retry_count=2, retry_ms=7_000
+    )
+    (entry,) = await backend.pending_alarms()
+    assert (entry.time_ms, entry.retry_count, entry.retry_ms) == (100, 2, 7_000)
+    # A count recorded for another time of the alarm does not apply.
+    await backend.record_alarm_retry(
+        NS, ID1, scheduled_ms=99, retry_count=5, retry_ms=9_000
+    )
+    (entry,) = await backend.pending_alarms()
+    assert (entry.retry_count, entry.retry_ms) == (0, None)
+    # A new alarm starts over; so does one set again after it was deleted.
+    await backend.record_alarm_retry(
+        NS, ID1, scheduled_ms=100, retry_count=1, retry_ms=3_000
+    )
+    await store.commit(WriteBatch(alarm_changed=True, alarm=None))
+    await store.commit(WriteBatch(alarm_changed=True, alarm=100))
+    (entry,) = await backend.pending_alarms()
+    assert (entry.retry_count, entry.retry_ms) == (0, None)
+    with pytest.raises(ValueError, match="invalid object id"):
+        await backend.record_alarm_retry(
+            NS, "nope", scheduled_ms=100, retry_count=1, retry_ms=1
+        )
+    await backend.aclose()
+
+
+async def test_an_index_without_the_retries_table_gets_it(tmp_path: Path) -> None:
+    backend = SQLiteBackend(tmp_path)
+    await backend.open(NS, ID1).commit(WriteBatch(alarm_changed=True, alarm=100))
+    await backend.aclose()
+    with raw(tmp_path / "@metadata.sqlite") as conn:  # as written before #11
+        conn.execute("DROP TABLE alarm_retries")
+    backend = SQLiteBackend(tmp_path)
+    await backend.record_alarm_retry(
+        NS, ID1, scheduled_ms=100, retry_count=3, retry_ms=5_000
+    )
+    (entry,) = await backend.pending_alarms()
+    assert (entry.time_ms, entry.retry_count, entry.retry_ms) == (100, 3, 5_000)
+    await backend.aclose()

@@ -32,7 +32,8 @@ import anyio.lowlevel
 
 from pyobjects._errors import DurableObjectResetError, RuntimeClosedError
 from pyobjects._owner import current_owner
-from pyobjects.storage._api import Storage, StorageOwner
+from pyobjects.storage._api import Storage
+from pyobjects.storage._front import StorageOwner
 
 from ._gates import InputGate, OutputGate, Resume
 from ._state import BlockConcurrencyHandle, DurableObjectState
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine, Iterator
 
     from pyobjects._ids import DurableObjectId
-    from pyobjects.storage._base import WriteBatch
+    from pyobjects.storage._base import ObjectStore, WriteBatch
 
     from ._catalog import Counters
     from ._events import Event
@@ -190,30 +191,30 @@ class Actor(StorageOwner):
         object_id: DurableObjectId,
         counters: Counters,
     ) -> None:
-        self.runtime = runtime
-        self.namespace = namespace
-        self.id = visible_id(object_id)
-        self.key = (namespace._storage_name, object_id)
-        self.counters = counters
-        self.input_gate = InputGate(max_queued=runtime._max_queued_events)
-        self.store = runtime._open_store(namespace, str(object_id))
-        self.storage = Storage(self.store, self, name=self.id.name)
-        self.output_gate = OutputGate(
+        self.runtime: Runtime = runtime
+        self.namespace: DurableObjectNamespace = namespace
+        self.id: DurableObjectId = visible_id(object_id)
+        self.key: tuple[str, DurableObjectId] = (namespace._storage_name, object_id)
+        self.counters: Counters = counters
+        self.input_gate: InputGate = InputGate(max_queued=runtime._max_queued_events)
+        self.store: ObjectStore = runtime._open_store(namespace, str(object_id))
+        self.storage: Storage = Storage(self.store, self, name=self.id.name)
+        self.output_gate: OutputGate = OutputGate(
             self, runtime._commits, self.storage, runtime._commit_store(self)
         )
-        self.ctx = DurableObjectState(self)
+        self.ctx: DurableObjectState = DurableObjectState(self)
         self.instance: Any = None
         self.broken: BaseException | None = None
-        self.evicted = False
-        self.constructing = False
-        self.starting = False
-        self.start_failed = False
-        self.active = 0
+        self.evicted: bool = False
+        self.constructing: bool = False
+        self.starting: bool = False
+        self.start_failed: bool = False
+        self.active: int = 0
         # Steps of this object's event handlers running right now (nested
         # calls of an object to itself count twice); see _EventSteps.
-        self.stepping = 0
-        self.idle_since = 0
-        self.idle_queued_at = 0
+        self.stepping: int = 0
+        self.idle_since: int = 0
+        self.idle_queued_at: int = 0
         self.reset_scopes: set[anyio.CancelScope] = set()
         # Open plain (non-hibernatable) WebSockets accepted by this instance:
         # they keep it from being evicted.
@@ -293,7 +294,9 @@ class Actor(StorageOwner):
                 self.end()
                 raise
             try:
-                if self.output_gate.pending or self.broken is not None:
+                gate = self.output_gate
+                # gate.pending, inlined: this runs once per event
+                if gate.durable_seq < gate.write_seq or self.broken is not None:
                     await self.wait_durable()
             finally:
                 self.end()
@@ -319,7 +322,7 @@ class Actor(StorageOwner):
                 scope.cancel()
 
             runtime = self.runtime
-            timer = runtime.timers.call_at(
+            timer = runtime._timers.call_at(
                 runtime.clock.now_ms() + event.timeout_ms, expire
             )
         self.reset_scopes.add(scope)
@@ -439,6 +442,7 @@ class Actor(StorageOwner):
         self.stepping += 1  # its writes commit with the first event's output
         try:
             self.instance = self.namespace.object_class(self.ctx, self.runtime.env)
+            logger.debug("constructed %s", self._label())
         finally:
             self.stepping -= 1
             self.constructing = False
@@ -500,12 +504,19 @@ class Actor(StorageOwner):
         self.counters.commit_failures += 1
         self.break_(error)
 
-    def committed(self, batch: WriteBatch) -> None:
+    def committed(self, batch: WriteBatch, elapsed_ns: int) -> None:
         """A batch is durable: count it, and let its alarm change take effect."""
         counters = self.counters
         counters.commits += 1
+        counters.commit_ns += elapsed_ns
+        written = 0
+        for key, value in batch.writes.items():
+            written += len(key) if key.isascii() else len(key.encode())
+            if value is not None:
+                written += len(value)
+        counters.bytes_written += written
         if batch.alarm_changed:
-            self.runtime.alarms.set(self.namespace, str(self.id), batch.alarm)
+            self.runtime._alarms.set(self.namespace, str(self.id), batch.alarm)
 
     # -- EventOwner (what WebSockets see) ---------------------------------------
 
@@ -579,6 +590,11 @@ class Actor(StorageOwner):
             and not self.sockets
         )
 
+    def _label(self) -> str:
+        """How log lines name this object: class, id and name if known."""
+        name = "" if self.id.name is None else f" {self.id.name!r}"
+        return f"{self.namespace.object_class.__name__} {self.id}{name}"
+
     def reset_error(self) -> BaseException:
         """The error callers of a reset instance get (a fresh flagged copy)."""
         assert self.broken is not None
@@ -603,6 +619,7 @@ class Actor(StorageOwner):
         self.broken = error
         if not isinstance(error, RuntimeClosedError):  # closing is no reset
             self.counters.resets += 1
+            logger.info("reset %s: %s: %s", self._label(), type(error).__name__, error)
         self.runtime._forget(self)
         self.storage._discard()
         self.input_gate.fail_all()
@@ -630,6 +647,7 @@ class Actor(StorageOwner):
         """Drop this (quiescent) instance; storage stays for the next one."""
         self.evicted = True
         self.counters.evictions += 1
+        logger.debug("evicted %s", self._label())
         self.runtime._forget(self)
         self.store.close()
         self.instance = None
@@ -672,7 +690,7 @@ class Actor(StorageOwner):
         scope = anyio.CancelScope()
         self.reset_scopes.add(scope)
         runtime = self.runtime
-        timer = runtime.timers.call_at(
+        timer = runtime._timers.call_at(
             runtime.clock.now_ms() + runtime._bcw_timeout_ms, self._bcw_timed_out
         )
         try:

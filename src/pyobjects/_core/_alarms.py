@@ -10,7 +10,10 @@ Delivery follows Cloudflare: the handler runs as a normal event under the
 input gate, never twice at once for one object; inside it ``get_alarm()``
 returns ``None`` unless the handler sets a new alarm; the alarm is deleted only
 after the handler succeeds; a failure (or a timeout) is retried 2 s, 4 s, 8 s,
-... later, at most 6 times, unless the handler set a new alarm first.
+... later, at most 6 times, unless the handler set a new alarm first. Each
+failed attempt is recorded in the backend (if it offers
+``record_alarm_retry()``), so a restarted runtime resumes the count and the
+backoff instead of starting over.
 """
 
 from __future__ import annotations
@@ -95,7 +98,13 @@ class AlarmScheduler:
             namespace = namespaces.get(entry.namespace)
             if namespace is None:
                 continue  # a namespace no longer bound: keep its data, skip it
-            self.set(namespace, entry.object_id, entry.time_ms)
+            # Failed attempts recorded before the restart (record_alarm_retry)
+            # carry on: the next one at its due time, with its count.
+            retry = getattr(entry, "retry_count", 0)
+            retry_ms = getattr(entry, "retry_ms", None)
+            at = entry.time_ms if not retry or retry_ms is None else retry_ms
+            key = (namespace._storage_name, entry.object_id)
+            self._arm(key, namespace, at, retry=retry, scheduled=entry.time_ms)
 
     def _arm(
         self,
@@ -117,7 +126,7 @@ class AlarmScheduler:
             self._running.add(key)
             self._runtime._spawn(self._run, key, namespace, retry, scheduled)
 
-        self._timers[key] = self._runtime.timers.call_at(at, fire)
+        self._timers[key] = self._runtime._timers.call_at(at, fire)
 
     async def _run(
         self, key: _Key, namespace: DurableObjectNamespace, retry: int, scheduled: int
@@ -211,13 +220,9 @@ class AlarmScheduler:
                 delay,
                 error,
             )
-            self._arm(
-                key,
-                namespace,
-                runtime.clock.now_ms() + delay,
-                retry=retry + 1,
-                scheduled=scheduled,
-            )
+            at = runtime.clock.now_ms() + delay
+            self._arm(key, namespace, at, retry=retry + 1, scheduled=scheduled)
+            await self._record_retry(key, scheduled, retry + 1, at)
             return
         logger.error(
             "alarm() of %s %s failed %d times; giving up and deleting it: %r",
@@ -239,6 +244,24 @@ class AlarmScheduler:
         finally:
             self._running.discard(key)
             self._changed_while_running.pop(key, None)
+
+    async def _record_retry(
+        self, key: _Key, scheduled: int, retry: int, at: int
+    ) -> None:
+        """Make the count of failed attempts durable, if the backend can.
+
+        Without it a restart would start the alarm over at retry 0 (and so
+        retry a failing alarm forever across restarts).
+        """
+        record = getattr(self._runtime.storage, "record_alarm_retry", None)
+        if record is None:
+            return
+        try:
+            await record(*key, scheduled_ms=scheduled, retry_count=retry, retry_ms=at)
+        except Exception:
+            # The retry still happens in this process; only a restart before
+            # it would start the count over.
+            logger.exception("could not record the retry count of alarm %s", key[1])
 
     def pending_by_namespace(self) -> dict[str, int]:
         """Alarms waiting to fire or running, per storage namespace."""

@@ -31,14 +31,24 @@ Key = tuple[str, "DurableObjectId"]
 class Counters:
     """Running totals of one storage namespace (read by ``statistics()``)."""
 
-    __slots__ = ("commit_failures", "commits", "events", "evictions", "resets")
+    __slots__ = (
+        "bytes_written",
+        "commit_failures",
+        "commit_ns",
+        "commits",
+        "events",
+        "evictions",
+        "resets",
+    )
 
     def __init__(self) -> None:
-        self.events = dict.fromkeys(EVENT_KINDS, 0)
-        self.commits = 0
-        self.commit_failures = 0
-        self.evictions = 0
-        self.resets = 0
+        self.events: dict[str, int] = dict.fromkeys(EVENT_KINDS, 0)
+        self.commits: int = 0
+        self.commit_failures: int = 0
+        self.commit_ns: int = 0
+        self.bytes_written: int = 0
+        self.evictions: int = 0
+        self.resets: int = 0
 
 
 class Catalog:
@@ -66,7 +76,8 @@ class Catalog:
         counters = self.counters.get(key[0])
         if counters is None:
             counters = self.counters[key[0]] = Counters()
-        actor = self.actors[key] = Actor(self._runtime, namespace, object_id, counters)
+        cls = Actor if self._runtime._telemetry is None else traced_actor()
+        actor = self.actors[key] = cls(self._runtime, namespace, object_id, counters)
         return actor
 
     def live(
@@ -98,9 +109,18 @@ class Catalog:
             events=MappingProxyType(dict(counters.events)),
             commits=counters.commits,
             commit_failures=counters.commit_failures,
+            commit_seconds=counters.commit_ns / 1e9,
+            bytes_written=counters.bytes_written,
             evictions=counters.evictions,
             resets=counters.resets,
             pending_alarms=pending_alarms,
             open_websockets=open_sockets,
             hibernated_websockets=hibernated,
         )
+
+
+def traced_actor() -> type[Actor]:
+    """The actor class of a runtime with telemetry on (imported on demand)."""
+    from ._telemetry import TracedActor
+
+    return TracedActor

@@ -55,18 +55,20 @@ OUTPUT_GATE_TIMEOUT_MS = 30_000
 class InputGate:
     """FIFO admission of events into one object."""
 
-    __slots__ = ("_broken", "_closed", "_max_queued", "_waiters")
+    __slots__ = ("_broken", "_closed", "_max_queued", "_waiters", "is_open")
 
     def __init__(self, *, max_queued: int | None = None) -> None:
         self._closed = 0
         self._waiters: deque[anyio.Event] = deque()
         self._broken = False
         self._max_queued = max_queued
+        # True when a new event may start at once, without queueing. A plain
+        # attribute (every event reads it), kept equal to
+        # ``_closed == 0 and not _waiters`` by every method that changes them.
+        self.is_open: bool = True
 
-    @property
-    def is_open(self) -> bool:
-        """True when a new event may start at once, without queueing."""
-        return self._closed == 0 and not self._waiters
+    def _update(self) -> None:
+        self.is_open = self._closed == 0 and not self._waiters
 
     @property
     def queued(self) -> int:
@@ -81,10 +83,12 @@ class InputGate:
     def close(self) -> None:
         """Hold back new events until a matching :meth:`open`."""
         self._closed += 1
+        self.is_open = False
 
     def open(self) -> None:
         """Undo one :meth:`close`; lets the first waiter in when fully open."""
         self._closed -= 1
+        self._update()
         if self._closed == 0 and self._waiters:
             self._waiters[0].set()
 
@@ -94,6 +98,7 @@ class InputGate:
         for waiter in self._waiters:
             waiter.set()
         self._waiters.clear()
+        self._update()
 
     async def enter(self) -> None:
         """Wait for this event's turn.
@@ -110,6 +115,7 @@ class InputGate:
             )
         waiter = anyio.Event()
         self._waiters.append(waiter)
+        self.is_open = False
         try:
             while not self._broken:
                 if self._closed == 0 and self._waiters[0] is waiter:
@@ -128,6 +134,7 @@ class InputGate:
         else:
             if not self._broken:
                 self._waiters.popleft()
+                self._update()
                 # Wake the next one; it runs once this event yields, and by then
                 # it re-checks whether the gate is still open.
                 if self._waiters and self._closed == 0:
@@ -139,6 +146,7 @@ class InputGate:
         except ValueError:
             return
         del self._waiters[index]
+        self._update()
         if index == 0 and self._waiters and self._closed == 0:
             self._waiters[0].set()
 
@@ -150,8 +158,8 @@ class GateOwner(Protocol):
         """A commit failed or timed out: reset the object with *error*."""
         ...
 
-    def committed(self, batch: WriteBatch, /) -> None:
-        """*batch* is durable (alarm changes take effect now)."""
+    def committed(self, batch: WriteBatch, elapsed_ns: int, /) -> None:
+        """*batch* is durable (alarm changes take effect now); it took *elapsed_ns*."""
         ...
 
 
@@ -168,9 +176,9 @@ class CommitQueue:
     __slots__ = ("_dirty", "_wakeup", "clock", "events_in_flight", "timers")
 
     def __init__(self, clock: Clock, timers: Timers) -> None:
-        self.clock = clock
-        self.timers = timers
-        self.events_in_flight = 0
+        self.clock: Clock = clock
+        self.timers: Timers = timers
+        self.events_in_flight: int = 0
         self._dirty: list[OutputGate] = []
         self._wakeup: anyio.Event | None = None
 
@@ -244,18 +252,18 @@ class OutputGate:
     ) -> None:
         self._owner = owner
         self._queue = queue
-        self.storage = storage
+        self.storage: Storage = storage
         # The store commits go to; pyobjects.testing.fail_next_commits() puts a
         # failing wrapper here (only here: reads use the storage's own store).
-        self.store = store
-        self.write_seq = 0
-        self.durable_seq = 0
-        self.broken = False
-        self.flush_scheduled = False  # pending writes not yet taken by a flush
-        self.flush_queued = False  # in the flusher's list
-        self.flushing = False
-        self.flushing_seq = 0
-        self.commit_ns = 0
+        self.store: ObjectStore = store
+        self.write_seq: int = 0
+        self.durable_seq: int = 0
+        self.broken: bool = False
+        self.flush_scheduled: bool = False  # pending writes not yet taken by a flush
+        self.flush_queued: bool = False  # in the flusher's list
+        self.flushing: bool = False
+        self.flushing_seq: int = 0
+        self.commit_ns: int = 0
         self._event: anyio.Event | None = None
         self._scope: anyio.CancelScope | None = None
 
@@ -362,10 +370,11 @@ class OutputGate:
             self.flushing = False
         if self._was_broken():
             return  # reset while the commit was in flight: nothing to deliver
-        self.commit_ns = (self.commit_ns * 3 + perf_counter_ns() - started) >> 2
+        elapsed = perf_counter_ns() - started
+        self.commit_ns = (self.commit_ns * 3 + elapsed) >> 2
         self.storage._batch_done(layer, batch)
         self._confirmed(seq)
-        self._owner.committed(batch)
+        self._owner.committed(batch, elapsed)
 
     async def _commit_slowly(
         self, commit: Coroutine[Any, Any, None], first: Any

@@ -90,7 +90,7 @@ class DurableObjectNamespace:
     ) -> None:
         self._runtime = runtime
         self._binding_name = binding_name
-        self.object_class = object_class
+        self.object_class: type[DurableObject] = object_class
         self._jurisdiction = jurisdiction
         if parent is None:
             self._ids = IdFactory(unique_key)

@@ -15,6 +15,7 @@ from pyobjects._clock import Clock, SystemClock
 from pyobjects._errors import RuntimeClosedError
 from pyobjects._ids import DurableObjectId
 from pyobjects._statistics import NamespaceStatistics, RuntimeStatistics
+from pyobjects._telemetry_options import OpenTelemetry
 from pyobjects.storage.memory import MemoryBackend
 
 from ._alarms import AlarmScheduler
@@ -105,6 +106,9 @@ class Runtime:
             :class:`DurableObjectBinding` with options). Bindings that share
             a namespace key share their objects; they must bind one class.
         storage: A storage backend; ``None`` means a fresh ``MemoryBackend``.
+            The runtime owns it while it runs: entering a runtime on a
+            ``SQLiteBackend`` directory that another running runtime uses
+            (in this process or another) raises ``StorageInUseError``.
         clock: The clock for eviction, timeouts and alarms (default: the
             system clock; use ``pyobjects.testing.ManualClock`` in tests).
         vars: Plain values added to ``env``.
@@ -126,6 +130,9 @@ class Runtime:
             default CPU limit per request). Measured in real time, not on
             ``clock``: SQL runs on the event loop, so a long statement
             stalls every object until it ends.
+        opentelemetry: An :class:`~pyobjects.OpenTelemetry` to trace every
+            event (a span each) and measure event and commit durations;
+            ``None`` (the default) costs nothing.
     """
 
     def __init__(
@@ -141,6 +148,7 @@ class Runtime:
         alarm_timeout: float = 900.0,
         alarm_retry_jitter: bool | None = None,
         sql_statement_timeout: float = 30.0,
+        opentelemetry: OpenTelemetry | None = None,
     ) -> None:
         self._options: dict[str, Any] = {
             "bindings": bindings,
@@ -153,6 +161,7 @@ class Runtime:
             "alarm_timeout": alarm_timeout,
             "alarm_retry_jitter": alarm_retry_jitter,
             "sql_statement_timeout": sql_statement_timeout,
+            "opentelemetry": opentelemetry,
         }
         if idle_timeout is not None and idle_timeout <= 0:
             raise ValueError(
@@ -171,6 +180,16 @@ class Runtime:
         self._sql_time_limit = float(sql_statement_timeout)
         if alarm_timeout <= 0:
             raise ValueError(f"alarm_timeout must be > 0 seconds, got {alarm_timeout}")
+        self._telemetry: Telemetry | None = None
+        if opentelemetry is not None:
+            if not isinstance(opentelemetry, OpenTelemetry):
+                raise TypeError(
+                    "opentelemetry takes a pyobjects.OpenTelemetry, not "
+                    f"{type(opentelemetry).__name__}"
+                )
+            from ._telemetry import Telemetry
+
+            self._telemetry = Telemetry(opentelemetry)
         self.storage: StorageBackend = MemoryBackend() if storage is None else storage
         self.clock: Clock = SystemClock() if clock is None else clock
         self._bcw_timeout_ms = round(block_concurrency_timeout * 1000)
@@ -178,15 +197,15 @@ class Runtime:
         if alarm_retry_jitter is None:
             # Exact retry times under a deterministic (manual) clock.
             alarm_retry_jitter = not getattr(self.clock, "deterministic", False)
-        self.timers = Timers(self.clock)
-        self.alarms = AlarmScheduler(
+        self._timers: Timers = Timers(self.clock)
+        self._alarms: AlarmScheduler = AlarmScheduler(
             self, jitter=alarm_retry_jitter, timeout_ms=round(alarm_timeout * 1000)
         )
         self._catalog = Catalog(self)
-        self._commits = CommitQueue(self.clock, self.timers)
+        self._commits = CommitQueue(self.clock, self._timers)
         self._idle = IdleCollector(
             self.clock,
-            self.timers,
+            self._timers,
             None if idle_timeout is None else round(idle_timeout * 1000),
         )
         self._task_scopes: set[anyio.CancelScope] = set()
@@ -230,13 +249,18 @@ class Runtime:
                 )
             self._namespaces.append(ns)
             items[name] = ns
-        self.env = Env(items)
+        self.env: Env = Env(items)
 
     # -- lifecycle -----------------------------------------------------------
 
     async def __aenter__(self) -> Self:
         if self._running or self._closed:
             raise RuntimeError("a Runtime can be entered only once")
+        claim = getattr(self.storage, "claim", None)
+        if claim is not None:
+            # One owner per storage directory (SQLiteBackend): a second
+            # runtime on it is refused here, before it touches anything.
+            claim()
         self._scope_marker = marker_for(sniffio.current_async_library())
         tg = anyio.create_task_group()
         await tg.__aenter__()
@@ -246,9 +270,9 @@ class Runtime:
         if use_clock is not None:  # history timestamps (SQLiteBackend PITR)
             use_clock(self.clock.now_ms)
         self._spawn(self._commits.run)
-        self._spawn(self.timers.run)
+        self._spawn(self._timers.run)
         try:
-            await self.alarms.load()
+            await self._alarms.load()
         except BaseException:
             await self.__aexit__(None, None, None)
             raise
@@ -286,7 +310,7 @@ class Runtime:
     def _drop_all(self, error: RuntimeClosedError) -> None:
         for actor in self._live_actors():
             actor.break_(error)
-        self.alarms.cancel_all()
+        self._alarms.cancel_all()
 
     def _check_running(self) -> None:
         if not self._running:
@@ -349,7 +373,7 @@ class Runtime:
         """
         per_ns: dict[str, NamespaceStatistics] = {}
         seen: set[str] = set()
-        alarms = self.alarms.pending_by_namespace()
+        alarms = self._alarms.pending_by_namespace()
         for ns in self._namespaces:
             if ns._storage_name in seen:
                 continue
@@ -365,6 +389,8 @@ class Runtime:
             events_in_flight=self._commits.events_in_flight,
             commits=sum(p.commits for p in parts),
             commit_failures=sum(p.commit_failures for p in parts),
+            commit_seconds=sum(p.commit_seconds for p in parts),
+            bytes_written=sum(p.bytes_written for p in parts),
             evictions=sum(p.evictions for p in parts),
             resets=sum(p.resets for p in parts),
             pending_alarms=sum(p.pending_alarms for p in parts),
@@ -383,7 +409,7 @@ class Runtime:
         restored = getattr(store, "restored_alarm", False)
         if restored is not False:
             # A point-in-time restore replaced the object's data, alarm included.
-            self.alarms.set(namespace, hex_id, restored)
+            self._alarms.set(namespace, hex_id, restored)
         return store
 
     def _commit_store(self, actor: Actor) -> ObjectStore:

@@ -32,10 +32,10 @@ class TimerHandle:
     def __init__(
         self, deadline_ms: int, seq: int, callback: Callable[[], None], timers: Timers
     ) -> None:
-        self.deadline_ms = deadline_ms
-        self.seq = seq
-        self.callback = callback
-        self.cancelled = False
+        self.deadline_ms: int = deadline_ms
+        self.seq: int = seq
+        self.callback: Callable[[], None] = callback
+        self.cancelled: bool = False
         self._timers = timers
 
     def __lt__(self, other: TimerHandle) -> bool:

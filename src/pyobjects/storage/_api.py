@@ -22,156 +22,38 @@ import inspect
 import sqlite3
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, cast, final, overload
 
 import anyio
 
 from pyobjects._aliases import camel_aliases
-from pyobjects._errors import (
-    DurableObjectResetError,
-    StorageError,
-    StorageLimitError,
-    TransactionError,
-)
-from pyobjects._serialization import MAX_VALUE_BYTES, decode, encode
+from pyobjects._errors import DurableObjectResetError, StorageError, TransactionError
+from pyobjects._serialization import decode
 
 from ._base import ListQuery, WriteBatch
+from ._front import StorageOwner
 from ._layers import _DONE_NONE, _MISS, _Done, _Layer, drive, in_transaction
+from ._limits import (
+    CACHE_BYTES,
+    alarm_ms,
+    check_batch_size,
+    check_key,
+    encode_value,
+    prefix_end,
+)
 from ._sql import SqlStorage, wipe_database
 from ._sync_kv import SyncKV
 from ._transaction import Transaction, _TransactionContext
 
 if TYPE_CHECKING:
     import builtins
+    from datetime import datetime
 
     from ._base import ObjectStore
 
 __all__ = ["Storage", "StorageOwner"]
 
 T = TypeVar("T")
-
-MAX_KEY_BYTES = 2048
-MAX_BATCH_KEYS = 128
-# Clean values kept in memory per object (Cloudflare's KV cache soft limit is
-# 16 MiB per isolate; this is per object and only saves backend reads).
-CACHE_BYTES = 8 * 1024 * 1024
-
-
-class StorageOwner:
-    """What the storage needs from the object that owns it (set by the runtime)."""
-
-    __slots__ = ()
-
-    def on_write(self) -> None:
-        """A write was recorded in the pending layer: schedule a flush."""
-        raise NotImplementedError
-
-    def hold_input(self) -> None:
-        """Hold back new events (a storage wait or a transaction started)."""
-        raise NotImplementedError
-
-    def release_input(self) -> None:
-        """Undo one :meth:`hold_input`."""
-        raise NotImplementedError
-
-    def check_usable(self) -> None:
-        """Raise the reset error if the object was reset."""
-        raise NotImplementedError
-
-    async def wait_durable(self) -> None:
-        """Wait until every write recorded so far is durable."""
-        raise NotImplementedError
-
-    def check_alarm_allowed(self) -> None:
-        """Raise ``TypeError`` if the object's class has no ``alarm()`` handler."""
-        raise NotImplementedError
-
-    def now_ms(self) -> int:
-        """Return the runtime clock's time in epoch milliseconds."""
-        raise NotImplementedError
-
-    def reset(self, error: BaseException) -> None:
-        """Reset the object with *error*: its uncommitted writes are dropped."""
-        raise NotImplementedError
-
-    def sql_time_limit(self) -> float:
-        """Return the longest a call into SQLite for user SQL may run, in seconds."""
-        raise NotImplementedError
-
-
-def check_key(key: object, what: str = "key") -> str:
-    """Validate a storage key: a ``str`` of at most 2,048 UTF-8 bytes."""
-    if type(key) is not str and not isinstance(key, str):
-        raise TypeError(f"storage {what} must be a str, not {type(key).__name__}")
-    if key.isascii():
-        size = len(key)
-    else:
-        try:
-            size = len(key.encode())
-        except UnicodeEncodeError as exc:
-            raise ValueError(
-                f"storage {what} {key!r} cannot be encoded as UTF-8 (lone surrogate)"
-            ) from exc
-    if size > MAX_KEY_BYTES:
-        raise StorageLimitError("key", limit=MAX_KEY_BYTES, size=size)
-    return key
-
-
-def _check_batch(n: int) -> None:
-    if n > MAX_BATCH_KEYS:
-        raise StorageLimitError("batch", limit=MAX_BATCH_KEYS, size=n)
-
-
-def encode_value(value: object) -> bytes:
-    """Encode a value for storage, enforcing the 128 KiB limit."""
-    data = encode(value)
-    if len(data) > MAX_VALUE_BYTES:
-        raise StorageLimitError("value", limit=MAX_VALUE_BYTES, size=len(data))
-    return data
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _alarm_ms(when: object, what: str = "set_alarm()") -> int:
-    """Turn an alarm time (epoch ms or an aware datetime) into epoch ms."""
-    if isinstance(when, datetime):
-        if when.tzinfo is None or when.utcoffset() is None:
-            raise TypeError(
-                f"{what} needs a timezone-aware datetime (or epoch milliseconds); "
-                f"got the naive {when!r}"
-            )
-        # Exact integer arithmetic, truncated to the millisecond like a float.
-        ms = (when - _EPOCH) // timedelta(milliseconds=1)
-    elif isinstance(when, (int, float)) and not isinstance(when, bool):
-        if when != when or when in (float("inf"), float("-inf")):
-            raise TypeError(f"{what} needs a finite time, not {when!r}")
-        ms = int(when)
-    else:
-        raise TypeError(
-            f"{what} takes epoch milliseconds (int) or an aware datetime, "
-            f"not {type(when).__name__}"
-        )
-    if ms <= 0:
-        if what == "set_alarm()":
-            raise TypeError("setAlarm() cannot be called with an alarm time <= 0")
-        raise ValueError(f"{what} needs a time after the epoch, not {when!r}")
-    return ms
-
-
-def _prefix_end(prefix: str) -> str | None:
-    """Return the first string after every string that starts with *prefix*."""
-    chars = list(prefix)
-    while chars:
-        last = ord(chars.pop())
-        if last < 0x10FFFF:
-            nxt = last + 1
-            if 0xD800 <= nxt <= 0xDFFF:  # skip surrogates: never part of a key
-                nxt = 0xE000
-            return "".join(chars) + chr(nxt)
-    return None
-
 
 _NO_SQL = (
     "This Durable Object is not backed by SQLite storage, so the SQL API is not "
@@ -337,7 +219,7 @@ class Storage:
             raise TypeError(
                 f"get() takes a str key or a list of keys, not {type(key).__name__}"
             )
-        _check_batch(len(key))
+        check_batch_size(len(key))
         keys = [check_key(k) for k in key]
         found: dict[str, bytes | None] = {}
         missing: builtins.list[str] = []
@@ -407,7 +289,7 @@ class Storage:
             check_key(prefix, "prefix")
             if lo is None or lo < prefix:
                 lo = prefix
-            prefix_hi = _prefix_end(prefix)
+            prefix_hi = prefix_end(prefix)
             if prefix_hi is not None and (hi is None or hi > prefix_hi):
                 hi = prefix_hi
         if lo is not None and hi is not None and hi <= lo:
@@ -455,13 +337,13 @@ class Storage:
         return layers[0]
 
     @overload
-    def put(self, key: str, value: object, /) -> _Done[None]: ...
+    def put(self, key: str, value: object, /) -> Awaitable[None]: ...
     @overload
-    def put(self, entries: Mapping[str, object], /) -> _Done[None]: ...
+    def put(self, entries: Mapping[str, object], /) -> Awaitable[None]: ...
 
     def put(
         self, key: str | Mapping[str, object], value: object = _MISS, /
-    ) -> _Done[None]:
+    ) -> Awaitable[None]:
         """Store *value* under *key*, or every pair of a dict (at most 128).
 
         The write is recorded now; the returned awaitable is already done and
@@ -479,7 +361,7 @@ class Storage:
                 raise TypeError(
                     "put() takes either (key, value) or a single dict of entries"
                 )
-            _check_batch(len(key))
+            check_batch_size(len(key))
             encoded = [(check_key(k), encode_value(v)) for k, v in key.items()]
             writes = self._record().writes
             for k, data in encoded:
@@ -493,13 +375,15 @@ class Storage:
         return _DONE_NONE
 
     @overload
-    def delete(self, key: str, /) -> _Done[bool]: ...
+    def delete(self, key: str, /) -> Awaitable[bool]: ...
     @overload
-    def delete(self, keys: builtins.list[str] | tuple[str, ...], /) -> _Done[int]: ...
+    def delete(
+        self, keys: builtins.list[str] | tuple[str, ...], /
+    ) -> Awaitable[int]: ...
 
     def delete(
         self, key: str | builtins.list[str] | tuple[str, ...], /
-    ) -> _Done[bool] | _Done[int]:
+    ) -> Awaitable[bool] | Awaitable[int]:
         """Delete *key* (awaitable -> existed?) or a list of keys (-> count).
 
         Recorded at call time like :meth:`put`. Mirrors ``storage.delete()``.
@@ -509,7 +393,7 @@ class Storage:
             keys = [check_key(key)]
             single = True
         elif isinstance(key, (list, tuple)):
-            _check_batch(len(key))
+            check_batch_size(len(key))
             keys = [check_key(k) for k in key]
             single = False
         else:
@@ -540,7 +424,7 @@ class Storage:
             count += len(found)
         return count
 
-    def delete_all(self) -> _Done[None]:
+    def delete_all(self) -> Awaitable[None]:
         """Delete every key of the object, atomically.
 
         Writes not yet committed are dropped (they would be wiped anyway), and
@@ -591,7 +475,7 @@ class Storage:
                 return layer.alarm
         return self._alarm
 
-    def set_alarm(self, when: float | datetime) -> _Done[None]:
+    def set_alarm(self, when: float | datetime) -> Awaitable[None]:
         """Set the object's one alarm to *when* (epoch ms or an aware datetime).
 
         Replaces any earlier alarm; a time in the past is moved to now, so the
@@ -599,11 +483,13 @@ class Storage:
         other writes, like :meth:`put`. Mirrors ``storage.setAlarm()``.
 
         Raises:
-            TypeError: *when* is not a time, is ``<= 0`` or a naive datetime,
-                or the class has no ``alarm()`` handler.
+            TypeError: *when* is not a time, is not finite, is ``<= 0``, is
+                past ``8.64e15`` ms (the largest JavaScript Date) or is a naive
+                datetime, or the class has no ``alarm()`` handler. Nothing is
+                recorded then: the other writes of the batch are unaffected.
         """
         self._owner.check_usable()
-        ms = _alarm_ms(when)
+        ms = alarm_ms(when)
         self._owner.check_alarm_allowed()
         ms = max(ms, self._owner.now_ms())
         if self._known_alarm() == ms:
@@ -614,7 +500,7 @@ class Storage:
         self._alarm_writes += 1
         return _DONE_NONE
 
-    def delete_alarm(self) -> _Done[None]:
+    def delete_alarm(self) -> Awaitable[None]:
         """Delete the alarm, if any. Mirrors ``storage.deleteAlarm()``.
 
         A handler that is already running is not cancelled.
@@ -634,7 +520,7 @@ class Storage:
     # -- transactions ------------------------------------------------------
 
     @overload
-    def transaction(self) -> _TransactionContext: ...
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[Transaction]: ...
     @overload
     def transaction(
         self, closure: Callable[[Transaction], Awaitable[T]], /
@@ -642,7 +528,7 @@ class Storage:
 
     def transaction(  # mypy rejects a positional-only default here
         self, closure: Callable[[Transaction], Awaitable[Any]] | None = None
-    ) -> _TransactionContext | Coroutine[Any, Any, Any]:
+    ) -> contextlib.AbstractAsyncContextManager[Transaction] | Coroutine[Any, Any, Any]:
         """Run *closure(txn)* as one serializable transaction, or open one.
 
         ``await storage.transaction(fn)`` returns ``fn``'s result; the writes
@@ -916,7 +802,7 @@ class Storage:
             ValueError: *when* is older than the retention window.
         """
         self._owner.check_usable()
-        ms = _alarm_ms(when, "get_bookmark_for_time()")
+        ms = alarm_ms(when, "get_bookmark_for_time()")
         method = self._pitr("bookmark_for_time")
         await self._owner.wait_durable()
         return await method(ms, self._owner.now_ms())  # type: ignore[no-any-return]

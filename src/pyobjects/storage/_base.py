@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
 __all__ = [
+    "MAX_ALARM_MS",
     "RESERVED_SCHEMA",
     "USER_OBJECTS_WHERE",
     "AlarmEntry",
@@ -46,6 +47,14 @@ __all__ = [
     "check_namespace",
     "check_object_id",
 ]
+
+
+# The latest alarm time set_alarm() accepts: that of the largest JavaScript
+# Date (8.64e15 ms, in the year 275760), which every timer can sleep until.
+MAX_ALARM_MS: typing.Final = 8_640_000_000_000_000
+# What a backend must be able to store in its alarm slot: a signed 64-bit
+# integer (SQLite's INTEGER), from 0.
+_MAX_STORED_ALARM: typing.Final = 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -87,11 +96,20 @@ class WriteBatch(NamedTuple):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AlarmEntry:
-    """A pending alarm in the cross-object index."""
+    """A pending alarm in the cross-object index.
+
+    ``time_ms`` is the time the alarm is set for. A backend that records
+    failed attempts (the optional ``record_alarm_retry()``, see
+    :class:`StorageBackend`) also returns how many attempts at that alarm
+    failed (``retry_count``) and when the next one is due (``retry_ms``), so
+    that a restarted runtime resumes the retries instead of starting over.
+    """
 
     namespace: str
     object_id: str
     time_ms: int
+    retry_count: int = 0
+    retry_ms: int | None = None
 
 
 class ObjectStore(Protocol):
@@ -172,6 +190,13 @@ class StorageBackend(Protocol):
     ``namespace`` is a string of ``[A-Za-z0-9_.-]`` (1 to 128 characters) and
     ``object_id`` 64 lowercase hex digits; backends check both before using
     them (as file names, for instance) and raise ``ValueError`` otherwise.
+
+    A backend may also offer ``async def record_alarm_retry(namespace,
+    object_id, /, *, scheduled_ms, retry_count, retry_ms)``: the runtime calls
+    it when an attempt at the alarm set for ``scheduled_ms`` failed, and
+    ``pending_alarms()`` then returns ``retry_count`` and ``retry_ms`` with
+    that alarm until the object's alarm changes. Without it, retries start
+    over from 0 after a restart.
     """
 
     def open(self, namespace: str, object_id: str, /) -> ObjectStore:
@@ -238,7 +263,13 @@ def check_object_id(object_id: object) -> None:
 
 
 def check_batch(batch: WriteBatch) -> None:
-    """Raise ``TypeError`` unless every part of *batch* has the documented type."""
+    """Raise ``TypeError`` unless every part of *batch* has the documented type.
+
+    An alarm outside ``0..2**63 - 1`` (what SQLite's INTEGER holds) raises
+    ``ValueError``; the storage front end refuses times past
+    :data:`MAX_ALARM_MS` already at ``set_alarm()``, so only a direct caller
+    of a backend sees this.
+    """
     writes = typing.cast("Mapping[object, object]", batch.writes)
     for key, value in writes.items():
         if not isinstance(key, str):
@@ -248,8 +279,11 @@ def check_batch(batch: WriteBatch) -> None:
                 f"storage values must be bytes or None, not {type(value).__name__}"
             )
     alarm: object = batch.alarm
-    if batch.alarm_changed and alarm is not None and not isinstance(alarm, int):
-        raise TypeError(f"alarm must be int or None, not {type(alarm).__name__}")
+    if batch.alarm_changed and alarm is not None:
+        if not isinstance(alarm, int):
+            raise TypeError(f"alarm must be int or None, not {type(alarm).__name__}")
+        if not 0 <= alarm <= _MAX_STORED_ALARM:
+            raise ValueError(f"alarm must be in 0..2**63 - 1 (epoch ms), not {alarm}")
     name: object = batch.name
     if name is not None and not isinstance(name, str):
         raise TypeError(f"name must be str or None, not {type(name).__name__}")

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any, Protocol, overload
 if TYPE_CHECKING:
     import builtins
     import sqlite3
-    from collections.abc import Mapping
+    from collections.abc import Awaitable, Mapping
     from datetime import datetime
 
-    from ._layers import _Done, _Layer
+    from ._layers import _Layer
 
-__all__ = ["KVFront", "SqlFront", "TransactionFront", "UsableCheck"]
+__all__ = ["KVFront", "SqlFront", "StorageOwner", "TransactionFront", "UsableCheck"]
 
 
 class UsableCheck(Protocol):
@@ -39,14 +39,16 @@ class KVFront(Protocol):
     ) -> dict[str, Any]: ...
 
     @overload
-    def put(self, key: str, value: object, /) -> _Done[None]: ...
+    def put(self, key: str, value: object, /) -> Awaitable[None]: ...
     @overload
-    def put(self, entries: Mapping[str, object], /) -> _Done[None]: ...
+    def put(self, entries: Mapping[str, object], /) -> Awaitable[None]: ...
 
     @overload
-    def delete(self, key: str, /) -> _Done[bool]: ...
+    def delete(self, key: str, /) -> Awaitable[bool]: ...
     @overload
-    def delete(self, keys: builtins.list[str] | tuple[str, ...], /) -> _Done[int]: ...
+    def delete(
+        self, keys: builtins.list[str] | tuple[str, ...], /
+    ) -> Awaitable[int]: ...
 
     async def list(
         self,
@@ -67,8 +69,8 @@ class TransactionFront(KVFront, Protocol):
     def _layers(self) -> builtins.list[_Layer]: ...
 
     async def get_alarm(self) -> int | None: ...
-    def set_alarm(self, when: float | datetime) -> _Done[None]: ...
-    def delete_alarm(self) -> _Done[None]: ...
+    def set_alarm(self, when: float | datetime) -> Awaitable[None]: ...
+    def delete_alarm(self) -> Awaitable[None]: ...
     async def _begin(self) -> tuple[Any, _Layer]: ...
     def _end(self, txn: Any, layer: _Layer, commit: bool) -> None: ...
 
@@ -89,3 +91,45 @@ class SqlFront(Protocol):
     def _sql_wrote(self) -> None: ...
     def _sql_dirty(self) -> bool: ...
     def _sql_rolled_back(self, cause: BaseException) -> None: ...
+
+
+class StorageOwner:
+    """What the storage needs from the object that owns it (set by the runtime)."""
+
+    __slots__ = ()
+
+    def on_write(self) -> None:
+        """A write was recorded in the pending layer: schedule a flush."""
+        raise NotImplementedError
+
+    def hold_input(self) -> None:
+        """Hold back new events (a storage wait or a transaction started)."""
+        raise NotImplementedError
+
+    def release_input(self) -> None:
+        """Undo one :meth:`hold_input`."""
+        raise NotImplementedError
+
+    def check_usable(self) -> None:
+        """Raise the reset error if the object was reset."""
+        raise NotImplementedError
+
+    async def wait_durable(self) -> None:
+        """Wait until every write recorded so far is durable."""
+        raise NotImplementedError
+
+    def check_alarm_allowed(self) -> None:
+        """Raise ``TypeError`` if the object's class has no ``alarm()`` handler."""
+        raise NotImplementedError
+
+    def now_ms(self) -> int:
+        """Return the runtime clock's time in epoch milliseconds."""
+        raise NotImplementedError
+
+    def reset(self, error: BaseException) -> None:
+        """Reset the object with *error*: its uncommitted writes are dropped."""
+        raise NotImplementedError
+
+    def sql_time_limit(self) -> float:
+        """Return the longest a call into SQLite for user SQL may run, in seconds."""
+        raise NotImplementedError

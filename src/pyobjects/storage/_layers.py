@@ -8,9 +8,17 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from pyobjects._errors import StorageError
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine, Generator
+    from collections.abc import Awaitable, Coroutine, Generator
 
-__all__ = ["_DONE_NONE", "_MISS", "_Done", "_Layer", "drive", "in_transaction"]
+__all__ = [
+    "_DONE_NONE",
+    "_MISS",
+    "_Done",
+    "_Layer",
+    "done_value",
+    "drive",
+    "in_transaction",
+]
 
 T = TypeVar("T")
 
@@ -38,6 +46,12 @@ class _Done(Generic[T]):
 _DONE_NONE: _Done[None] = _Done(None)
 
 
+def done_value(result: Awaitable[T]) -> T:
+    """The value of a recorded write's result (public signatures say Awaitable)."""
+    assert isinstance(result, _Done)
+    return result._value  # type: ignore[no-any-return]
+
+
 class _Layer:
     """Writes not yet committed: a pending batch or an open transaction."""
 
@@ -53,15 +67,15 @@ class _Layer:
 
     def __init__(self) -> None:
         self.writes: dict[str, bytes | None] = {}
-        self.delete_all = False
-        self.alarm_changed = False
+        self.delete_all: bool = False
+        self.alarm_changed: bool = False
         self.alarm: int | None = None
         # SQL: changes made in the object's open SQLite transaction, the
         # savepoint a transaction layer opened (lazily, at its first SQL
         # statement), and whether it is a transaction_sync() layer.
-        self.sql_dirty = False
+        self.sql_dirty: bool = False
         self.savepoint: str | None = None
-        self.sync = False
+        self.sync: bool = False
 
     def __bool__(self) -> bool:
         return (

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, final
 
 from pyobjects._errors import StorageError
 
-from ._layers import drive
+from ._layers import done_value, drive
 
 if TYPE_CHECKING:
     import builtins
@@ -56,7 +56,7 @@ class SyncKV:
         """Delete *key*; return whether it existed."""
         if not isinstance(key, str):
             raise TypeError(f"kv.delete() takes a str key, not {type(key).__name__}")
-        return self._storage.delete(key)._value
+        return done_value(self._storage.delete(key))
 
     def list(
         self,

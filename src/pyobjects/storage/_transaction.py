@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING, Any, Self, final, overload
 from pyobjects._aliases import camel_aliases
 from pyobjects._errors import TransactionError
 
-from ._layers import _MISS, _Done, _Layer, in_transaction
+from ._layers import _MISS, _Layer, in_transaction
 
 if TYPE_CHECKING:
     import builtins
     import contextvars
-    from collections.abc import Generator, Mapping
+    from collections.abc import Awaitable, Generator, Mapping
     from datetime import datetime
     from types import TracebackType
 
@@ -60,24 +60,26 @@ class Transaction:
         return await self._check("get").get(key)
 
     @overload
-    def put(self, key: str, value: object, /) -> _Done[None]: ...
+    def put(self, key: str, value: object, /) -> Awaitable[None]: ...
     @overload
-    def put(self, entries: Mapping[str, object], /) -> _Done[None]: ...
+    def put(self, entries: Mapping[str, object], /) -> Awaitable[None]: ...
 
     def put(
         self, key: str | Mapping[str, object], value: object = _MISS, /
-    ) -> _Done[None]:
+    ) -> Awaitable[None]:
         """Like :meth:`Storage.put`, inside the transaction."""
         return self._check("put").put(key, value)  # type: ignore[arg-type]
 
     @overload
-    def delete(self, key: str, /) -> _Done[bool]: ...
+    def delete(self, key: str, /) -> Awaitable[bool]: ...
     @overload
-    def delete(self, keys: builtins.list[str] | tuple[str, ...], /) -> _Done[int]: ...
+    def delete(
+        self, keys: builtins.list[str] | tuple[str, ...], /
+    ) -> Awaitable[int]: ...
 
     def delete(
         self, key: str | builtins.list[str] | tuple[str, ...], /
-    ) -> _Done[bool] | _Done[int]:
+    ) -> Awaitable[bool] | Awaitable[int]:
         """Like :meth:`Storage.delete`, inside the transaction."""
         return self._check("delete").delete(key)
 
@@ -89,15 +91,15 @@ class Transaction:
         """Like :meth:`Storage.get_alarm`, inside the transaction."""
         return await self._check("get_alarm").get_alarm()
 
-    def set_alarm(self, when: float | datetime) -> _Done[None]:
+    def set_alarm(self, when: float | datetime) -> Awaitable[None]:
         """Like :meth:`Storage.set_alarm`; rolled back with the transaction."""
         return self._check("set_alarm").set_alarm(when)
 
-    def delete_alarm(self) -> _Done[None]:
+    def delete_alarm(self) -> Awaitable[None]:
         """Like :meth:`Storage.delete_alarm`; rolled back with the transaction."""
         return self._check("delete_alarm").delete_alarm()
 
-    def delete_all(self) -> _Done[None]:
+    def delete_all(self) -> Awaitable[None]:
         """Always refused: ``delete_all()`` cannot run inside a transaction."""
         self._check("delete_all")
         raise TransactionError("Cannot call delete_all() within a transaction")

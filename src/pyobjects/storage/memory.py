@@ -85,6 +85,9 @@ class MemoryBackend:
         self._namespaces: dict[str, dict[str, _ObjectState]] = {}
         # (namespace, object id) -> alarm time, for every object with an alarm.
         self._alarms: dict[tuple[str, str], int] = {}
+        # (namespace, object id) -> (alarm time, failed attempts, next attempt),
+        # see record_alarm_retry().
+        self._retries: dict[tuple[str, str], tuple[int, int, int]] = {}
         # Every SQL database ever opened, closed when the backend is collected.
         self._sql_connections: list[sqlite3.Connection] = []
         weakref.finalize(self, _close_all, self._sql_connections)
@@ -110,12 +113,38 @@ class MemoryBackend:
 
     async def pending_alarms(self) -> list[AlarmEntry]:
         """Return every pending alarm, ordered by time, namespace and id."""
-        return [
-            AlarmEntry(namespace=namespace, object_id=object_id, time_ms=time_ms)
-            for (namespace, object_id), time_ms in sorted(
-                self._alarms.items(), key=lambda item: (item[1], item[0])
+        entries = []
+        for key, time_ms in sorted(
+            self._alarms.items(), key=lambda item: (item[1], item[0])
+        ):
+            scheduled, count, retry_ms = self._retries.get(key, (None, 0, None))
+            if scheduled != time_ms:  # no retry of this alarm recorded
+                count, retry_ms = 0, None
+            entries.append(
+                AlarmEntry(
+                    namespace=key[0],
+                    object_id=key[1],
+                    time_ms=time_ms,
+                    retry_count=count,
+                    retry_ms=retry_ms,
+                )
             )
-        ]
+        return entries
+
+    async def record_alarm_retry(
+        self,
+        namespace: str,
+        object_id: str,
+        /,
+        *,
+        scheduled_ms: int,
+        retry_count: int,
+        retry_ms: int,
+    ) -> None:
+        """Remember failed attempts at an alarm, for a runtime that restarts."""
+        check_namespace(namespace)
+        check_object_id(object_id)
+        self._retries[namespace, object_id] = (scheduled_ms, retry_count, retry_ms)
 
     async def aclose(self) -> None:
         """Do nothing: the data stays in memory and the backend stays usable."""
@@ -189,10 +218,12 @@ class _MemoryStore:
                 data[key] = value
         if batch.alarm_changed:
             state.alarm = batch.alarm
+            slot = (self._namespace, self._object_id)
+            backend._retries.pop(slot, None)  # a new alarm starts at retry 0
             if batch.alarm is None:
-                backend._alarms.pop((self._namespace, self._object_id), None)
+                backend._alarms.pop(slot, None)
             else:
-                backend._alarms[self._namespace, self._object_id] = batch.alarm
+                backend._alarms[slot] = batch.alarm
         if batch.name is not None:
             state.name = batch.name
         if not data and state.alarm is None and state.sql is None:

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pathlib
 import sqlite3
 import time
 import typing
@@ -56,6 +57,15 @@ from typing import TYPE_CHECKING, Literal
 
 from pyobjects._errors import StorageError
 
+from ._alarm_index import (
+    INDEX_FILE,
+    INDEX_SCHEMA,
+    clear as index_clear,
+    correct as index_correct,
+    read as index_read,
+    record_retry as index_record_retry,
+    set_time as index_set_time,
+)
 from ._base import (
     RESERVED_SCHEMA,
     USER_OBJECTS_WHERE,
@@ -76,6 +86,7 @@ from ._history import (
     read_pages,
     read_wal_commits,
 )
+from ._lock import DirectoryLock
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -88,14 +99,6 @@ _SYNCHRONOUS = {"off": "OFF", "normal": "NORMAL", "full": "FULL", "extra": "EXTR
 # Everything runs on the event-loop thread, so waiting long for a lock held
 # by another process would stall every object; give up after a short while.
 _BUSY_TIMEOUT = 1.0
-# The file name of the index; namespaces may not collide with it.
-_INDEX_FILE = "@metadata.sqlite"  # "@" is outside the namespace alphabet
-
-_INDEX_SCHEMA = {
-    "alarms": "CREATE TABLE IF NOT EXISTS alarms (namespace TEXT NOT NULL,"
-    " object_id TEXT NOT NULL, time_ms INTEGER NOT NULL,"
-    " PRIMARY KEY (namespace, object_id)) WITHOUT ROWID",
-}
 
 _GET = "SELECT value FROM _cf_KV WHERE key = ?"
 _PUT = "INSERT OR REPLACE INTO _cf_KV (key, value) VALUES (?, ?)"
@@ -197,7 +200,8 @@ class SQLiteBackend:
     """Keep Durable Object storage in SQLite files under *directory*.
 
     Args:
-        directory: Where the databases live; created on the first write.
+        directory: Where the databases live; created when a runtime claims
+            it (see :meth:`claim`) or on the first write.
         synchronous: SQLite's ``PRAGMA synchronous`` for every database; see
             the module documentation for what each level survives.
         max_open_connections: How many object databases may be open at once.
@@ -257,6 +261,8 @@ class SQLiteBackend:
         self._index: sqlite3.Connection | None = None
         # Object connections currently open (for tests of the LRU bound).
         self._open_connections = 0
+        self._lock = DirectoryLock(self._directory)
+        self._read_only = False  # see read_only_backend()
 
     def open(self, namespace: str, object_id: str, /) -> _SQLiteStore:
         """Return a handle on one object's storage; creates no file.
@@ -353,9 +359,7 @@ class SQLiteBackend:
         if index is None:
             return []
         try:
-            rows = index.execute(
-                "SELECT namespace, object_id, time_ms FROM alarms"
-            ).fetchall()
+            rows, retries = index_read(index)
         except sqlite3.Error as exc:
             raise StorageError(f"cannot read the alarm index: {exc}") from exc
         entries = []
@@ -365,35 +369,84 @@ class SQLiteBackend:
                 check_object_id(object_id)
             except ValueError:
                 continue  # not written by this backend
-            truth = time_ms
+            key = (namespace, object_id)
+            truth: int | None = time_ms
             try:
-                conn = self._acquire((namespace, object_id), create=False)
+                conn = self._acquire(key, create=False)
                 truth = None if conn is None else _read_alarm(conn)
                 if truth is None:
-                    index.execute(
-                        "DELETE FROM alarms WHERE namespace = ? AND object_id = ?",
-                        (namespace, object_id),
-                    )
+                    index_clear(index, key)
                 elif truth != time_ms:
-                    index.execute(
-                        "UPDATE alarms SET time_ms = ?"
-                        " WHERE namespace = ? AND object_id = ?",
-                        (truth, namespace, object_id),
-                    )
+                    index_correct(index, key, truth)
             except (StorageError, sqlite3.Error):
                 pass  # keep what the index says: it may fire, it cannot be lost
-            if truth is not None:
-                entries.append(
-                    AlarmEntry(namespace=namespace, object_id=object_id, time_ms=truth)
+            if truth is None:
+                continue
+            scheduled, count, retry_ms = retries.get(key, (None, 0, None))
+            if scheduled != truth:  # no failed attempt at this alarm
+                count, retry_ms = 0, None
+            entries.append(
+                AlarmEntry(
+                    namespace=namespace,
+                    object_id=object_id,
+                    time_ms=truth,
+                    retry_count=count,
+                    retry_ms=retry_ms,
                 )
+            )
         entries.sort(key=lambda e: (e.time_ms, e.namespace, e.object_id))
         return entries
 
-    async def aclose(self) -> None:
-        """Close every open database, and finish writing the histories.
+    async def record_alarm_retry(
+        self,
+        namespace: str,
+        object_id: str,
+        /,
+        *,
+        scheduled_ms: int,
+        retry_count: int,
+        retry_ms: int,
+    ) -> None:
+        """Remember failed attempts at an alarm, for a runtime that restarts.
 
-        Nothing is lost: if the backend is used again (say, by a restarted
-        runtime), databases are reopened as needed, as after an eviction.
+        Kept in the alarm index next to the alarm (see ``pending_alarms()``).
+        """
+        _check_name(namespace)
+        check_object_id(object_id)
+        index = self._index_connection(create=True)
+        assert index is not None
+        try:
+            index_record_retry(
+                index,
+                (namespace, object_id),
+                scheduled_ms=scheduled_ms,
+                retry_count=retry_count,
+                retry_ms=retry_ms,
+            )
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot write the alarm index: {exc}") from exc
+
+    def claim(self) -> None:
+        """Make this backend the one owner of its directory, until :meth:`aclose`.
+
+        A :class:`~pyobjects.Runtime` claims its storage when it starts, so
+        that a second runtime on the same directory, in this process or in
+        another, is refused instead of running the same objects twice. The
+        claim is an OS file lock on ``<directory>/@lock``: closing the
+        backend releases it, and so does the process ending in any way.
+
+        Raises:
+            StorageInUseError: If another runtime holds the directory; the
+                message names the directory and that process's PID.
+        """
+        self._lock.acquire()
+
+    async def aclose(self) -> None:
+        """Close every open database, finish the histories, release the directory.
+
+        The directory is the one :meth:`claim` took. Nothing is lost: if the
+        backend is used again (say, by a restarted runtime), databases are
+        reopened as needed, as after an eviction.
         """
         while self._connections:
             self._discard(next(iter(self._connections)))
@@ -403,8 +456,16 @@ class SQLiteBackend:
         if self._index is not None:
             index, self._index = self._index, None
             index.close()
+        self._lock.release()
 
     def _connect(self, path: str, schema: Mapping[str, str]) -> sqlite3.Connection:
+        if self._read_only:
+            # mode=ro: never a write, never a checkpoint (the owner's
+            # history archiver must be the only one to fold the WAL).
+            uri = pathlib.Path(os.path.abspath(path)).as_uri() + "?mode=ro"
+            return sqlite3.connect(
+                uri, uri=True, timeout=_BUSY_TIMEOUT, isolation_level=None
+            )
         conn = sqlite3.connect(
             path, timeout=_BUSY_TIMEOUT, isolation_level=None, factory=_Connection
         )
@@ -686,14 +747,14 @@ class SQLiteBackend:
     def _index_connection(self, *, create: bool) -> sqlite3.Connection | None:
         if self._index is not None:
             return self._index
-        path = os.path.join(self._directory, _INDEX_FILE)
+        path = os.path.join(self._directory, INDEX_FILE)
         new_file = not os.path.exists(path)
         if new_file and not create:
             return None
         try:
             if new_file:
                 os.makedirs(self._directory, exist_ok=True)
-            self._index = self._connect(path, _INDEX_SCHEMA)
+            self._index = self._connect(path, INDEX_SCHEMA)
             if new_file and self._sync_directories:
                 _fsync_directory(self._directory)
         except (OSError, sqlite3.Error) as exc:
@@ -704,11 +765,7 @@ class SQLiteBackend:
         index = self._index_connection(create=True)
         assert index is not None
         try:
-            index.execute(
-                "INSERT OR REPLACE INTO alarms (namespace, object_id, time_ms)"
-                " VALUES (?, ?, ?)",
-                (*key, time_ms),
-            )
+            index_set_time(index, key, time_ms)
         except sqlite3.Error as exc:
             raise StorageError(f"cannot write the alarm index: {exc}") from exc
 
@@ -716,13 +773,24 @@ class SQLiteBackend:
         try:
             index = self._index_connection(create=False)
             if index is not None:
-                index.execute(
-                    "DELETE FROM alarms WHERE namespace = ? AND object_id = ?", key
-                )
+                index_clear(index, key)
         except (StorageError, sqlite3.Error):
             # The commit itself succeeded; a row left behind is only stale,
             # and pending_alarms() drops it.
             pass
+
+
+def read_only_backend(directory: str | os.PathLike[str]) -> SQLiteBackend:
+    """Return a backend that only reads *directory* (for ``pyobjects inspect``).
+
+    Its databases are opened read-only (``mode=ro``) and without history, so
+    it never writes nor checkpoints a WAL: it may read while another process
+    owns the directory. SQLite's WAL mode gives it a consistent snapshot per
+    statement without blocking the owner's commits.
+    """
+    backend = SQLiteBackend(directory, pitr_retention=0)
+    backend._read_only = True
+    return backend
 
 
 def _check_name(namespace: str) -> None:

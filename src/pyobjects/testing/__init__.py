@@ -7,6 +7,7 @@ Not imported by ``import pyobjects``; import it from tests. Mirrors
 from ._clock import ManualClock as ManualClock
 from ._conformance import check_storage_backend as check_storage_backend
 from ._harness import (
+    MakeRuntime as MakeRuntime,
     crash_and_restart as crash_and_restart,
     evict as evict,
     fail_next_commits as fail_next_commits,
@@ -14,7 +15,6 @@ from ._harness import (
     run_durable_object_alarm as run_durable_object_alarm,
     run_in_durable_object as run_in_durable_object,
 )
-from ._pytest_plugin import MakeRuntime as MakeRuntime
 
 __all__ = (
     "MakeRuntime",

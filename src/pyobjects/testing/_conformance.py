@@ -20,7 +20,7 @@ import typing
 from itertools import product
 from typing import TYPE_CHECKING
 
-from pyobjects.storage._base import AlarmEntry, ListQuery, WriteBatch
+from pyobjects.storage._base import MAX_ALARM_MS, AlarmEntry, ListQuery, WriteBatch
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -295,6 +295,17 @@ async def _check_alarm(run: _Run) -> None:
     _expect(await store.get_alarm(), None, "alarm after clearing it")
     await store.commit(WriteBatch(alarm_changed=True, alarm=None))
     _expect(await store.get_alarm(), None, "clearing a cleared alarm")
+    await store.commit(WriteBatch(alarm_changed=True, alarm=MAX_ALARM_MS))
+    _expect(await store.get_alarm(), MAX_ALARM_MS, "the latest alarm time")
+    too_late = WriteBatch(writes={"w": b"v"}, alarm_changed=True, alarm=2**63)
+    try:
+        await store.commit(too_late)
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("an alarm of 2**63 or more must raise ValueError")
+    _expect(await store.get_alarm(), MAX_ALARM_MS, "alarm after a refused one")
+    _expect(await store.get(["w"]), {}, "writes of a batch with a refused alarm")
     await store.commit(WriteBatch(alarm_changed=True, alarm=0))
     _expect(await store.get_alarm(), 0, "an alarm at time 0")
     store.close()

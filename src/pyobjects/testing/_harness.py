@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -14,13 +15,14 @@ from pyobjects._core._stub import DurableObjectStub
 from pyobjects._errors import RuntimeClosedError, StorageError
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+    from collections.abc import AsyncIterator, Coroutine
 
     from pyobjects._core._state import DurableObjectState
     from pyobjects._ids import DurableObjectId
     from pyobjects.storage._base import ObjectStore, WriteBatch
 
 __all__ = [
+    "MakeRuntime",
     "crash_and_restart",
     "evict",
     "fail_next_commits",
@@ -30,6 +32,11 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+# The type of the ``make_runtime`` pytest fixture: ``await make_runtime(bindings,
+# **options)`` returns an entered Runtime. Defined here, not in the plugin, so
+# that ``pyobjects.testing`` imports without pytest.
+MakeRuntime = Callable[..., Awaitable[Runtime]]
 
 
 def _check_stub(stub: object, helper: str) -> DurableObjectStub:

@@ -8,7 +8,6 @@ need no real sleeps. The async fixture runs under anyio's pytest plugin
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
@@ -19,9 +18,10 @@ from pyobjects.storage.memory import MemoryBackend
 from pyobjects.testing._clock import ManualClock
 
 if TYPE_CHECKING:
-    from pyobjects._core._object import DurableObject
+    from collections.abc import AsyncIterator, Mapping
 
-MakeRuntime = Callable[..., Awaitable[Runtime]]
+    from pyobjects._core._object import DurableObject
+    from pyobjects.testing._harness import MakeRuntime
 
 
 @pytest.fixture

@@ -1,0 +1,136 @@
+"""CPU instructions per operation, counted with valgrind's callgrind.
+
+Wall-clock timings on a shared machine vary between rounds; an instruction
+count does not, so this is the script for before/after comparisons of the
+hot paths (docs/performance.md). Each operation kind runs twice under
+callgrind, with N and 6N operations; the difference divided by 5N is the cost
+of one operation, interpreter start-up and imports excluded.
+
+    python benchmarks/instructions.py                    # this checkout
+    python benchmarks/instructions.py --src /tmp/old     # another tree's src/
+
+Needs ``valgrind`` on PATH. ``--src`` puts ``<tree>/src`` first on the path,
+so another commit can be measured with this checkout's interpreter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import anyio
+
+import pyobjects
+from pyobjects.storage import MemoryBackend
+
+KINDS = ("rpc", "incr", "new", "rpc-otel", "rpc-otel-noop")
+
+
+class Obj(pyobjects.DurableObject):
+    """The object every kind of operation calls."""
+
+    async def ping(self) -> int:
+        """Do nothing: the cost of a call."""
+        return 1
+
+    async def incr(self) -> int:
+        """A counter: one read, one write and its commit."""
+        n: int = (await self.ctx.storage.get("n") or 0) + 1
+        self.ctx.storage.put("n", n)
+        return n
+
+
+def _telemetry() -> pyobjects.OpenTelemetry:
+    """SDK providers that record every span and measurement (and export none)."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+
+    return pyobjects.OpenTelemetry(
+        tracer_provider=TracerProvider(),
+        meter_provider=MeterProvider(metric_readers=[InMemoryMetricReader()]),
+    )
+
+
+async def _run(kind: str, n: int) -> None:
+    telemetry = None
+    if kind == "rpc-otel":
+        telemetry = _telemetry()
+    elif kind == "rpc-otel-noop":  # the API's no-op providers: no SDK installed
+        telemetry = pyobjects.OpenTelemetry()
+    async with pyobjects.Runtime(
+        bindings={"O": Obj},
+        storage=MemoryBackend(),
+        idle_timeout=None,
+        opentelemetry=telemetry,
+    ) as rt:
+        ns = rt.env.O
+        stub = ns.get_by_name("x")
+        for _ in range(20):  # past the pipeline's first-calls path
+            await stub.ping()
+            await stub.incr()
+        if kind.startswith("rpc"):
+            for _ in range(n):
+                await stub.ping()
+        elif kind == "incr":
+            for _ in range(n):
+                await stub.incr()
+        else:
+            for i in range(n):
+                await ns.get_by_name(f"o{i}").ping()
+
+
+def _count(kind: str, n: int, src: str | None) -> int:
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = os.path.join(src, "src")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = subprocess.run(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                f"--callgrind-out-file={tmp}/out",
+                sys.executable,
+                __file__,
+                "--child",
+                kind,
+                str(n),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    found = re.search(r"Collected : (\d+)", out.stderr)
+    if found is None:
+        raise RuntimeError(f"no instruction count in valgrind's output:\n{out.stderr}")
+    return int(found.group(1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--src", help="measure the tree at this path instead")
+    parser.add_argument("-n", type=int, default=1000, help="operations (default 1000)")
+    parser.add_argument("--only", nargs="+", choices=KINDS, default=list(KINDS))
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        anyio.run(_run, args.child[0], int(args.child[1]))
+        return
+    if shutil.which("valgrind") is None:
+        sys.exit("valgrind is not installed (Debian: apt install valgrind)")
+    for kind in args.only:
+        if "otel" in kind and args.src is not None:
+            continue  # trees before #17 have no OpenTelemetry option
+        small = _count(kind, args.n, args.src)
+        large = _count(kind, 6 * args.n, args.src)
+        print(f"{kind:13s} {(large - small) // (5 * args.n):>9,} instructions per op")
+
+
+if __name__ == "__main__":
+    main()
