@@ -7,7 +7,13 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 import pyobjects
-from pyobjects import DurableObject, DurableObjectResetError, Runtime, SqlError
+from pyobjects import (
+    DurableObject,
+    DurableObjectResetError,
+    Runtime,
+    SqlError,
+    SqlTimeoutError,
+)
 from pyobjects.storage import SQLiteBackend
 from pyobjects.testing import run_in_durable_object
 from tests.helpers import ControlledBackend
@@ -214,3 +220,41 @@ async def test_cursor_whose_connection_the_backend_closed(tmp_path: Path) -> Non
             return rest, count
 
         assert await _run(stub, body) == (199, 200)
+
+
+async def test_a_cursor_that_fails_while_settled_raises_when_read(
+    backend: StorageBackend,
+) -> None:
+    async with Runtime(
+        bindings={"P": Plain}, storage=backend, sql_statement_timeout=0.001
+    ) as rt:
+
+        async def body(s: Any) -> None:
+            cursor = s.sql.exec(FOREVER)
+            assert next(cursor) == {"x": 1}
+            s.put("k", 1)
+            await s.sync()  # the commit reads the endless cursor: time limit
+            # The rows already taken come first, then the error.
+            with pytest.raises(SqlTimeoutError):
+                for _ in cursor:
+                    pass
+            assert cursor.rows_read == 64  # the rows taken by exec()
+            assert "rows_read=" in repr(cursor)
+
+        await _run(rt.env.P.get_by_name("x"), body)
+
+
+async def test_one_and_returning_on_the_hot_path(backend: StorageBackend) -> None:
+    async with Runtime(bindings={"P": Plain}, storage=backend) as rt:
+
+        async def body(s: Any) -> None:
+            await _fill(s, 100)
+            cursor = s.sql.exec("SELECT id FROM t ORDER BY id")
+            for _ in range(99):
+                next(cursor)
+            assert cursor.one() == {"id": 100}  # the last row of a lazy cursor
+            for value in (1000, 1001):  # the second run takes the hot path
+                row = s.sql.exec("INSERT INTO t VALUES (?) RETURNING id", value).one()
+                assert row == {"id": value}
+
+        await _run(rt.env.P.get_by_name("x"), body)
