@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import pyobjects
 from pyobjects import DurableObject, Runtime, SqlError
-from pyobjects.storage import MemoryBackend
+from pyobjects.storage import MemoryBackend, StorageBackend
 from pyobjects.testing import run_in_durable_object
 
 AUTH = "not authorized: SQLITE_AUTH"
@@ -32,8 +32,9 @@ def _reserved(name: str) -> bool:
     return name[:4].lower() == "_cf_"
 
 
-async def _inside(fn: Any) -> Any:
-    async with Runtime(bindings={"P": Plain}, storage=MemoryBackend()) as rt:
+async def _inside(fn: Any, backend: StorageBackend | None = None) -> Any:
+    storage = MemoryBackend() if backend is None else backend
+    async with Runtime(bindings={"P": Plain}, storage=storage) as rt:
 
         async def body(obj: Any, ctx: pyobjects.DurableObjectState) -> Any:
             return fn(ctx.storage.sql)
@@ -57,7 +58,9 @@ def _schema_names(sql: Any) -> set[str]:
         'ALTER TABLE "a/*" RENAME TO _cf_x --*/',
     ],
 )
-async def test_rename_to_a_reserved_name_is_refused(statement: str) -> None:
+async def test_rename_to_a_reserved_name_is_refused(
+    statement: str, backend: StorageBackend
+) -> None:
     def body(sql: Any) -> set[str]:
         sql.exec('CREATE TABLE "a--" (v)')
         sql.exec('CREATE TABLE "a/*" (v)')
@@ -70,7 +73,7 @@ async def test_rename_to_a_reserved_name_is_refused(statement: str) -> None:
         assert sql.exec('SELECT v FROM "a--"').one() == {"v": 1}
         return _schema_names(sql)
 
-    names = await _inside(body)
+    names = await _inside(body, backend)
     assert names == BACKEND_TABLES | {"a--", "a/*"}
 
 
