@@ -163,6 +163,11 @@ class SqlTimeoutError(SqlError):
     ``limit`` holds the limit in seconds (``Runtime(sql_statement_timeout=)``).
     """
 
+    code: str | None = "SQLITE_INTERRUPT"
+    extended_code: str | None = "SQLITE_INTERRUPT"
+    sqlite_message: str | None = "interrupted"
+    limit: float
+
     def __init__(self, *, limit: float) -> None:
         self.limit = limit
         super().__init__(
@@ -170,8 +175,6 @@ class SqlTimeoutError(SqlError):
             "statement time limit (Runtime(sql_statement_timeout=...)): "
             "SQLITE_INTERRUPT"
         )
-        self.sqlite_message = "interrupted"
-        self.code = self.extended_code = "SQLITE_INTERRUPT"
 
     def __reduce__(self) -> tuple[object, ...]:
         return (_timeout_error, (self.limit,))
