@@ -10,6 +10,7 @@
     │   ├── TransactionError(StorageError, RuntimeError) misuse of a transaction
     │   ├── StorageInUseError                            another Runtime uses the dir
     │   └── SqlError                                     wraps sqlite3.Error
+    │       └── SqlTimeoutError                          statement over the time limit
     ├── MessageTooLargeError(PyObjectsError, ValueError)  RPC message over 32 MiB
     ├── FetchError(PyObjectsError, OSError)  an outgoing pyobjects.fetch() failed
     ├── DurableObjectError       flags: retryable / overloaded / durable_object_reset
@@ -40,6 +41,7 @@ __all__ = [
     "RuntimeClosedError",
     "SerializationError",
     "SqlError",
+    "SqlTimeoutError",
     "StorageError",
     "StorageInUseError",
     "StorageLimitError",
@@ -168,6 +170,35 @@ class SqlError(StorageError):
     code: str | None = None
     extended_code: str | None = None
     sqlite_message: str | None = None
+
+
+class SqlTimeoutError(SqlError):
+    """A call into SQLite for user SQL ran longer than the statement time limit.
+
+    SQLite interrupts it (``SQLITE_INTERRUPT``) and undoes what it wrote, so
+    that one object's long query cannot stall every object of the process.
+    ``limit`` holds the limit in seconds (``Runtime(sql_statement_timeout=)``).
+    """
+
+    code: str | None = "SQLITE_INTERRUPT"
+    extended_code: str | None = "SQLITE_INTERRUPT"
+    sqlite_message: str | None = "interrupted"
+    limit: float
+
+    def __init__(self, *, limit: float) -> None:
+        self.limit = limit
+        super().__init__(
+            f"SQL statement interrupted: it ran longer than the {limit:g} s "
+            "statement time limit (Runtime(sql_statement_timeout=...)): "
+            "SQLITE_INTERRUPT"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_timeout_error, (self.limit,))
+
+
+def _timeout_error(limit: float) -> SqlTimeoutError:
+    return SqlTimeoutError(limit=limit)
 
 
 class DurableObjectError(PyObjectsError):

@@ -147,12 +147,13 @@ async def test_cursor_members(h: Harness) -> None:
         cursor = sql.exec("SELECT a, b FROM t ORDER BY a")
         assert cursor.column_names == ["a", "b"]
         assert cursor.columnNames == ["a", "b"]  # type: ignore[attr-defined]
-        assert cursor.rows_read == cursor.rowsRead == 3  # type: ignore[attr-defined]
+        assert cursor.rows_read == cursor.rowsRead == 0  # type: ignore[attr-defined]
         assert cursor.rows_written == 0
         assert next(cursor) == {"a": 1, "b": "x"}
         assert next(cursor.raw()) == [2, "y"]  # raw() shares the position
         assert cursor.next() == {"done": False, "value": {"a": 3, "b": "z"}}
         assert cursor.next() == {"done": True}
+        assert cursor.rows_read == 3
         assert cursor.to_array() == []
         assert cursor.column_names == ["a", "b"]  # still readable when exhausted
         assert [row["a"] for row in sql.exec("SELECT a FROM t")] == [1, 2, 3]

@@ -493,6 +493,10 @@ class Actor(StorageOwner):
         """Reset the object with *error* (the storage front end found it torn)."""
         self.break_(error)
 
+    def sql_time_limit(self) -> float:
+        """The runtime's ``sql_statement_timeout``, in seconds."""
+        return self.runtime._sql_time_limit
+
     # -- GateOwner ---------------------------------------------------------------
 
     def commit_failed(self, error: BaseException) -> None:

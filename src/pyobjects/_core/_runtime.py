@@ -124,6 +124,12 @@ class Runtime:
         alarm_retry_jitter: Add up to 25 % to alarm retry delays. ``None``
             (the default) means yes, unless the clock is deterministic (a
             ``ManualClock``), so that tests see exact retry times.
+        sql_statement_timeout: Seconds one call into SQLite for an object's
+            SQL (``sql.exec()``, reading a cursor) may run before SQLite
+            interrupts it with ``SqlTimeoutError`` (default 30 s, Cloudflare's
+            default CPU limit per request). Measured in real time, not on
+            ``clock``: SQL runs on the event loop, so a long statement
+            stalls every object until it ends.
         opentelemetry: An :class:`~pyobjects.OpenTelemetry` to trace every
             event (a span each) and measure event and commit durations;
             ``None`` (the default) costs nothing.
@@ -141,6 +147,7 @@ class Runtime:
         max_queued_events: int | None = None,
         alarm_timeout: float = 900.0,
         alarm_retry_jitter: bool | None = None,
+        sql_statement_timeout: float = 30.0,
         opentelemetry: OpenTelemetry | None = None,
     ) -> None:
         self._options: dict[str, Any] = {
@@ -153,6 +160,7 @@ class Runtime:
             "max_queued_events": max_queued_events,
             "alarm_timeout": alarm_timeout,
             "alarm_retry_jitter": alarm_retry_jitter,
+            "sql_statement_timeout": sql_statement_timeout,
             "opentelemetry": opentelemetry,
         }
         if idle_timeout is not None and idle_timeout <= 0:
@@ -164,6 +172,12 @@ class Runtime:
                 "block_concurrency_timeout must be > 0 seconds, "
                 f"got {block_concurrency_timeout}"
             )
+        if not sql_statement_timeout > 0:
+            raise ValueError(
+                "sql_statement_timeout must be > 0 seconds, "
+                f"got {sql_statement_timeout}"
+            )
+        self._sql_time_limit = float(sql_statement_timeout)
         if alarm_timeout <= 0:
             raise ValueError(f"alarm_timeout must be > 0 seconds, got {alarm_timeout}")
         self._telemetry: Telemetry | None = None

@@ -18,7 +18,6 @@ batches being committed, then the clean cache, then the backend.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import sqlite3
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
@@ -30,6 +29,7 @@ from pyobjects._aliases import camel_aliases
 from pyobjects._errors import StorageError, TransactionError
 from pyobjects._serialization import decode
 
+from ._api_sql import SqlFacets
 from ._base import ListQuery, WriteBatch
 from ._front import StorageOwner
 from ._layers import _DONE_NONE, _MISS, _Done, _Layer, drive, in_transaction
@@ -41,7 +41,6 @@ from ._limits import (
     encode_value,
     prefix_end,
 )
-from ._sql import SqlStorage, wipe_database
 from ._sync_kv import SyncKV
 from ._transaction import Transaction, _TransactionContext
 
@@ -50,25 +49,16 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from ._base import ObjectStore
+    from ._sql import SqlStorage
 
 __all__ = ["Storage", "StorageOwner"]
 
 T = TypeVar("T")
 
-_NO_SQL = (
-    "This Durable Object is not backed by SQLite storage, so the SQL API is not "
-    "available: its storage backend ({}) does not provide SQL databases. "
-    "MemoryBackend and SQLiteBackend do."
-)
 _NO_SYNC_KV = (
     "The storage.kv (synchronous KV) API is only available for SQLite-backed "
     "Durable Objects: this object's storage backend ({}) does not provide SQL "
     "databases."
-)
-_OTHER_TRANSACTION = (
-    "{} cannot run while another event's transaction is open on this object: "
-    "SQL has one transaction per object (this happens when an event that was "
-    "already running resumes while a later event is inside storage.transaction())"
 )
 
 
@@ -78,12 +68,11 @@ _OTHER_TRANSACTION = (
     "get_alarm",
     "set_alarm",
     "delete_alarm",
-    "transaction_sync",
     "get_current_bookmark",
     "get_bookmark_for_time",
     "on_next_session_restore_bookmark",
 )
-class Storage:
+class Storage(SqlFacets):
     """``ctx.storage``: transactional, strongly consistent key-value storage.
 
     Mirrors ``DurableObjectStorage`` in Workers. Keys are ``str`` (at most
@@ -102,7 +91,6 @@ class Storage:
         "_layers",
         "_owner",
         "_pending_name",
-        "_sql",
         "_store",
         "_txn_done",
     )
@@ -572,6 +560,8 @@ class Storage:
     def _close_layer(self, layer: _Layer, commit: bool) -> None:
         """End a transaction layer: merge it into the one below, or drop it."""
         layers = self._layers
+        if layer not in layers:
+            return  # the object was reset: _discard() dropped every layer
         if layers[-1] is not layer:  # pragma: no cover  # defended by rollback()
             raise TransactionError("transactions ended out of order")
         layers.pop()
@@ -605,20 +595,7 @@ class Storage:
             self._txn_done.set()
             self._txn_done = None
 
-    # -- SQL -----------------------------------------------------------------
-
-    @property
-    def sql(self) -> SqlStorage:
-        """The object's SQL database (``ctx.storage.sql``).
-
-        Raises:
-            StorageError: The storage backend provides no SQL databases.
-        """
-        if self._sql is None:
-            if not self._has_sql:
-                raise StorageError(_NO_SQL.format(type(self._store).__name__))
-            self._sql = SqlStorage(self)
-        return self._sql
+    # -- SQL (the rest is in _api_sql.SqlFacets) ---------------------------
 
     @property
     def kv(self) -> SyncKV:
@@ -633,106 +610,6 @@ class Storage:
             self._kv = SyncKV(self)
         return self._kv
 
-    def transaction_sync(self, fn: Callable[[], T], /) -> T:
-        """Run ``fn()`` in a savepoint of the object's database (``transactionSync``).
-
-        KV and SQL changes made by *fn* are kept if it returns and rolled back
-        if it raises (the exception propagates; the object is not reset).
-        Nestable, also inside :meth:`transaction`. The changes commit with
-        the object's other writes; they are not separately durable. *fn* must
-        be synchronous: if it returns an awaitable, that is closed unrun, the
-        savepoint is rolled back and ``TypeError`` is raised.
-
-        Raises:
-            StorageError: The storage backend provides no SQL databases
-                ("Durable Object is not backed by SQL.").
-        """
-        self._owner.check_usable()
-        if not self._has_sql:
-            raise StorageError("Durable Object is not backed by SQL.")
-        sql = self.sql
-        layers = self._layers
-        if len(layers) > 1 and self not in in_transaction.get():
-            raise TransactionError(_OTHER_TRANSACTION.format("transaction_sync()"))
-        conn = sql._connection()
-        layer = _Layer()
-        layer.sync = True
-        layers.append(layer)
-        token = in_transaction.set(in_transaction.get() | {self})
-        try:
-            try:
-                self._sql_enter(conn, need_transaction=True)
-            except BaseException:
-                layers.pop()
-                raise
-            try:
-                result = fn()
-            except BaseException:
-                self._close_layer(layer, commit=False)
-                raise
-            if inspect.isawaitable(result):
-                if inspect.iscoroutine(result):
-                    result.close()
-                self._close_layer(layer, commit=False)
-                raise TypeError(
-                    "transaction_sync() takes a synchronous function, but "
-                    f"{getattr(fn, '__qualname__', fn)!r} returned an awaitable; "
-                    "its changes were rolled back (use `await "
-                    "storage.transaction(fn)` for async code)"
-                )
-            self._close_layer(layer, commit=True)
-            return result
-        finally:
-            in_transaction.reset(token)
-
-    @property
-    def _has_sql(self) -> bool:
-        """True if the backend offers the SQL capability (``SqlObjectStore``)."""
-        return getattr(self._store, "sql_connection", None) is not None
-
-    def _sql_enter(self, conn: sqlite3.Connection, *, need_transaction: bool) -> bool:
-        """Prepare *conn* for a user statement; return True if it began a transaction.
-
-        Opens the object's implicit transaction when the statement may write,
-        and the savepoints of the transactions this task is inside.
-        """
-        layers = self._layers
-        if len(layers) > 1 and self not in in_transaction.get():
-            raise TransactionError(_OTHER_TRANSACTION.format("sql.exec()"))
-        began = False
-        if need_transaction and not conn.in_transaction:
-            conn.execute("BEGIN")
-            began = True
-        if len(layers) > 1 and conn.in_transaction:
-            for depth, layer in enumerate(layers[1:]):
-                if layer.savepoint is None:
-                    kind = "_cf_sync_savepoint_" if layer.sync else "_cf_savepoint_"
-                    conn.execute(f"SAVEPOINT {kind}{depth}")
-                    layer.savepoint = f"{kind}{depth}"
-        return began
-
-    def _sql_wrote(self) -> None:
-        """A user statement changed the database: it commits with the next batch."""
-        layer = self._record()
-        layer.sql_dirty = True
-
-    def _sql_dirty(self) -> bool:
-        """True while the open SQL transaction holds changes or savepoints."""
-        return any(layer.sql_dirty or layer.savepoint for layer in self._layers)
-
-    def _wipe_sql(self) -> bool:
-        """Drop every user table, view, index and trigger (for delete_all()).
-
-        Returns True if something was dropped (the open transaction then
-        holds changes to commit).
-        """
-        if not self._has_sql:
-            return False
-        conn = self.sql._connection(create=False)
-        if conn is None:
-            return False
-        return wipe_database(conn, lambda: self._sql_enter(conn, need_transaction=True))
-
     # -- point-in-time recovery ------------------------------------------------
 
     def _pitr(self, op: str) -> Any:
@@ -742,6 +619,8 @@ class Storage:
                 "This Durable Object's storage back-end does not implement "
                 "point-in-time recovery."
             )
+        if self._sql is not None:
+            self._sql._settle()  # the history's checkpoint needs no reader
         return method
 
     async def get_current_bookmark(self) -> str:
@@ -800,6 +679,9 @@ class Storage:
         pending = self._layers[0]
         if not pending:
             return None
+        if self._sql is not None and self._sql._open:
+            # An unfinished statement would block the checkpoints after it.
+            self._sql._settle()
         self._layers[0] = _Layer()
         self._inflight.append(pending)
         batch = WriteBatch(
@@ -831,6 +713,8 @@ class Storage:
     def _discard(self) -> None:
         """Drop everything not committed (the object was reset)."""
         sql = self._sql
+        if sql is not None:
+            sql._drop_cursors()
         if sql is not None and sql._conn is not None:
             with contextlib.suppress(Exception):
                 if sql._conn.in_transaction:

@@ -25,6 +25,7 @@ class UsableCheck(Protocol):
     """The part of the storage owner the SQL API asks before each statement."""
 
     def check_usable(self) -> None: ...
+    def sql_time_limit(self) -> float: ...
 
 
 class KVFront(Protocol):
@@ -89,6 +90,7 @@ class SqlFront(Protocol):
     ) -> bool: ...
     def _sql_wrote(self) -> None: ...
     def _sql_dirty(self) -> bool: ...
+    def _sql_rolled_back(self, cause: BaseException) -> None: ...
 
 
 class StorageOwner:
@@ -122,4 +124,12 @@ class StorageOwner:
 
     def now_ms(self) -> int:
         """Return the runtime clock's time in epoch milliseconds."""
+        raise NotImplementedError
+
+    def reset(self, error: BaseException) -> None:
+        """Reset the object with *error*: its uncommitted writes are dropped."""
+        raise NotImplementedError
+
+    def sql_time_limit(self) -> float:
+        """Return the longest a call into SQLite for user SQL may run, in seconds."""
         raise NotImplementedError

@@ -143,6 +143,25 @@ _NO_PITR = (
 )
 
 
+class _Connection(sqlite3.Connection):
+    """An object's connection; ``before_close`` runs first when it is closed.
+
+    The SQL front end sets it to read its unfinished cursors to the end:
+    closing a connection whose statements are still running would leave it
+    open in SQLite (a "zombie") until they are gone, holding back every
+    checkpoint of the file (the next open of the object needs one).
+    """
+
+    before_close: Callable[[], object] | None = None
+
+    def close(self) -> None:
+        hook, self.before_close = self.before_close, None
+        if hook is not None:
+            with contextlib.suppress(Exception):
+                hook()
+        super().close()
+
+
 def _system_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -447,7 +466,9 @@ class SQLiteBackend:
             return sqlite3.connect(
                 uri, uri=True, timeout=_BUSY_TIMEOUT, isolation_level=None
             )
-        conn = sqlite3.connect(path, timeout=_BUSY_TIMEOUT, isolation_level=None)
+        conn = sqlite3.connect(
+            path, timeout=_BUSY_TIMEOUT, isolation_level=None, factory=_Connection
+        )
         try:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
