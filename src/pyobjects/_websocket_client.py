@@ -150,6 +150,9 @@ class _Bridge:
         self.stream = stream
         self.near = near
         self.done = anyio.Event()
+        # Both pumps write (frames out; pong and close replies): one at a
+        # time, as a stream allows (trio raises BusyResourceError otherwise).
+        self._writing = anyio.Lock()
         self._fragments: list[bytes] = []
         self._text = False
 
@@ -195,7 +198,7 @@ class _Bridge:
                     self._fragments = []
                     near.send(payload.decode() if self._text else payload)
             try:
-                await _flush(protocol, self.stream)
+                await self._flush()
             except (anyio.BrokenResourceError, OSError):
                 data = b""  # the connection is gone
             frames = []
@@ -219,14 +222,18 @@ class _Bridge:
             if isinstance(item, WebSocketClose):
                 if protocol.close_sent is None and protocol.close_rcvd is None:
                     protocol.send_close(item.code, item.reason)
-                    await _flush(protocol, self.stream)
+                    await self._flush()
                 return
             if isinstance(item, str):
                 protocol.send_text(item.encode())
             else:
                 protocol.send_binary(item)
             try:
-                await _flush(protocol, self.stream)
+                await self._flush()
             except (anyio.BrokenResourceError, OSError):
                 scope.cancel()
                 return
+
+    async def _flush(self) -> None:
+        async with self._writing:
+            await _flush(self.protocol, self.stream)
