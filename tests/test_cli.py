@@ -16,7 +16,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from pyobjects import Runtime
+from pyobjects import DurableObject, Runtime
 from pyobjects._cli import main
 from pyobjects._cli_commands import cli
 from pyobjects._inspect import list_namespaces
@@ -102,10 +102,122 @@ def test_inspect_dumps_one_object_by_name_or_id(tmp_path: Path) -> None:
         cli, ["inspect", "--storage", storage, "--json", "COUNTER", ids["unnamed"]]
     )
     document = json.loads(by_id.output)
-    assert document["data"] == [{"key": "value", "value": "2"}]
+    assert document["data"] == [{"key": "value", "value": 2}]  # real JSON
+    assert document["tables"] == []
     junk = CliRunner().invoke(cli, ["inspect", "--storage", storage, "OTHER", HEX])
     assert "'bad': <undecodable: 1 bytes" in junk.output
     assert "'ok': 1" in junk.output
+
+
+class Shelf(DurableObject):
+    """An object with SQL tables and KV values JSON has no type for."""
+
+    async def fill(self) -> None:
+        sql = self.ctx.storage.sql
+        sql.exec("CREATE TABLE books (id INTEGER PRIMARY KEY, title TEXT)")
+        sql.exec("CREATE TABLE empty (x)")
+        for title in ("Dune", "Emma", "Ulysses"):
+            sql.exec("INSERT INTO books (title) VALUES (?)", title)
+        self.ctx.storage.put("raw", b"\x00\xff")
+        self.ctx.storage.put("nested", {"a": [1, (2, 3)], "when": None})
+
+
+def _shelves(directory: Path, count: int) -> list[str]:
+    async def run() -> list[str]:
+        async with Runtime(
+            bindings={"SHELF": Shelf}, storage=SQLiteBackend(directory)
+        ) as rt:
+            ids = []
+            for i in range(count):
+                stub = rt.env.SHELF.get_by_name(f"shelf{i}")
+                await stub.fill()
+                ids.append(str(stub.id))
+            return ids
+
+    return anyio.run(run)
+
+
+def test_inspect_shows_sql_tables_and_real_json(tmp_path: Path) -> None:
+    storage = str(tmp_path / "data")
+    (shelf,) = _shelves(tmp_path / "data", 1)
+    text = CliRunner().invoke(cli, ["inspect", "--storage", storage, "SHELF", "shelf0"])
+    assert text.exit_code == 0, text.output
+    assert "SQL tables: 2" in text.output
+    assert "  books: 3 rows" in text.output
+    assert "CREATE TABLE books (id INTEGER PRIMARY KEY, title TEXT)" in text.output
+    assert "  empty: 0 rows" in text.output
+    assert "_cf_" not in text.output  # the reserved tables are not the user's
+    as_json = CliRunner().invoke(
+        cli, ["inspect", "--storage", storage, "--json", "SHELF", shelf[:8]]
+    )
+    document = json.loads(as_json.output)
+    assert document["id"] == shelf  # found by an id prefix
+    data = {entry["key"]: entry["value"] for entry in document["data"]}
+    assert data == {
+        "nested": {"a": [1, [2, 3]], "when": None},
+        "raw": {"$bytes": "AP8="},
+    }
+    assert [t["name"] for t in document["tables"]] == ["books", "empty"]
+    assert document["tables"][0]["rows"] == 3
+
+
+def test_inspect_runs_read_only_sql(tmp_path: Path) -> None:
+    storage = str(tmp_path / "data")
+    _shelves(tmp_path / "data", 1)
+    base = ["inspect", "--storage", storage]
+    rows = CliRunner().invoke(
+        cli, [*base, "SHELF", "shelf0", "--sql", "SELECT title FROM books ORDER BY 1"]
+    )
+    assert rows.exit_code == 0, rows.output
+    assert rows.output.split() == ["title", "'Dune'", "'Emma'", "'Ulysses'"]
+    as_json = CliRunner().invoke(
+        cli,
+        [
+            *base,
+            "--json",
+            "SHELF",
+            "shelf0",
+            "--sql",
+            "SELECT count(*) AS n FROM books",
+        ],
+    )
+    assert json.loads(as_json.output) == [{"n": 3}]
+    for write in ("DELETE FROM books", "DROP TABLE books", "PRAGMA user_version = 3"):
+        refused = CliRunner().invoke(cli, [*base, "SHELF", "shelf0", "--sql", write])
+        assert refused.exit_code == 1
+        assert "cannot run that query" in refused.output
+    after = CliRunner().invoke(
+        cli, [*base, "SHELF", "shelf0", "--sql", "SELECT count(*) FROM books"]
+    )
+    assert after.output.split()[-1] == "3"  # nothing was written
+    usage = CliRunner().invoke(cli, [*base, "--sql", "SELECT 1"])
+    assert usage.exit_code == 2
+    assert "--sql needs NAMESPACE and OBJECT" in usage.output
+
+
+def test_inspect_refuses_an_ambiguous_id_prefix(tmp_path: Path) -> None:
+    directory = tmp_path / "data"
+    backend = SQLiteBackend(directory)
+    twins = ["abcd" + "0" * 60, "abcd" + "1" * 60]
+
+    async def write() -> None:
+        for object_id in twins:
+            await backend.open("NS", object_id).commit(
+                WriteBatch(writes={"k": b"\x01"})
+            )
+        await backend.aclose()
+
+    anyio.run(write)
+    base = ["inspect", "--storage", str(directory), "NS"]
+    ambiguous = CliRunner().invoke(cli, [*base, "abcd"])
+    assert ambiguous.exit_code == 1
+    assert "'abcd' is the start of 2 object ids in 'NS'" in ambiguous.output
+    unique = CliRunner().invoke(cli, [*base, "abcd1"])
+    assert unique.exit_code == 0, unique.output
+    assert twins[1] in unique.output
+    too_short = CliRunner().invoke(cli, [*base, "abc"])  # 4 digits at least
+    assert too_short.exit_code == 1
+    assert "no stored object 'abc'" in too_short.output
 
 
 @pytest.mark.parametrize(

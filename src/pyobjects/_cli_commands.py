@@ -19,7 +19,16 @@ import click
 from ._asgi import App
 from ._cli_reload import run_with_reload
 from ._errors import StorageInUseError
-from ._inspect import ObjectSummary, dump_object, find_object, summarize
+from ._inspect import (
+    AmbiguousObjectError,
+    ObjectSummary,
+    dump_object,
+    find_object,
+    jsonable,
+    run_query,
+    sql_tables,
+    summarize,
+)
 from ._logs import serve_log_config
 from ._prometheus import PrometheusCollector
 from ._worker import Worker
@@ -470,27 +479,41 @@ def _print_summaries(summaries: list[ObjectSummary], namespaces: list[str]) -> N
     help="Directory of the SQLite storage.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option(
+    "--sql",
+    "query",
+    default=None,
+    help="Run this read-only statement in OBJECT's database and print the rows.",
+)
 @click.argument("namespace", required=False)
 @click.argument("object_ref", metavar="[OBJECT]", required=False)
 def inspect(
-    storage: str, as_json: bool, namespace: str | None, object_ref: str | None
+    storage: str,
+    as_json: bool,
+    query: str | None,
+    namespace: str | None,
+    object_ref: str | None,
 ) -> None:
     """List stored objects, or dump one object's keys and values.
 
     Without arguments, list every namespace and its objects (ids, names when
     known, key counts, bytes stored and pending alarms). With NAMESPACE, list
-    that namespace only. With NAMESPACE OBJECT (64 hex digits, or the name
-    the object was reached by), print its keys and decoded values. Reads
+    that namespace only. With NAMESPACE OBJECT (its name, its 64 hex digits
+    or a unique prefix of at least 4 of them), print its keys and decoded
+    values and its SQL tables (schema and row count); with --sql, the rows
+    of one read-only statement instead. Reads
     only (the databases are opened read-only and no WAL is checkpointed), so
     it is safe while a server runs on the same storage.
     """
     if not os.path.isdir(storage):
         raise click.ClickException(f"no pyobjects storage at {storage}")
     backend = read_only_backend(storage)
+    if query is not None and object_ref is None:
+        raise click.UsageError("--sql needs NAMESPACE and OBJECT")
     try:
         if object_ref is not None:
             assert namespace is not None
-            anyio.run(_dump, backend, namespace, object_ref, as_json)
+            anyio.run(_dump, backend, namespace, object_ref, as_json, query)
         else:
             anyio.run(_list, backend, namespace, as_json)
     except ValueError as exc:  # a malformed namespace name
@@ -511,18 +534,39 @@ async def _list(backend: SQLiteBackend, namespace: str | None, as_json: bool) ->
 
 
 async def _dump(
-    backend: SQLiteBackend, namespace: str, ref: str, as_json: bool
+    backend: SQLiteBackend,
+    namespace: str,
+    ref: str,
+    as_json: bool,
+    query: str | None = None,
 ) -> None:
-    object_id = await find_object(backend, namespace, ref)
+    try:
+        object_id = await find_object(backend, namespace, ref)
+    except AmbiguousObjectError as exc:
+        raise click.ClickException(str(exc)) from None
     if object_id is None:
         raise click.ClickException(
             f"no stored object {ref!r} in namespace {namespace!r} "
-            "(give its 64 hex digits or its name)"
+            "(give its name, its 64 hex digits or a unique prefix of them)"
         )
+    if query is not None:
+        columns, rows = run_query(backend, namespace, object_id, query)
+        if as_json:
+            records = [dict(zip(columns, map(jsonable, r), strict=True)) for r in rows]
+            click.echo(json.dumps(records, indent=2))
+        elif columns:
+            cells = [[str(c) for c in columns]] + [[repr(v) for v in r] for r in rows]
+            for line in _table(cells):
+                click.echo(line)
+        return
     summary, items = await dump_object(backend, namespace, object_id)
+    tables = sql_tables(backend, namespace, object_id)
     if as_json:
         document = _summary_json(summary)
-        document["data"] = [{"key": k, "value": repr(v)} for k, v in items]
+        document["data"] = [{"key": k, "value": jsonable(v)} for k, v in items]
+        document["tables"] = [
+            {"name": t.name, "sql": t.sql, "rows": t.rows} for t in tables
+        ]
         click.echo(json.dumps(document, indent=2))
         return
     name = "" if summary.name is None else f" (name {summary.name!r})"
@@ -533,3 +577,9 @@ async def _dump(
     )
     for key, value in items:
         click.echo(f"  {key!r}: {value!r}")
+    if tables:
+        click.echo(f"SQL tables: {len(tables)}")
+        for table in tables:
+            noun = "row" if table.rows == 1 else "rows"
+            click.echo(f"  {table.name}: {table.rows} {noun}")
+            click.echo(f"    {table.sql}")

@@ -7,23 +7,41 @@ backends' read-only ``list_namespaces()``. Nothing here writes.
 
 from __future__ import annotations
 
+import base64
+import datetime
+import sqlite3
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._serialization import decode
-from .storage._base import ListQuery
+from .storage._base import USER_OBJECTS_WHERE, ListQuery
 
 if TYPE_CHECKING:
     from .storage._base import StorageBackend
 
 __all__ = [
+    "AmbiguousObjectError",
     "ObjectSummary",
+    "TableSummary",
     "Undecodable",
     "dump_object",
     "find_object",
+    "jsonable",
     "list_namespaces",
+    "run_query",
+    "sql_tables",
     "summarize",
 ]
+
+# What a read-only query may do (sqlite3 authorizer action codes): read
+# tables, call functions, recurse in a CTE. Anything else is refused.
+_READ_ACTIONS = frozenset(
+    {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, 33}
+)  # 33 = SQLITE_RECURSIVE (not exported by every Python's sqlite3)
+
+
+class AmbiguousObjectError(ValueError):
+    """An id prefix matches several stored objects."""
 
 
 class _ListsNamespaces(Protocol):
@@ -103,7 +121,11 @@ async def summarize(
 
 
 async def find_object(backend: StorageBackend, namespace: str, ref: str) -> str | None:
-    """Return the id of the object *ref* names: its 64 hex digits, or its name."""
+    """Return the id of the object *ref* names: its name, its id or an id prefix.
+
+    Raises:
+        AmbiguousObjectError: If *ref* is a prefix of several ids (and no name).
+    """
     ids = await backend.list_object_ids(namespace)
     if ref.lower() in ids:
         return ref.lower()
@@ -114,6 +136,15 @@ async def find_object(backend: StorageBackend, namespace: str, ref: str) -> str 
                 return object_id
         finally:
             store.close()
+    if len(ref) >= 4 and all(c in "0123456789abcdef" for c in ref.lower()):
+        matches = [object_id for object_id in ids if object_id.startswith(ref.lower())]
+        if len(matches) > 1:
+            raise AmbiguousObjectError(
+                f"{ref!r} is the start of {len(matches)} object ids in "
+                f"{namespace!r}; give more digits"
+            )
+        if matches:
+            return matches[0]
     return None
 
 
@@ -130,3 +161,87 @@ async def dump_object(
             value = Undecodable(len(data), f"{type(exc).__name__}: {exc}")
         decoded.append((key, value))
     return summary, decoded
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TableSummary:
+    """One SQL table of an object: its schema and how many rows it holds."""
+
+    name: str
+    sql: str
+    rows: int
+
+
+def _connection(backend: StorageBackend, namespace: str, object_id: str) -> Any:
+    store: Any = backend.open(namespace, object_id)
+    opener = getattr(store, "sql_connection", None)
+    conn = None if opener is None else opener(create=False)
+    return store, conn
+
+
+def sql_tables(
+    backend: StorageBackend, namespace: str, object_id: str
+) -> list[TableSummary]:
+    """The object's own SQL tables (not the reserved ``_cf_`` ones), by name."""
+    store, conn = _connection(backend, namespace, object_id)
+    try:
+        if conn is None:
+            return []
+        rows = conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'table' AND "
+            f"{USER_OBJECTS_WHERE} ORDER BY name"
+        ).fetchall()
+        tables = []
+        for name, sql in rows:
+            quoted = '"' + str(name).replace('"', '""') + '"'
+            (count,) = conn.execute(f"SELECT count(*) FROM {quoted}").fetchone()
+            tables.append(TableSummary(name=name, sql=sql, rows=count))
+        return tables
+    finally:
+        store.close()
+
+
+def _read_only(action: int, *args: object) -> int:
+    return sqlite3.SQLITE_OK if action in _READ_ACTIONS else sqlite3.SQLITE_DENY
+
+
+def run_query(
+    backend: StorageBackend, namespace: str, object_id: str, sql: str
+) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Run one read-only statement in the object's database: (columns, rows).
+
+    Raises:
+        ValueError: If the object has no SQL database, or the statement is
+            not a single read (SQLite's error, e.g. "not authorized").
+    """
+    store, conn = _connection(backend, namespace, object_id)
+    try:
+        if conn is None:
+            raise ValueError(f"object {object_id} has no SQL database")
+        conn.set_authorizer(_read_only)
+        try:
+            cursor = conn.execute(sql)
+            rows = cursor.fetchall()
+        except sqlite3.Error as exc:
+            raise ValueError(f"cannot run that query: {exc}") from None
+        finally:
+            conn.set_authorizer(None)
+        columns = [d[0] for d in cursor.description or ()]
+        return columns, rows
+    finally:
+        store.close()
+
+
+def jsonable(value: Any) -> Any:
+    """*value* as JSON can hold it; bytes and other types are tagged objects."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"$bytes": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, (datetime.datetime, datetime.date)):
+        return {"$datetime": value.isoformat()}
+    return {"$repr": repr(value)}
