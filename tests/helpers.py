@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -84,3 +88,19 @@ async def recv(ws: WebSocket) -> str | bytes | WebSocketClose:
     """
     with anyio.fail_after(5):
         return await ws.receive()
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def serve_subprocess(*args: str, cwd: Path) -> subprocess.Popen[str]:
+    """Start ``pyobjects serve tests.cli_app:worker ARGS`` as a real process."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "pyobjects", "serve", "tests.cli_app:worker", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
-import subprocess
 import sys
 import zlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import httpx
@@ -23,6 +22,10 @@ from pyobjects._inspect import list_namespaces
 from pyobjects.storage import MemoryBackend, SQLiteBackend, StorageBackend, WriteBatch
 
 from .cli_app import Counter
+from .helpers import serve_subprocess
+
+if TYPE_CHECKING:
+    import subprocess
 
 ROOT = Path(__file__).parent.parent
 HEX = "0123456789abcdef" * 4
@@ -353,18 +356,6 @@ def test_serve_reports_a_port_in_use() -> None:
     assert "cannot listen on 127.0.0.1" in result.output
 
 
-def _serve(*args: str, cwd: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "pyobjects", "serve", "tests.cli_app:worker", *args],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def _url_of(process: subprocess.Popen[str], *, storage: str = "") -> str:
     assert process.stdout is not None
     line = process.stdout.readline()  # the first line names the URL
@@ -381,7 +372,9 @@ def _stop(process: subprocess.Popen[str], sig: signal.Signals) -> tuple[int, str
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_serve_flushes_writes_on_ctrl_c(tmp_path: Path, sig: signal.Signals) -> None:
-    process = _serve("--port", "0", cwd=tmp_path)  # default storage: ./.pyobjects
+    process = serve_subprocess(
+        "--port", "0", cwd=tmp_path
+    )  # default storage: ./.pyobjects
     try:
         url = _url_of(process, storage="SQLite in .pyobjects")
         with httpx.Client(base_url=url, timeout=10) as client:
@@ -400,7 +393,7 @@ def test_serve_flushes_writes_on_ctrl_c(tmp_path: Path, sig: signal.Signals) -> 
 
 
 def test_serve_in_memory(tmp_path: Path) -> None:
-    process = _serve("--memory", "--port", "0", "--debug", cwd=tmp_path)
+    process = serve_subprocess("--memory", "--port", "0", "--debug", cwd=tmp_path)
     try:
         url = _url_of(process, storage="in memory")
         with httpx.Client(base_url=url, timeout=10) as client:

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
-import subprocess
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -26,12 +23,13 @@ from pyobjects import (
 )
 from pyobjects.asgi import App
 
+from .helpers import serve_subprocess
+
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from pyobjects import RuntimeStatistics
     from pyobjects.testing import ManualClock
-
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 class Writer(DurableObject):
@@ -142,25 +140,13 @@ def test_the_prometheus_collector_checks_its_source() -> None:
 
 
 def test_serve_exposes_metrics(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pyobjects",
-            "serve",
-            "tests.cli_app:worker",
-            "--memory",
-            "--port",
-            "0",
-            "--metrics-port",
-            "0",
-        ],
+    process = serve_subprocess(
+        "--memory",
+        "--port",
+        "0",
+        "--metrics-port",
+        "0",
         cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
     )
     try:
         assert process.stdout is not None
@@ -201,27 +187,15 @@ async def test_the_collector_reads_again_when_a_dict_changed_under_it(
 
 
 def test_serve_logs_pyobjects_lifecycle_as_json_lines(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pyobjects",
-            "serve",
-            "tests.cli_app:worker",
-            "--memory",
-            "--port",
-            "0",
-            "--log-level",
-            "debug",
-            "--log-format",
-            "json",
-        ],
+    process = serve_subprocess(
+        "--memory",
+        "--port",
+        "0",
+        "--log-level",
+        "debug",
+        "--log-format",
+        "json",
         cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
     )
     try:
         assert process.stdout is not None
