@@ -68,30 +68,32 @@ from ._alarm_index import (
 )
 from ._base import (
     RESERVED_SCHEMA,
-    USER_OBJECTS_WHERE,
     AlarmEntry,
-    check_batch,
     check_namespace,
     check_object_id,
 )
 from ._history import (
-    UNDO,
     Archiver,
     Commits,
     History,
     WalState,
-    bookmark,
     fsync_directory as _fsync_directory,
-    parse_bookmark,
     read_pages,
     read_wal_commits,
 )
 from ._lock import DirectoryLock
+from ._sqlite_store import (
+    DELETE_META,
+    GET_META,
+    HOLDS_DATA,
+    NO_PITR,
+    SQLiteStore,
+    read_alarm,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable, Mapping
 
-    from ._base import ListQuery, WriteBatch
 
 __all__ = ["SQLiteBackend"]
 
@@ -99,32 +101,6 @@ _SYNCHRONOUS = {"off": "OFF", "normal": "NORMAL", "full": "FULL", "extra": "EXTR
 # Everything runs on the event-loop thread, so waiting long for a lock held
 # by another process would stall every object; give up after a short while.
 _BUSY_TIMEOUT = 1.0
-
-_GET = "SELECT value FROM _cf_KV WHERE key = ?"
-_PUT = "INSERT OR REPLACE INTO _cf_KV (key, value) VALUES (?, ?)"
-_DELETE = "DELETE FROM _cf_KV WHERE key = ?"
-_DELETE_ALL = "DELETE FROM _cf_KV"
-_GET_META = "SELECT value FROM _cf_METADATA WHERE key = ?"
-_SET_META = (
-    "INSERT INTO _cf_METADATA (key, value) VALUES (?, ?) ON CONFLICT (key)"
-    " DO UPDATE SET value = excluded.value WHERE value IS NOT excluded.value"
-)
-_DELETE_META = "DELETE FROM _cf_METADATA WHERE key = ?"
-_HOLDS_DATA = (
-    "SELECT EXISTS (SELECT 1 FROM _cf_KV)"
-    " OR EXISTS (SELECT 1 FROM _cf_METADATA WHERE key = 'alarm')"
-    f" OR EXISTS (SELECT 1 FROM sqlite_schema WHERE {USER_OBJECTS_WHERE})"
-)
-_LIST = {
-    (start, end, reverse): "SELECT key, value FROM _cf_KV"
-    + (" WHERE key >= ?" if start else "")
-    + ((" AND" if start else " WHERE") + " key < ?" if end else "")
-    + (" ORDER BY key DESC" if reverse else " ORDER BY key")
-    + " LIMIT ?"
-    for start in (False, True)
-    for end in (False, True)
-    for reverse in (False, True)
-}
 
 _Key = tuple[str, str]
 _WAL_HEADER_SIZE = 32
@@ -137,43 +113,10 @@ _ARCHIVE_EVERY = 1024
 _ARCHIVE_BYTES = 8 << 20
 # Before the first archive of a connection tells the bytes per commit.
 _ARCHIVE_FIRST = 16
-_NO_PITR = (
-    "This Durable Object's storage back-end does not implement point-in-time "
-    "recovery (SQLiteBackend was created with pitr_retention=0)."
-)
 
 
 def _system_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def _encode(key: str) -> bytes:
-    # surrogatepass keeps every Python str storable and code point ordered.
-    return key.encode("utf-8", "surrogatepass")
-
-
-def _decode(key: bytes) -> str:
-    return key.decode("utf-8", "surrogatepass")
-
-
-def _encode_writes(
-    writes: Mapping[str, bytes | None],
-) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes]]]:
-    """Split *writes* into encoded puts and deletes, checking the types."""
-    puts = []
-    deletes = []
-    for key, value in typing.cast("Mapping[object, object]", writes).items():
-        if not isinstance(key, str):
-            raise TypeError(f"storage keys must be str, not {type(key).__name__}")
-        if value is None:
-            deletes.append((_encode(key),))
-        elif isinstance(value, bytes):
-            puts.append((_encode(key), value))
-        else:
-            raise TypeError(
-                f"storage values must be bytes or None, not {type(value).__name__}"
-            )
-    return puts, deletes
 
 
 @typing.final
@@ -245,7 +188,7 @@ class SQLiteBackend:
         self._lock = DirectoryLock(self._directory)
         self._read_only = False  # see read_only_backend()
 
-    def open(self, namespace: str, object_id: str, /) -> _SQLiteStore:
+    def open(self, namespace: str, object_id: str, /) -> SQLiteStore:
         """Return a handle on one object's storage; creates no file.
 
         A restore scheduled with ``on_next_session_restore_bookmark`` is
@@ -258,7 +201,7 @@ class SQLiteBackend:
         _check_name(namespace)
         check_object_id(object_id)
         key = (namespace, object_id)
-        store = _SQLiteStore(self, key)
+        store = SQLiteStore(self, key)
         if self._retention_ms and key not in self._checked:
             # First start since this backend (re)started: look for a restore
             # scheduled by an earlier process (opening checks the marker). A
@@ -295,7 +238,7 @@ class SQLiteBackend:
             if conn is None:  # pragma: no cover - deleted while listing
                 continue
             try:
-                (holds,) = conn.execute(_HOLDS_DATA).fetchone()
+                (holds,) = conn.execute(HOLDS_DATA).fetchone()
             except sqlite3.Error as exc:
                 self._discard((namespace, object_id))
                 raise StorageError(f"cannot read {name}: {exc}") from exc
@@ -354,7 +297,7 @@ class SQLiteBackend:
             truth: int | None = time_ms
             try:
                 conn = self._acquire(key, create=False)
-                truth = None if conn is None else _read_alarm(conn)
+                truth = None if conn is None else read_alarm(conn)
                 if truth is None:
                     index_clear(index, key)
                 elif truth != time_ms:
@@ -566,7 +509,7 @@ class SQLiteBackend:
         self._wal[key] = state
         if key not in self._checked and not self._restoring:
             self._checked.add(key)
-            row = conn.execute(_GET_META, ("restore",)).fetchone()
+            row = conn.execute(GET_META, ("restore",)).fetchone()
             if row is not None:
                 self._pending_restores.add(key)
 
@@ -662,7 +605,7 @@ class SQLiteBackend:
     def _history_for(self, key: _Key) -> tuple[sqlite3.Connection, History]:
         """The object's connection, with its history brought up to date."""
         if not self._retention_ms:
-            raise StorageError(_NO_PITR)
+            raise StorageError(NO_PITR)
         conn = self._acquire(key, create=True)
         assert conn is not None
         if conn.in_transaction:
@@ -681,9 +624,9 @@ class SQLiteBackend:
         """Apply a scheduled restore; return the alarm of the restored state."""
         self._pending_restores.discard(key)
         conn, history = self._history_for(key)
-        row = conn.execute(_GET_META, ("restore",)).fetchone()
+        row = conn.execute(GET_META, ("restore",)).fetchone()
         if row is None:
-            return _read_alarm(conn)
+            return read_alarm(conn)
         target, before = (int(x) for x in str(row[0]).split(":"))
         latest = history.latest()
         path, _ = self._paths(key)
@@ -711,12 +654,12 @@ class SQLiteBackend:
         finally:
             self._restoring = False
         assert restored is not None
-        restored.execute(_DELETE_META, ("restore",))  # if the state had one
+        restored.execute(DELETE_META, ("restore",))  # if the state had one
         self._archive(key, restored)
         self._archiver.wait(key)
         # "Just before the restore" is what the undo bookmark stands for.
         history.set_meta(f"undo:{before}", latest)
-        alarm = _read_alarm(restored)
+        alarm = read_alarm(restored)
         if alarm is None:
             self._index_clear(key)
         else:
@@ -774,202 +717,3 @@ def read_only_backend(directory: str | os.PathLike[str]) -> SQLiteBackend:
 
 def _check_name(namespace: str) -> None:
     check_namespace(namespace)
-
-
-def _read_alarm(conn: sqlite3.Connection) -> int | None:
-    row = conn.execute(_GET_META, ("alarm",)).fetchone()
-    return None if row is None else int(row[0])
-
-
-@typing.final
-class _SQLiteStore:
-    __slots__ = ("_backend", "_key", "restored_alarm")
-
-    def __init__(self, backend: SQLiteBackend, key: _Key) -> None:
-        self._backend = backend
-        self._key = key
-        # Set (to the restored alarm, maybe None) when opening restored the
-        # object; the runtime reschedules its alarm then.
-        self.restored_alarm: int | bool | None = False
-
-    def _fail(self, what: str, exc: sqlite3.Error) -> StorageError:
-        namespace, object_id = self._key
-        return StorageError(f"cannot {what} object {namespace}/{object_id}: {exc}")
-
-    def _rollback(self, conn: sqlite3.Connection) -> None:
-        if conn.in_transaction:
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:  # pragma: no cover - SQLite rolled back already
-                # Closing the connection rolls back too.
-                self._backend._discard(self._key)
-
-    async def get(self, keys: Sequence[str], /) -> dict[str, bytes]:
-        conn = self._backend._acquire(self._key, create=False)
-        if conn is None:
-            return {}
-        result = {}
-        try:
-            for key in sorted(set(keys)):
-                row = conn.execute(_GET, (_encode(key),)).fetchone()
-                if row is not None:
-                    result[key] = row[0]
-        except sqlite3.Error as exc:
-            raise self._fail("read", exc) from exc
-        return result
-
-    async def list(self, query: ListQuery, /) -> list[tuple[str, bytes]]:
-        conn = self._backend._acquire(self._key, create=False)
-        if conn is None:
-            return []
-        start, end = query.start, query.end
-        params: list[bytes | int] = []
-        if start is not None:
-            params.append(_encode(start))
-        if end is not None:
-            params.append(_encode(end))
-        params.append(-1 if query.limit is None else max(query.limit, 0))
-        sql = _LIST[start is not None, end is not None, query.reverse]
-        try:
-            rows = conn.execute(sql, params).fetchall()
-        except sqlite3.Error as exc:
-            raise self._fail("list", exc) from exc
-        return [(_decode(key), value) for key, value in rows]
-
-    async def get_alarm(self) -> int | None:
-        conn = self._backend._acquire(self._key, create=False)
-        if conn is None:
-            return None
-        try:
-            return _read_alarm(conn)
-        except sqlite3.Error as exc:
-            raise self._fail("read", exc) from exc
-
-    async def get_name(self) -> str | None:
-        conn = self._backend._acquire(self._key, create=False)
-        if conn is None:
-            return None
-        try:
-            row = conn.execute(_GET_META, ("name",)).fetchone()
-        except sqlite3.Error as exc:
-            raise self._fail("read", exc) from exc
-        return None if row is None else str(row[0])
-
-    async def commit(self, batch: WriteBatch, /) -> None:
-        puts, deletes = _encode_writes(batch.writes)
-        alarm_changed, alarm, name = batch.alarm_changed, batch.alarm, batch.name
-        if alarm_changed or name is not None:
-            check_batch(batch)
-        sets_alarm = alarm_changed and alarm is not None
-        backend = self._backend
-        key = self._key
-        conn = backend._acquire(key, create=False)
-        if conn is None and not puts and not sets_alarm:
-            return  # would leave the object empty: no file needed
-        if sets_alarm:
-            assert alarm is not None
-            # Index first, object second: the index stays a superset.
-            backend._index_set(key, alarm)
-        if conn is None:
-            conn = backend._acquire(key, create=True)
-            assert conn is not None
-        try:
-            in_sql = conn.in_transaction  # SQL of this batch awaits its COMMIT
-            if (
-                not in_sql
-                and len(puts) + len(deletes) == 1
-                and not batch.delete_all
-                and not alarm_changed
-                and name is None
-            ):
-                # The hot path: one statement is a transaction of its own.
-                conn.execute(*((_PUT, puts[0]) if puts else (_DELETE, deletes[0])))
-            else:
-                if not in_sql:
-                    conn.execute("BEGIN IMMEDIATE")
-                if batch.delete_all:
-                    conn.execute(_DELETE_ALL)
-                if deletes:
-                    conn.executemany(_DELETE, deletes)
-                if puts:
-                    conn.executemany(_PUT, puts)
-                if alarm_changed:
-                    if alarm is None:
-                        conn.execute(_DELETE_META, ("alarm",))
-                    else:
-                        conn.execute(_SET_META, ("alarm", alarm))
-                if name is not None:
-                    conn.execute(_SET_META, ("name", name))
-                conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self._rollback(conn)
-            raise self._fail("commit to", exc) from exc
-        except BaseException:
-            self._rollback(conn)
-            raise
-        if alarm_changed and alarm is None:
-            # Object first, index second: the index stays a superset.
-            backend._index_clear(key)
-        backend._committed(key, conn)
-
-    def sql_connection(self, *, create: bool = True) -> sqlite3.Connection | None:
-        """Return the object's database connection (the SQL capability).
-
-        The storage front end runs user SQL on it, inside a transaction that
-        :meth:`commit` completes. Without *create*, ``None`` if the object
-        has no file yet.
-        """
-        return self._backend._acquire(self._key, create=create)
-
-    async def current_bookmark(self) -> str:
-        """A bookmark for the state after the last commit."""
-        backend = self._backend
-        _, history = backend._history_for(self._key)
-        return bookmark(*self._key, history.latest())
-
-    async def bookmark_for_time(self, when_ms: int, now_ms: int) -> str:
-        """A bookmark for the state at *when_ms* (epoch ms)."""
-        backend = self._backend
-        if not backend._retention_ms:
-            raise StorageError(_NO_PITR)
-        if when_ms < now_ms - backend._retention_ms:
-            raise ValueError(
-                "get_bookmark_for_time() needs a time within the last "
-                f"{backend._retention_ms / 86_400_000:g} days (pitr_retention)"
-            )
-        _, history = backend._history_for(self._key)
-        seq = history.seq_for_time(min(when_ms, now_ms))
-        if seq is None:
-            raise ValueError(
-                "get_bookmark_for_time(): this object has no history that old "
-                "(it was created later, or history was kept only since then)"
-            )
-        return bookmark(*self._key, seq)
-
-    async def schedule_restore(self, text: str, now_ms: int) -> str:
-        """Restore to *text* when the object next starts; return the undo bookmark."""
-        backend = self._backend
-        key = self._key
-        if not backend._retention_ms:
-            raise StorageError(_NO_PITR)
-        seq, kind = parse_bookmark(*key, text)
-        conn, history = backend._history_for(key)
-        if kind == UNDO:
-            undone = history.get_meta(f"undo:{seq}")
-            seq = history.latest() if undone is None else undone
-        if not history.has(seq):
-            raise ValueError(
-                f"bookmark {text!r} is older than the history kept (pitr_retention)"
-            )
-        latest = history.latest()
-        try:
-            conn.execute(_SET_META, ("restore", f"{seq}:{latest}"))
-        except sqlite3.Error as exc:
-            raise self._fail("schedule a restore of", exc) from exc
-        backend._pending_restores.add(key)
-        backend._committed(key, conn)
-        return bookmark(*key, latest, UNDO)
-
-    def close(self) -> None:
-        """Close this object's database connection; the data stays."""
-        self._backend._discard(self._key)
