@@ -8,6 +8,7 @@
     │   ├── StorageLimitError(StorageError, ValueError)  key/value/batch over a limit
     │   ├── SerializationError(StorageError, TypeError)  value the codec cannot encode
     │   ├── TransactionError(StorageError, RuntimeError) misuse of a transaction
+    │   ├── StorageFullError                             the disk (or database) is full
     │   ├── StorageInUseError                            another Runtime uses the dir
     │   └── SqlError                                     wraps sqlite3.Error
     ├── MessageTooLargeError(PyObjectsError, ValueError)  RPC message over 32 MiB
@@ -39,6 +40,7 @@ __all__ = [
     "SerializationError",
     "SqlError",
     "StorageError",
+    "StorageFullError",
     "StorageInUseError",
     "StorageLimitError",
     "TransactionError",
@@ -111,6 +113,28 @@ class MessageTooLargeError(PyObjectsError, ValueError):
 
 class TransactionError(StorageError, RuntimeError):
     """A transaction was used after it finished or was rolled back, or misused."""
+
+
+class StorageFullError(StorageError):
+    """The disk, or the database, has no room for a write (``SQLITE_FULL``).
+
+    Nothing of the write was kept: a batch that fails to commit this way is
+    rolled back whole, and the object is reset (its callers get a
+    :class:`DurableObjectResetError` whose ``__cause__`` is this error). The
+    object works again once space is freed. ``target`` names what could not
+    be written (``"object <namespace>/<id>"``, ``"the alarm index"``) and
+    ``detail`` is what the operating system or SQLite said.
+    """
+
+    def __init__(self, *, action: str, target: str, detail: str) -> None:
+        self.action = action
+        self.target = target
+        self.detail = detail
+        super().__init__(
+            f"cannot {action} {target}: the disk or the database is full "
+            f"({detail}); nothing of this write was kept. Free some space "
+            "and try again"
+        )
 
 
 class StorageInUseError(StorageError):

@@ -9,11 +9,12 @@ object's key-value data, alarm and name through it, and maps every
 
 from __future__ import annotations
 
+import errno
 import sqlite3
 import typing
 from typing import TYPE_CHECKING, Protocol
 
-from pyobjects._errors import StorageError
+from pyobjects._errors import StorageError, StorageFullError
 
 from ._base import USER_OBJECTS_WHERE, check_batch
 from ._history import UNDO, bookmark, parse_bookmark
@@ -108,6 +109,29 @@ def _encode_writes(
     return puts, deletes
 
 
+# OSError numbers that mean "no room": no space left, over the disk quota.
+_FULL_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
+
+
+def is_full(exc: BaseException) -> bool:
+    """True if *exc* says the disk or the database is full."""
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        return code is not None and code & 0xFF == sqlite3.SQLITE_FULL
+    return isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS
+
+
+def storage_error(action: str, target: str, exc: BaseException) -> StorageError:
+    """The typed error for *exc*, raised while trying to *action* *target*.
+
+    A full disk or database becomes :class:`~pyobjects.StorageFullError`,
+    anything else a plain :class:`~pyobjects.StorageError`.
+    """
+    if is_full(exc):
+        return StorageFullError(action=action, target=target, detail=str(exc))
+    return StorageError(f"cannot {action} {target}: {exc}")
+
+
 def read_alarm(conn: sqlite3.Connection) -> int | None:
     """Return the alarm time kept in the object's own database."""
     row = conn.execute(GET_META, ("alarm",)).fetchone()
@@ -129,7 +153,7 @@ class SQLiteStore:
 
     def _fail(self, what: str, exc: sqlite3.Error) -> StorageError:
         namespace, object_id = self._key
-        return StorageError(f"cannot {what} object {namespace}/{object_id}: {exc}")
+        return storage_error(what, f"object {namespace}/{object_id}", exc)
 
     def _rollback(self, conn: sqlite3.Connection) -> None:
         if conn.in_transaction:

@@ -46,6 +46,7 @@ own database, dropping stale rows and correcting outdated times.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import pathlib
 import sqlite3
@@ -89,6 +90,7 @@ from ._sqlite_store import (
     NO_PITR,
     SQLiteStore,
     read_alarm,
+    storage_error,
 )
 
 if TYPE_CHECKING:
@@ -96,6 +98,8 @@ if TYPE_CHECKING:
 
 
 __all__ = ["SQLiteBackend"]
+
+logger = logging.getLogger("pyobjects")
 
 _SYNCHRONOUS = {"off": "OFF", "normal": "NORMAL", "full": "FULL", "extra": "EXTRA"}
 # Everything runs on the event-loop thread, so waiting long for a lock held
@@ -348,7 +352,7 @@ class SQLiteBackend:
                 retry_ms=retry_ms,
             )
         except sqlite3.Error as exc:
-            raise StorageError(f"cannot write the alarm index: {exc}") from exc
+            raise storage_error("write", "the alarm index", exc) from exc
 
     def claim(self) -> None:
         """Make this backend the one owner of its directory, until :meth:`aclose`.
@@ -438,12 +442,15 @@ class SQLiteBackend:
             if new_file and self._sync_directories:
                 _fsync_directory(directory)
         except (OSError, sqlite3.Error) as exc:
-            raise StorageError(f"cannot open {path}: {exc}") from exc
+            raise storage_error("open", path, exc) from exc
         self._connections[key] = conn
         self._open_connections += 1
         if self._retention_ms:
             try:
                 self._start_history(key, conn, path)
+            except (sqlite3.Error, OSError) as exc:
+                self._discard(key)
+                raise storage_error("open", path, exc) from exc
             except BaseException:
                 self._discard(key)
                 raise
@@ -502,11 +509,16 @@ class SQLiteBackend:
         # once they are, a marker can only be a crash's (or a failure's).
         self._archiver.wait(key)
         state = WalState(every=_ARCHIVE_FIRST)
+        self._wal[key] = state
         wal = path + "-wal"
         leftover = os.path.exists(wal) and os.path.getsize(wal) > 0
         if leftover or not history.exists() or os.path.exists(history.marker):
-            self._record_whole(key, conn, path, history, state)
-        self._wal[key] = state
+            try:
+                self._record_whole(key, conn, path, history, state)
+            except (StorageError, sqlite3.Error, OSError) as exc:
+                # The object's data does not need its history: reads and
+                # writes go on, and the next archives try again.
+                self._history_failed(key, state, exc)
         if key not in self._checked and not self._restoring:
             self._checked.add(key)
             row = conn.execute(GET_META, ("restore",)).fetchone()
@@ -600,7 +612,32 @@ class SQLiteBackend:
             return
         state.times.append(self._now_ms())
         if len(state.times) >= state.every:
-            self._archive(key, conn)
+            try:
+                self._archive(key, conn)
+            except (StorageError, sqlite3.Error, OSError) as exc:
+                # The commit is durable: it must not be reported as failed.
+                self._history_failed(key, state, exc)
+
+    def _history_failed(self, key: _Key, state: WalState, exc: BaseException) -> None:
+        """An archive failed (a full disk, an unwritable history file).
+
+        Nothing is lost: either the WAL was not checkpointed (it keeps the
+        commits until an archive succeeds) or the archiver left a marker, so
+        the next archive records the database whole. Try again only after
+        :data:`_ARCHIVE_EVERY` more commits, so that a full disk does not
+        cost a failing archive per commit.
+        """
+        self._archiver.note_gap(key, exc)
+        state.every = len(state.times) + _ARCHIVE_EVERY
+        namespace, object_id = key
+        logger.warning(
+            "cannot write the point-in-time history of %s/%s (%s); its data is "
+            "not affected, and the history is recorded whole once it can be "
+            "written again (bookmarks fail until then)",
+            namespace,
+            object_id,
+            exc,
+        )
 
     def _history_for(self, key: _Key) -> tuple[sqlite3.Connection, History]:
         """The object's connection, with its history brought up to date."""
@@ -680,7 +717,7 @@ class SQLiteBackend:
             if new_file and self._sync_directories:
                 _fsync_directory(self._directory)
         except (OSError, sqlite3.Error) as exc:
-            raise StorageError(f"cannot open the alarm index: {exc}") from exc
+            raise storage_error("open", "the alarm index", exc) from exc
         return self._index
 
     def _index_set(self, key: _Key, time_ms: int) -> None:
@@ -689,7 +726,7 @@ class SQLiteBackend:
         try:
             index_set_time(index, key, time_ms)
         except sqlite3.Error as exc:
-            raise StorageError(f"cannot write the alarm index: {exc}") from exc
+            raise storage_error("write", "the alarm index", exc) from exc
 
     def _index_clear(self, key: _Key) -> None:
         try:
