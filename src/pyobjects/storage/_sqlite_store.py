@@ -121,6 +121,20 @@ def is_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS
 
 
+_CORRUPT_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+
+
+def is_corrupt(exc: BaseException) -> bool:
+    """True if *exc* (or what caused it) says a file is no sound database."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        code = getattr(cause, "sqlite_errorcode", None)
+        if code is not None and code & 0xFF in _CORRUPT_CODES:
+            return True
+        cause = cause.__cause__
+    return False
+
+
 def storage_error(action: str, target: str, exc: BaseException) -> StorageError:
     """The typed error for *exc*, raised while trying to *action* *target*.
 

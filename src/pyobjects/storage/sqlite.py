@@ -58,18 +58,9 @@ from typing import TYPE_CHECKING, Literal
 
 from pyobjects._errors import StorageError
 
-from ._alarm_index import (
-    INDEX_FILE,
-    INDEX_SCHEMA,
-    clear as index_clear,
-    correct as index_correct,
-    read as index_read,
-    record_retry as index_record_retry,
-    set_time as index_set_time,
-)
+from ._alarm_index import AlarmIndex
 from ._base import (
     RESERVED_SCHEMA,
-    AlarmEntry,
     check_namespace,
     check_object_id,
 )
@@ -124,7 +115,7 @@ def _system_ms() -> int:
 
 
 @typing.final
-class SQLiteBackend:
+class SQLiteBackend(AlarmIndex):
     """Keep Durable Object storage in SQLite files under *directory*.
 
     Args:
@@ -275,84 +266,6 @@ class SQLiteBackend:
             ):
                 found.append(entry.name)
         return found
-
-    async def pending_alarms(self) -> list[AlarmEntry]:
-        """Return every pending alarm, ordered by time, namespace and id.
-
-        Each row of the index is checked against the object's own database:
-        stale rows are dropped and outdated times corrected. A row whose
-        object cannot be read is kept (the index errs on the side of firing).
-        """
-        index = self._index_connection(create=False)
-        if index is None:
-            return []
-        try:
-            rows, retries = index_read(index)
-        except sqlite3.Error as exc:
-            raise StorageError(f"cannot read the alarm index: {exc}") from exc
-        entries = []
-        for namespace, object_id, time_ms in rows:
-            try:
-                _check_name(namespace)
-                check_object_id(object_id)
-            except ValueError:
-                continue  # not written by this backend
-            key = (namespace, object_id)
-            truth: int | None = time_ms
-            try:
-                conn = self._acquire(key, create=False)
-                truth = None if conn is None else read_alarm(conn)
-                if truth is None:
-                    index_clear(index, key)
-                elif truth != time_ms:
-                    index_correct(index, key, truth)
-            except (StorageError, sqlite3.Error):
-                pass  # keep what the index says: it may fire, it cannot be lost
-            if truth is None:
-                continue
-            scheduled, count, retry_ms = retries.get(key, (None, 0, None))
-            if scheduled != truth:  # no failed attempt at this alarm
-                count, retry_ms = 0, None
-            entries.append(
-                AlarmEntry(
-                    namespace=namespace,
-                    object_id=object_id,
-                    time_ms=truth,
-                    retry_count=count,
-                    retry_ms=retry_ms,
-                )
-            )
-        entries.sort(key=lambda e: (e.time_ms, e.namespace, e.object_id))
-        return entries
-
-    async def record_alarm_retry(
-        self,
-        namespace: str,
-        object_id: str,
-        /,
-        *,
-        scheduled_ms: int,
-        retry_count: int,
-        retry_ms: int,
-    ) -> None:
-        """Remember failed attempts at an alarm, for a runtime that restarts.
-
-        Kept in the alarm index next to the alarm (see ``pending_alarms()``).
-        """
-        _check_name(namespace)
-        check_object_id(object_id)
-        index = self._index_connection(create=True)
-        assert index is not None
-        try:
-            index_record_retry(
-                index,
-                (namespace, object_id),
-                scheduled_ms=scheduled_ms,
-                retry_count=retry_count,
-                retry_ms=retry_ms,
-            )
-        except sqlite3.Error as exc:
-            raise storage_error("write", "the alarm index", exc) from exc
 
     def claim(self) -> None:
         """Make this backend the one owner of its directory, until :meth:`aclose`.
@@ -702,41 +615,6 @@ class SQLiteBackend:
         else:
             self._index_set(key, alarm)
         return alarm
-
-    def _index_connection(self, *, create: bool) -> sqlite3.Connection | None:
-        if self._index is not None:
-            return self._index
-        path = os.path.join(self._directory, INDEX_FILE)
-        new_file = not os.path.exists(path)
-        if new_file and not create:
-            return None
-        try:
-            if new_file:
-                os.makedirs(self._directory, exist_ok=True)
-            self._index = self._connect(path, INDEX_SCHEMA)
-            if new_file and self._sync_directories:
-                _fsync_directory(self._directory)
-        except (OSError, sqlite3.Error) as exc:
-            raise storage_error("open", "the alarm index", exc) from exc
-        return self._index
-
-    def _index_set(self, key: _Key, time_ms: int) -> None:
-        index = self._index_connection(create=True)
-        assert index is not None
-        try:
-            index_set_time(index, key, time_ms)
-        except sqlite3.Error as exc:
-            raise storage_error("write", "the alarm index", exc) from exc
-
-    def _index_clear(self, key: _Key) -> None:
-        try:
-            index = self._index_connection(create=False)
-            if index is not None:
-                index_clear(index, key)
-        except (StorageError, sqlite3.Error):
-            # The commit itself succeeded; a row left behind is only stale,
-            # and pending_alarms() drops it.
-            pass
 
 
 def read_only_backend(directory: str | os.PathLike[str]) -> SQLiteBackend:
