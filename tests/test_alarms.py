@@ -55,6 +55,8 @@ class Reminder(DurableObject):
             await anyio.sleep_forever()
         if mode == "abort":
             self.ctx.abort("aborted in alarm")
+        if mode == "abort-no-retry":
+            self.ctx.abort("aborted for good", retry_alarm=False)
 
     async def schedule(self, when: Any, mode: Any = None) -> None:
         self.ctx.storage.put("mode", mode)
@@ -408,6 +410,36 @@ async def test_abort_inside_alarm_is_retried(
     await fresh.set_mode(None)
     await manual_clock.advance(2_000)
     assert [r[1].retry_count for r in Reminder.runs] == [0, 1]
+
+
+async def test_abort_without_retry_alarm_deletes_the_alarm(
+    make_runtime: MakeRuntime, manual_clock: ManualClock, tmp_path: Path
+) -> None:
+    # Cloudflare's ctx.abort(reason, {retryAlarm: false}).
+    rt = await make_runtime({"R": Reminder}, storage=SQLiteBackend(tmp_path))
+    stub = rt.env.R.get_by_name("r")
+    start = manual_clock.now_ms()
+    await stub.schedule(start + 1_000, "abort-no-retry")
+    await manual_clock.advance(1_000 + 300_000)
+    assert [r[1].retry_count for r in Reminder.runs] == [0]  # never retried
+    fresh = rt.env.R.get_by_name("r")
+    assert await fresh.get_alarm() is None  # deleted: gone after a restart too
+    async with crash_and_restart(rt) as restarted:
+        await manual_clock.advance(300_000)
+        assert await restarted.env.R.get_by_name("r").get_alarm() is None
+    assert len(Reminder.runs) == 1
+
+
+async def test_abort_retry_alarm_must_be_a_bool(
+    make_runtime: MakeRuntime,
+) -> None:
+    rt = await make_runtime({"R": Reminder})
+
+    async def body(obj: Reminder, ctx: pyobjects.DurableObjectState) -> None:
+        ctx.abort("x", retry_alarm="no")  # type: ignore[arg-type]
+
+    with pytest.raises(TypeError, match="retry_alarm must be a bool"):
+        await run_in_durable_object(rt.env.R.get_by_name("r"), body)
 
 
 async def test_retry_jitter_can_be_turned_on(

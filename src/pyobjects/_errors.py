@@ -8,6 +8,7 @@
     │   ├── StorageLimitError(StorageError, ValueError)  key/value/batch over a limit
     │   ├── SerializationError(StorageError, TypeError)  value the codec cannot encode
     │   ├── TransactionError(StorageError, RuntimeError) misuse of a transaction
+    │   ├── StorageFullError                             the disk (or database) is full
     │   ├── StorageInUseError                            another Runtime uses the dir
     │   └── SqlError                                     wraps sqlite3.Error
     │       └── SqlTimeoutError                          statement over the time limit
@@ -43,6 +44,7 @@ __all__ = [
     "SqlError",
     "SqlTimeoutError",
     "StorageError",
+    "StorageFullError",
     "StorageInUseError",
     "StorageLimitError",
     "TransactionError",
@@ -130,6 +132,28 @@ class FetchError(PyObjectsError, OSError):
 
 class TransactionError(StorageError, RuntimeError):
     """A transaction was used after it finished or was rolled back, or misused."""
+
+
+class StorageFullError(StorageError):
+    """The disk, or the database, has no room for a write (``SQLITE_FULL``).
+
+    Nothing of the write was kept: a batch that fails to commit this way is
+    rolled back whole, and the object is reset (its callers get a
+    :class:`DurableObjectResetError` whose ``__cause__`` is this error). The
+    object works again once space is freed. ``target`` names what could not
+    be written (``"object <namespace>/<id>"``, ``"the alarm index"``) and
+    ``detail`` is what the operating system or SQLite said.
+    """
+
+    def __init__(self, *, action: str, target: str, detail: str) -> None:
+        self.action = action
+        self.target = target
+        self.detail = detail
+        super().__init__(
+            f"cannot {action} {target}: the disk or the database is full "
+            f"({detail}); nothing of this write was kept. Free some space "
+            "and try again"
+        )
 
 
 class StorageInUseError(StorageError):

@@ -503,8 +503,10 @@ async def test_reads_of_broken_tables_raise_storage_error(tmp_path: Path) -> Non
         await store.get_name()
     with raw(tmp_path / "@metadata.sqlite") as conn:
         conn.execute("DROP TABLE alarms")
-    with pytest.raises(StorageError, match="alarm index"):
-        await backend.pending_alarms()
+    # An index that cannot be read is rebuilt from the object databases (here
+    # unreadable too, so no alarm is found): the runtime can still start.
+    assert await backend.pending_alarms() == []
+    assert index_rows(tmp_path) == []
     await backend.aclose()
     # Reopening recreates the tables (empty).
     backend = SQLiteBackend(tmp_path)

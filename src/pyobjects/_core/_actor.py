@@ -175,6 +175,7 @@ class Actor(StorageOwner):
         "namespace",
         "output_gate",
         "reset_scopes",
+        "retry_alarm",
         "runtime",
         "sockets",
         "start_failed",
@@ -205,6 +206,8 @@ class Actor(StorageOwner):
         self.ctx: DurableObjectState = DurableObjectState(self)
         self.instance: Any = None
         self.broken: BaseException | None = None
+        # False once ctx.abort(retry_alarm=False) was called (see _alarms).
+        self.retry_alarm: bool = True
         self.evicted: bool = False
         self.constructing: bool = False
         self.starting: bool = False
@@ -736,12 +739,18 @@ class Actor(StorageOwner):
         finally:
             self.end()
 
-    def abort(self, reason: str | None) -> NoReturn:
+    def abort(self, reason: str | None, *, retry_alarm: bool = True) -> NoReturn:
         """Reset now, discarding uncommitted writes; raise the reset error."""
         if reason is not None and not isinstance(reason, str):
             raise TypeError(
                 f"abort() reason must be a str, not {type(reason).__name__}"
             )
+        if not isinstance(retry_alarm, bool):
+            raise TypeError(
+                f"abort() retry_alarm must be a bool, not {type(retry_alarm).__name__}"
+            )
+        # Read by the alarm scheduler when the alarm() this aborts fails.
+        self.retry_alarm = retry_alarm
         self.break_(
             DurableObjectResetError(
                 reason or "Application called abort() to reset Durable Object."

@@ -133,6 +133,7 @@ class AlarmScheduler:
     ) -> None:
         runtime = self._runtime
         failed: BaseException | None = None
+        actor: Actor | None = None
         try:
             actor = runtime._catalog.actor(
                 namespace, namespace._ids.from_string(key[1])
@@ -153,6 +154,17 @@ class AlarmScheduler:
             # The handler (or another event) set or deleted the alarm: that
             # wins over a retry, as in Cloudflare.
             self._arm(key, namespace, at, retry=0, scheduled=at)
+        elif failed is not None and actor is not None and not actor.retry_alarm:
+            # ctx.abort(retry_alarm=False) in the handler: Cloudflare's
+            # abort({retryAlarm: false}) stops the retries.
+            logger.info(
+                "alarm() of %s %s called abort(retry_alarm=False): deleting "
+                "the alarm without a retry: %r",
+                namespace.object_class.__name__,
+                key[1],
+                failed,
+            )
+            await self._abandon(key, namespace)
         elif failed is not None:
             await self._failed(key, namespace, retry, scheduled, failed)
 
@@ -231,6 +243,12 @@ class AlarmScheduler:
             MAX_RETRIES + 1,
             error,
         )
+        await self._abandon(key, namespace)
+
+    async def _abandon(self, key: _Key, namespace: DurableObjectNamespace) -> None:
+        """Delete the object's alarm, in an event of its own: no more retries."""
+        runtime = self._runtime
+        object_id = namespace._ids.from_string(key[1])
 
         async def give_up(actor: Actor) -> None:
             actor.storage.delete_alarm()

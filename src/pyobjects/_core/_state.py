@@ -105,14 +105,16 @@ class DurableObjectState:
         """Keep the object alive until *awaitable* finishes (errors are logged)."""
         self._actor.wait_until(awaitable)
 
-    def abort(self, reason: str | None = None) -> NoReturn:
+    def abort(self, reason: str | None = None, *, retry_alarm: bool = True) -> NoReturn:
         """Reset the object now: uncommitted writes are discarded.
 
         Raises the reset error; even if the code catches it, the instance is
-        gone and every caller waiting on it gets the error. Mirrors
-        ``ctx.abort()``.
+        gone and every caller waiting on it gets the error. Inside
+        ``alarm()``, the alarm is retried like any failed alarm, unless
+        *retry_alarm* is false: then it is deleted and not retried. Mirrors
+        ``ctx.abort(reason, {retryAlarm})``.
         """
-        self._actor.abort(reason)
+        self._actor.abort(reason, retry_alarm=retry_alarm)
 
     def now_ms(self) -> int:
         """Return the runtime clock's time in epoch milliseconds.

@@ -584,6 +584,15 @@ class Archiver:
             self._mark(key, history)
             self._break(key, error)
 
+    def note_gap(self, key: Hashable, error: BaseException) -> None:
+        """The history of *key* may lack commits: its next archive is whole.
+
+        Unlike :meth:`mark_broken`, creates no marker (creating it may be
+        what failed); for a database whose WAL still holds those commits.
+        """
+        with self._lock:
+            self._break(key, error)
+
     def needs_whole(self, key: Hashable) -> bool:
         """True if the history of *key* has a gap and no whole record is queued."""
         with self._lock:

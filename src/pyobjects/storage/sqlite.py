@@ -46,6 +46,7 @@ own database, dropping stale rows and correcting outdated times.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import pathlib
 import sqlite3
@@ -57,74 +58,44 @@ from typing import TYPE_CHECKING, Literal
 
 from pyobjects._errors import StorageError
 
-from ._alarm_index import (
-    INDEX_FILE,
-    INDEX_SCHEMA,
-    clear as index_clear,
-    correct as index_correct,
-    read as index_read,
-    record_retry as index_record_retry,
-    set_time as index_set_time,
-)
+from ._alarm_index import AlarmIndex
 from ._base import (
     RESERVED_SCHEMA,
-    USER_OBJECTS_WHERE,
-    AlarmEntry,
-    check_batch,
     check_namespace,
     check_object_id,
 )
 from ._history import (
-    UNDO,
     Archiver,
     Commits,
     History,
     WalState,
-    bookmark,
     fsync_directory as _fsync_directory,
-    parse_bookmark,
     read_pages,
     read_wal_commits,
 )
 from ._lock import DirectoryLock
+from ._sqlite_store import (
+    DELETE_META,
+    GET_META,
+    HOLDS_DATA,
+    NO_PITR,
+    SQLiteStore,
+    read_alarm,
+    storage_error,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable, Mapping
 
-    from ._base import ListQuery, WriteBatch
 
 __all__ = ["SQLiteBackend"]
+
+logger = logging.getLogger("pyobjects")
 
 _SYNCHRONOUS = {"off": "OFF", "normal": "NORMAL", "full": "FULL", "extra": "EXTRA"}
 # Everything runs on the event-loop thread, so waiting long for a lock held
 # by another process would stall every object; give up after a short while.
 _BUSY_TIMEOUT = 1.0
-
-_GET = "SELECT value FROM _cf_KV WHERE key = ?"
-_PUT = "INSERT OR REPLACE INTO _cf_KV (key, value) VALUES (?, ?)"
-_DELETE = "DELETE FROM _cf_KV WHERE key = ?"
-_DELETE_ALL = "DELETE FROM _cf_KV"
-_GET_META = "SELECT value FROM _cf_METADATA WHERE key = ?"
-_SET_META = (
-    "INSERT INTO _cf_METADATA (key, value) VALUES (?, ?) ON CONFLICT (key)"
-    " DO UPDATE SET value = excluded.value WHERE value IS NOT excluded.value"
-)
-_DELETE_META = "DELETE FROM _cf_METADATA WHERE key = ?"
-_HOLDS_DATA = (
-    "SELECT EXISTS (SELECT 1 FROM _cf_KV)"
-    " OR EXISTS (SELECT 1 FROM _cf_METADATA WHERE key = 'alarm')"
-    f" OR EXISTS (SELECT 1 FROM sqlite_schema WHERE {USER_OBJECTS_WHERE})"
-)
-_LIST = {
-    (start, end, reverse): "SELECT key, value FROM _cf_KV"
-    + (" WHERE key >= ?" if start else "")
-    + ((" AND" if start else " WHERE") + " key < ?" if end else "")
-    + (" ORDER BY key DESC" if reverse else " ORDER BY key")
-    + " LIMIT ?"
-    for start in (False, True)
-    for end in (False, True)
-    for reverse in (False, True)
-}
 
 _Key = tuple[str, str]
 _WAL_HEADER_SIZE = 32
@@ -137,10 +108,6 @@ _ARCHIVE_EVERY = 1024
 _ARCHIVE_BYTES = 8 << 20
 # Before the first archive of a connection tells the bytes per commit.
 _ARCHIVE_FIRST = 16
-_NO_PITR = (
-    "This Durable Object's storage back-end does not implement point-in-time "
-    "recovery (SQLiteBackend was created with pitr_retention=0)."
-)
 
 
 class _Connection(sqlite3.Connection):
@@ -166,37 +133,8 @@ def _system_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _encode(key: str) -> bytes:
-    # surrogatepass keeps every Python str storable and code point ordered.
-    return key.encode("utf-8", "surrogatepass")
-
-
-def _decode(key: bytes) -> str:
-    return key.decode("utf-8", "surrogatepass")
-
-
-def _encode_writes(
-    writes: Mapping[str, bytes | None],
-) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes]]]:
-    """Split *writes* into encoded puts and deletes, checking the types."""
-    puts = []
-    deletes = []
-    for key, value in typing.cast("Mapping[object, object]", writes).items():
-        if not isinstance(key, str):
-            raise TypeError(f"storage keys must be str, not {type(key).__name__}")
-        if value is None:
-            deletes.append((_encode(key),))
-        elif isinstance(value, bytes):
-            puts.append((_encode(key), value))
-        else:
-            raise TypeError(
-                f"storage values must be bytes or None, not {type(value).__name__}"
-            )
-    return puts, deletes
-
-
 @typing.final
-class SQLiteBackend:
+class SQLiteBackend(AlarmIndex):
     """Keep Durable Object storage in SQLite files under *directory*.
 
     Args:
@@ -264,7 +202,7 @@ class SQLiteBackend:
         self._lock = DirectoryLock(self._directory)
         self._read_only = False  # see read_only_backend()
 
-    def open(self, namespace: str, object_id: str, /) -> _SQLiteStore:
+    def open(self, namespace: str, object_id: str, /) -> SQLiteStore:
         """Return a handle on one object's storage; creates no file.
 
         A restore scheduled with ``on_next_session_restore_bookmark`` is
@@ -277,7 +215,7 @@ class SQLiteBackend:
         _check_name(namespace)
         check_object_id(object_id)
         key = (namespace, object_id)
-        store = _SQLiteStore(self, key)
+        store = SQLiteStore(self, key)
         if self._retention_ms and key not in self._checked:
             # First start since this backend (re)started: look for a restore
             # scheduled by an earlier process (opening checks the marker). A
@@ -314,7 +252,7 @@ class SQLiteBackend:
             if conn is None:  # pragma: no cover - deleted while listing
                 continue
             try:
-                (holds,) = conn.execute(_HOLDS_DATA).fetchone()
+                (holds,) = conn.execute(HOLDS_DATA).fetchone()
             except sqlite3.Error as exc:
                 self._discard((namespace, object_id))
                 raise StorageError(f"cannot read {name}: {exc}") from exc
@@ -347,84 +285,6 @@ class SQLiteBackend:
             ):
                 found.append(entry.name)
         return found
-
-    async def pending_alarms(self) -> list[AlarmEntry]:
-        """Return every pending alarm, ordered by time, namespace and id.
-
-        Each row of the index is checked against the object's own database:
-        stale rows are dropped and outdated times corrected. A row whose
-        object cannot be read is kept (the index errs on the side of firing).
-        """
-        index = self._index_connection(create=False)
-        if index is None:
-            return []
-        try:
-            rows, retries = index_read(index)
-        except sqlite3.Error as exc:
-            raise StorageError(f"cannot read the alarm index: {exc}") from exc
-        entries = []
-        for namespace, object_id, time_ms in rows:
-            try:
-                _check_name(namespace)
-                check_object_id(object_id)
-            except ValueError:
-                continue  # not written by this backend
-            key = (namespace, object_id)
-            truth: int | None = time_ms
-            try:
-                conn = self._acquire(key, create=False)
-                truth = None if conn is None else _read_alarm(conn)
-                if truth is None:
-                    index_clear(index, key)
-                elif truth != time_ms:
-                    index_correct(index, key, truth)
-            except (StorageError, sqlite3.Error):
-                pass  # keep what the index says: it may fire, it cannot be lost
-            if truth is None:
-                continue
-            scheduled, count, retry_ms = retries.get(key, (None, 0, None))
-            if scheduled != truth:  # no failed attempt at this alarm
-                count, retry_ms = 0, None
-            entries.append(
-                AlarmEntry(
-                    namespace=namespace,
-                    object_id=object_id,
-                    time_ms=truth,
-                    retry_count=count,
-                    retry_ms=retry_ms,
-                )
-            )
-        entries.sort(key=lambda e: (e.time_ms, e.namespace, e.object_id))
-        return entries
-
-    async def record_alarm_retry(
-        self,
-        namespace: str,
-        object_id: str,
-        /,
-        *,
-        scheduled_ms: int,
-        retry_count: int,
-        retry_ms: int,
-    ) -> None:
-        """Remember failed attempts at an alarm, for a runtime that restarts.
-
-        Kept in the alarm index next to the alarm (see ``pending_alarms()``).
-        """
-        _check_name(namespace)
-        check_object_id(object_id)
-        index = self._index_connection(create=True)
-        assert index is not None
-        try:
-            index_record_retry(
-                index,
-                (namespace, object_id),
-                scheduled_ms=scheduled_ms,
-                retry_count=retry_count,
-                retry_ms=retry_ms,
-            )
-        except sqlite3.Error as exc:
-            raise StorageError(f"cannot write the alarm index: {exc}") from exc
 
     def claim(self) -> None:
         """Make this backend the one owner of its directory, until :meth:`aclose`.
@@ -516,12 +376,15 @@ class SQLiteBackend:
             if new_file and self._sync_directories:
                 _fsync_directory(directory)
         except (OSError, sqlite3.Error) as exc:
-            raise StorageError(f"cannot open {path}: {exc}") from exc
+            raise storage_error("open", path, exc) from exc
         self._connections[key] = conn
         self._open_connections += 1
         if self._retention_ms:
             try:
                 self._start_history(key, conn, path)
+            except (sqlite3.Error, OSError) as exc:
+                self._discard(key)
+                raise storage_error("open", path, exc) from exc
             except BaseException:
                 self._discard(key)
                 raise
@@ -580,14 +443,19 @@ class SQLiteBackend:
         # once they are, a marker can only be a crash's (or a failure's).
         self._archiver.wait(key)
         state = WalState(every=_ARCHIVE_FIRST)
+        self._wal[key] = state
         wal = path + "-wal"
         leftover = os.path.exists(wal) and os.path.getsize(wal) > 0
         if leftover or not history.exists() or os.path.exists(history.marker):
-            self._record_whole(key, conn, path, history, state)
-        self._wal[key] = state
+            try:
+                self._record_whole(key, conn, path, history, state)
+            except (StorageError, sqlite3.Error, OSError) as exc:
+                # The object's data does not need its history: reads and
+                # writes go on, and the next archives try again.
+                self._history_failed(key, state, exc)
         if key not in self._checked and not self._restoring:
             self._checked.add(key)
-            row = conn.execute(_GET_META, ("restore",)).fetchone()
+            row = conn.execute(GET_META, ("restore",)).fetchone()
             if row is not None:
                 self._pending_restores.add(key)
 
@@ -678,12 +546,37 @@ class SQLiteBackend:
             return
         state.times.append(self._now_ms())
         if len(state.times) >= state.every:
-            self._archive(key, conn)
+            try:
+                self._archive(key, conn)
+            except (StorageError, sqlite3.Error, OSError) as exc:
+                # The commit is durable: it must not be reported as failed.
+                self._history_failed(key, state, exc)
+
+    def _history_failed(self, key: _Key, state: WalState, exc: BaseException) -> None:
+        """An archive failed (a full disk, an unwritable history file).
+
+        Nothing is lost: either the WAL was not checkpointed (it keeps the
+        commits until an archive succeeds) or the archiver left a marker, so
+        the next archive records the database whole. Try again only after
+        :data:`_ARCHIVE_EVERY` more commits, so that a full disk does not
+        cost a failing archive per commit.
+        """
+        self._archiver.note_gap(key, exc)
+        state.every = len(state.times) + _ARCHIVE_EVERY
+        namespace, object_id = key
+        logger.warning(
+            "cannot write the point-in-time history of %s/%s (%s); its data is "
+            "not affected, and the history is recorded whole once it can be "
+            "written again (bookmarks fail until then)",
+            namespace,
+            object_id,
+            exc,
+        )
 
     def _history_for(self, key: _Key) -> tuple[sqlite3.Connection, History]:
         """The object's connection, with its history brought up to date."""
         if not self._retention_ms:
-            raise StorageError(_NO_PITR)
+            raise StorageError(NO_PITR)
         conn = self._acquire(key, create=True)
         assert conn is not None
         if conn.in_transaction:
@@ -702,9 +595,9 @@ class SQLiteBackend:
         """Apply a scheduled restore; return the alarm of the restored state."""
         self._pending_restores.discard(key)
         conn, history = self._history_for(key)
-        row = conn.execute(_GET_META, ("restore",)).fetchone()
+        row = conn.execute(GET_META, ("restore",)).fetchone()
         if row is None:
-            return _read_alarm(conn)
+            return read_alarm(conn)
         target, before = (int(x) for x in str(row[0]).split(":"))
         latest = history.latest()
         path, _ = self._paths(key)
@@ -732,52 +625,17 @@ class SQLiteBackend:
         finally:
             self._restoring = False
         assert restored is not None
-        restored.execute(_DELETE_META, ("restore",))  # if the state had one
+        restored.execute(DELETE_META, ("restore",))  # if the state had one
         self._archive(key, restored)
         self._archiver.wait(key)
         # "Just before the restore" is what the undo bookmark stands for.
         history.set_meta(f"undo:{before}", latest)
-        alarm = _read_alarm(restored)
+        alarm = read_alarm(restored)
         if alarm is None:
             self._index_clear(key)
         else:
             self._index_set(key, alarm)
         return alarm
-
-    def _index_connection(self, *, create: bool) -> sqlite3.Connection | None:
-        if self._index is not None:
-            return self._index
-        path = os.path.join(self._directory, INDEX_FILE)
-        new_file = not os.path.exists(path)
-        if new_file and not create:
-            return None
-        try:
-            if new_file:
-                os.makedirs(self._directory, exist_ok=True)
-            self._index = self._connect(path, INDEX_SCHEMA)
-            if new_file and self._sync_directories:
-                _fsync_directory(self._directory)
-        except (OSError, sqlite3.Error) as exc:
-            raise StorageError(f"cannot open the alarm index: {exc}") from exc
-        return self._index
-
-    def _index_set(self, key: _Key, time_ms: int) -> None:
-        index = self._index_connection(create=True)
-        assert index is not None
-        try:
-            index_set_time(index, key, time_ms)
-        except sqlite3.Error as exc:
-            raise StorageError(f"cannot write the alarm index: {exc}") from exc
-
-    def _index_clear(self, key: _Key) -> None:
-        try:
-            index = self._index_connection(create=False)
-            if index is not None:
-                index_clear(index, key)
-        except (StorageError, sqlite3.Error):
-            # The commit itself succeeded; a row left behind is only stale,
-            # and pending_alarms() drops it.
-            pass
 
 
 def read_only_backend(directory: str | os.PathLike[str]) -> SQLiteBackend:
@@ -795,202 +653,3 @@ def read_only_backend(directory: str | os.PathLike[str]) -> SQLiteBackend:
 
 def _check_name(namespace: str) -> None:
     check_namespace(namespace)
-
-
-def _read_alarm(conn: sqlite3.Connection) -> int | None:
-    row = conn.execute(_GET_META, ("alarm",)).fetchone()
-    return None if row is None else int(row[0])
-
-
-@typing.final
-class _SQLiteStore:
-    __slots__ = ("_backend", "_key", "restored_alarm")
-
-    def __init__(self, backend: SQLiteBackend, key: _Key) -> None:
-        self._backend = backend
-        self._key = key
-        # Set (to the restored alarm, maybe None) when opening restored the
-        # object; the runtime reschedules its alarm then.
-        self.restored_alarm: int | bool | None = False
-
-    def _fail(self, what: str, exc: sqlite3.Error) -> StorageError:
-        namespace, object_id = self._key
-        return StorageError(f"cannot {what} object {namespace}/{object_id}: {exc}")
-
-    def _rollback(self, conn: sqlite3.Connection) -> None:
-        if conn.in_transaction:
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:  # pragma: no cover - SQLite rolled back already
-                # Closing the connection rolls back too.
-                self._backend._discard(self._key)
-
-    async def get(self, keys: Sequence[str], /) -> dict[str, bytes]:
-        conn = self._backend._acquire(self._key, create=False)
-        if conn is None:
-            return {}
-        result = {}
-        try:
-            for key in sorted(set(keys)):
-                row = conn.execute(_GET, (_encode(key),)).fetchone()
-                if row is not None:
-                    result[key] = row[0]
-        except sqlite3.Error as exc:
-            raise self._fail("read", exc) from exc
-        return result
-
-    async def list(self, query: ListQuery, /) -> list[tuple[str, bytes]]:
-        conn = self._backend._acquire(self._key, create=False)
-        if conn is None:
-            return []
-        start, end = query.start, query.end
-        params: list[bytes | int] = []
-        if start is not None:
-            params.append(_encode(start))
-        if end is not None:
-            params.append(_encode(end))
-        params.append(-1 if query.limit is None else max(query.limit, 0))
-        sql = _LIST[start is not None, end is not None, query.reverse]
-        try:
-            rows = conn.execute(sql, params).fetchall()
-        except sqlite3.Error as exc:
-            raise self._fail("list", exc) from exc
-        return [(_decode(key), value) for key, value in rows]
-
-    async def get_alarm(self) -> int | None:
-        conn = self._backend._acquire(self._key, create=False)
-        if conn is None:
-            return None
-        try:
-            return _read_alarm(conn)
-        except sqlite3.Error as exc:
-            raise self._fail("read", exc) from exc
-
-    async def get_name(self) -> str | None:
-        conn = self._backend._acquire(self._key, create=False)
-        if conn is None:
-            return None
-        try:
-            row = conn.execute(_GET_META, ("name",)).fetchone()
-        except sqlite3.Error as exc:
-            raise self._fail("read", exc) from exc
-        return None if row is None else str(row[0])
-
-    async def commit(self, batch: WriteBatch, /) -> None:
-        puts, deletes = _encode_writes(batch.writes)
-        alarm_changed, alarm, name = batch.alarm_changed, batch.alarm, batch.name
-        if alarm_changed or name is not None:
-            check_batch(batch)
-        sets_alarm = alarm_changed and alarm is not None
-        backend = self._backend
-        key = self._key
-        conn = backend._acquire(key, create=False)
-        if conn is None and not puts and not sets_alarm:
-            return  # would leave the object empty: no file needed
-        if sets_alarm:
-            assert alarm is not None
-            # Index first, object second: the index stays a superset.
-            backend._index_set(key, alarm)
-        if conn is None:
-            conn = backend._acquire(key, create=True)
-            assert conn is not None
-        try:
-            in_sql = conn.in_transaction  # SQL of this batch awaits its COMMIT
-            if (
-                not in_sql
-                and len(puts) + len(deletes) == 1
-                and not batch.delete_all
-                and not alarm_changed
-                and name is None
-            ):
-                # The hot path: one statement is a transaction of its own.
-                conn.execute(*((_PUT, puts[0]) if puts else (_DELETE, deletes[0])))
-            else:
-                if not in_sql:
-                    conn.execute("BEGIN IMMEDIATE")
-                if batch.delete_all:
-                    conn.execute(_DELETE_ALL)
-                if deletes:
-                    conn.executemany(_DELETE, deletes)
-                if puts:
-                    conn.executemany(_PUT, puts)
-                if alarm_changed:
-                    if alarm is None:
-                        conn.execute(_DELETE_META, ("alarm",))
-                    else:
-                        conn.execute(_SET_META, ("alarm", alarm))
-                if name is not None:
-                    conn.execute(_SET_META, ("name", name))
-                conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self._rollback(conn)
-            raise self._fail("commit to", exc) from exc
-        except BaseException:
-            self._rollback(conn)
-            raise
-        if alarm_changed and alarm is None:
-            # Object first, index second: the index stays a superset.
-            backend._index_clear(key)
-        backend._committed(key, conn)
-
-    def sql_connection(self, *, create: bool = True) -> sqlite3.Connection | None:
-        """Return the object's database connection (the SQL capability).
-
-        The storage front end runs user SQL on it, inside a transaction that
-        :meth:`commit` completes. Without *create*, ``None`` if the object
-        has no file yet.
-        """
-        return self._backend._acquire(self._key, create=create)
-
-    async def current_bookmark(self) -> str:
-        """A bookmark for the state after the last commit."""
-        backend = self._backend
-        _, history = backend._history_for(self._key)
-        return bookmark(*self._key, history.latest())
-
-    async def bookmark_for_time(self, when_ms: int, now_ms: int) -> str:
-        """A bookmark for the state at *when_ms* (epoch ms)."""
-        backend = self._backend
-        if not backend._retention_ms:
-            raise StorageError(_NO_PITR)
-        if when_ms < now_ms - backend._retention_ms:
-            raise ValueError(
-                "get_bookmark_for_time() needs a time within the last "
-                f"{backend._retention_ms / 86_400_000:g} days (pitr_retention)"
-            )
-        _, history = backend._history_for(self._key)
-        seq = history.seq_for_time(min(when_ms, now_ms))
-        if seq is None:
-            raise ValueError(
-                "get_bookmark_for_time(): this object has no history that old "
-                "(it was created later, or history was kept only since then)"
-            )
-        return bookmark(*self._key, seq)
-
-    async def schedule_restore(self, text: str, now_ms: int) -> str:
-        """Restore to *text* when the object next starts; return the undo bookmark."""
-        backend = self._backend
-        key = self._key
-        if not backend._retention_ms:
-            raise StorageError(_NO_PITR)
-        seq, kind = parse_bookmark(*key, text)
-        conn, history = backend._history_for(key)
-        if kind == UNDO:
-            undone = history.get_meta(f"undo:{seq}")
-            seq = history.latest() if undone is None else undone
-        if not history.has(seq):
-            raise ValueError(
-                f"bookmark {text!r} is older than the history kept (pitr_retention)"
-            )
-        latest = history.latest()
-        try:
-            conn.execute(_SET_META, ("restore", f"{seq}:{latest}"))
-        except sqlite3.Error as exc:
-            raise self._fail("schedule a restore of", exc) from exc
-        backend._pending_restores.add(key)
-        backend._committed(key, conn)
-        return bookmark(*key, latest, UNDO)
-
-    def close(self) -> None:
-        """Close this object's database connection; the data stays."""
-        self._backend._discard(self._key)
