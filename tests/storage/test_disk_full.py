@@ -29,7 +29,6 @@ from pyobjects import (
     StorageFullError,
 )
 from pyobjects.storage import SQLiteBackend, sqlite
-from pyobjects.storage._api import Storage
 from pyobjects.testing import ManualClock
 
 if TYPE_CHECKING:
@@ -182,8 +181,6 @@ async def test_a_full_database_during_a_statement_raises_sql_error(
 async def test_a_full_database_under_pending_sql_writes_resets(
     tmp_path: Path, pitr: int
 ) -> None:
-    if not hasattr(Storage, "_sql_rolled_back"):
-        pytest.skip("needs the front end's SQL rollback detection (sql branch, #11)")
     backend = SQLiteBackend(tmp_path, pitr_retention=pitr)
     async with Runtime(bindings={"B": Box}, storage=backend, clock=ManualClock()) as rt:
         box = rt.env.B.get_by_name("full")
