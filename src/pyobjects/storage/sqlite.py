@@ -90,7 +90,7 @@ if TYPE_CHECKING:
 
 __all__ = ["SQLiteBackend"]
 
-logger = logging.getLogger("pyobjects")
+logger: logging.Logger = logging.getLogger("pyobjects")
 
 _SYNCHRONOUS = {"off": "OFF", "normal": "NORMAL", "full": "FULL", "extra": "EXTRA"}
 # Everything runs on the event-loop thread, so waiting long for a lock held
