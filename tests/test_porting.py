@@ -211,6 +211,23 @@ async def test_a_non_str_storage_key_says_what_cloudflare_would_do(
     await run_in_durable_object(rt.env.COUNTER.get_by_name("k"), inside)
 
 
+@pytest.mark.parametrize("op", ["get", "delete"])
+async def test_a_non_str_key_given_alone_says_what_cloudflare_would_do(
+    make_runtime: MakeRuntime, op: str
+) -> None:
+    rt = await make_runtime({"COUNTER": Counter})
+
+    async def inside(obj: Any, ctx: Any) -> None:
+        with pytest.raises(TypeError) as info:
+            await getattr(ctx.storage, op)(1)
+        assert str(info.value) == (
+            f"{op}() takes a str key or a list of keys, not int (Cloudflare's "
+            "JavaScript API converts any key to a string; here pass str(key))"
+        )
+
+    await run_in_durable_object(rt.env.COUNTER.get_by_name("k"), inside)
+
+
 # What workerd 2026-11-23 (the npm package `workerd`) answered for
 # `idFromName(name).toString()` in namespaces whose uniqueKey is
 # "chat-worker-ChatRoom" and "chat-worker-Counter": the keys wrangler dev

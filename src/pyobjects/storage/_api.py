@@ -39,6 +39,7 @@ from ._limits import (
     check_batch_size,
     check_key,
     encode_value,
+    not_a_key,
     prefix_end,
 )
 from ._sync_kv import SyncKV
@@ -204,9 +205,7 @@ class Storage(SqlFacets):
                 data = (await self._fetch([key])).get(key)
             return None if data is None else decode(data)
         if not isinstance(key, (list, tuple)):
-            raise TypeError(
-                f"get() takes a str key or a list of keys, not {type(key).__name__}"
-            )
+            raise not_a_key("get", key)
         check_batch_size(len(key))
         keys = [check_key(k) for k in key]
         found: dict[str, bytes | None] = {}
@@ -385,9 +384,7 @@ class Storage(SqlFacets):
             keys = [check_key(k) for k in key]
             single = False
         else:
-            raise TypeError(
-                f"delete() takes a str key or a list of keys, not {type(key).__name__}"
-            )
+            raise not_a_key("delete", key)
         existed = self._exist(keys)
         writes = self._record().writes
         for k in keys:

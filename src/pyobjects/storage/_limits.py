@@ -22,6 +22,7 @@ __all__ = [
     "check_batch_size",
     "check_key",
     "encode_value",
+    "not_a_key",
     "prefix_end",
 ]
 
@@ -32,12 +33,26 @@ MAX_BATCH_KEYS = 128
 CACHE_BYTES = 8 * 1024 * 1024
 
 
+def _converts(what: str) -> str:
+    return (
+        "(Cloudflare's JavaScript API converts any key to a string; "
+        f"here pass str({what}))"
+    )
+
+
+def not_a_key(op: str, key: object) -> TypeError:
+    """The error of ``get()``/``delete()`` given neither a key nor a list of keys."""
+    return TypeError(
+        f"{op}() takes a str key or a list of keys, not {type(key).__name__} "
+        + _converts("key")
+    )
+
+
 def check_key(key: object, what: str = "key") -> str:
     """Validate a storage key: a ``str`` of at most 2,048 UTF-8 bytes."""
     if type(key) is not str and not isinstance(key, str):
         raise TypeError(
-            f"storage {what} must be a str, not {type(key).__name__} (Cloudflare's "
-            f"JavaScript API converts any key to a string; here pass str({what}))"
+            f"storage {what} must be a str, not {type(key).__name__} " + _converts(what)
         )
     if key.isascii():
         size = len(key)
