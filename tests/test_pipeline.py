@@ -25,6 +25,7 @@ from pyobjects.storage import MemoryBackend
 from pyobjects.testing import ManualClock, crash_and_restart, run_in_durable_object
 
 from .helpers import ControlledBackend
+from .postgres import settle
 
 if TYPE_CHECKING:
     from pyobjects.storage import StorageBackend
@@ -210,6 +211,7 @@ async def test_a_write_commits_when_its_event_yields(backend: StorageBackend) ->
         async with anyio.create_task_group() as tg:
             tg.start_soon(caller)
             await anyio.wait_all_tasks_blocked()
+            await settle(backend)  # over a network, the commit takes a while
             async with crash_and_restart(rt) as rt2:
                 assert await rt2.env.B.get_by_name("b").read() == {"in-step": 3}
         assert len(failed) == 1  # the caller learns its object went away
