@@ -104,11 +104,16 @@ def populate(directory: Path) -> dict[str, str]:
 
 
 def start_inspector(directory: Path) -> tuple[subprocess.Popen[str], str]:
-    """Start ``pyobjects inspect --web`` on *directory*; return it and its URL."""
+    """Start ``pyobjects inspect --web`` on *directory*; return it and its URL.
+
+    It runs in the directory's parent, given the directory's name, as a user
+    would type ``pyobjects inspect --web --storage .pyobjects``.
+    """
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "pyobjects", "inspect", "--web"]
     process = subprocess.Popen(
-        [*command, "--storage", str(directory)],
+        [*command, "--storage", directory.name],
+        cwd=directory.parent,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -426,7 +426,7 @@ def test_inspect_web_serves_on_loopback_with_a_token(
         listed = httpx.get(
             base + "/api/namespaces", headers={"Authorization": f"Bearer {token}"}
         ).json()
-        assert listed["storage"] == str(directory.resolve())
+        assert listed["storage"] == directory.name  # as the command was given
     finally:
         err = stop_inspector(process)
     assert token not in err  # no access log holding the token

@@ -542,7 +542,7 @@ def _inspect_web(storage: str, port: int) -> None:
         ) from None
     backend = read_only_backend(storage)
     token = new_token()
-    app = inspector_app(backend, token=token, storage_label=os.path.abspath(storage))
+    app = inspector_app(backend, token=token, storage_label=storage)
     # Loopback only, whatever the machine: the storage is nobody else's.
     sock = _bind("127.0.0.1", port)
     server = uvicorn.Server(
