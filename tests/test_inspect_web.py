@@ -6,6 +6,7 @@ import base64
 import contextlib
 import math
 import re
+import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,7 @@ from pyobjects import Runtime
 from pyobjects._cli_commands import cli
 from pyobjects._inspect import jsonable
 from pyobjects._inspect_web import inspector_app, new_token
-from pyobjects.storage import SQLiteBackend, WriteBatch
+from pyobjects.storage import MemoryBackend, SQLiteBackend, WriteBatch
 from pyobjects.storage.sqlite import read_only_backend
 
 from .inspect_data import (
@@ -383,6 +384,18 @@ def test_inspect_web_needs_a_storage_directory(tmp_path: Path) -> None:
     assert "no pyobjects storage at" in result.output
 
 
+def test_inspect_web_reports_a_port_in_use(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(
+            cli, ["inspect", "--web", "--storage", str(tmp_path), "--port", str(port)]
+        )
+    assert result.exit_code == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.output
+
+
 def test_inspect_web_explains_a_missing_starlette(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -434,3 +447,31 @@ def test_inspect_web_serves_on_loopback_with_a_token(
     owner = SQLiteBackend(directory)
     owner.claim()
     anyio.run(owner.aclose)
+
+
+async def test_a_backend_without_sql(tmp_path: Path) -> None:
+    memory = MemoryBackend()
+    async with Runtime(bindings={"COUNTER": Counter}, storage=memory) as rt:
+        await rt.env.COUNTER.get_by_name("home").add(1)
+        app = inspector_app(memory, token=TOKEN)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://127.0.0.1",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        ) as http:
+            home = await get(http, "/api/objects/COUNTER/home")
+            assert (home["keys"], home["tables"]) == (1, [])
+            await get(http, "/api/objects/COUNTER/home/tables/books", 404)
+            response = await http.post(
+                "/api/objects/COUNTER/home/sql", json={"sql": "SELECT 1"}
+            )
+            assert response.status_code == 400
+            assert "has no SQL database" in response.json()["error"]
+
+
+async def test_a_storage_error_is_a_server_error(tmp_path: Path) -> None:
+    (tmp_path / "NS").mkdir()
+    (tmp_path / "NS" / f"{'ab' * 32}.sqlite").write_bytes(b"not a database" * 100)
+    async with client(tmp_path) as http:
+        error = await get(http, "/api/namespaces/NS", 500)
+        assert "cannot" in error["error"]

@@ -250,10 +250,21 @@ def table_rows(
     Rows come in the table's storage order (rowid, or the primary key of a
     ``WITHOUT ROWID`` table): what a full scan gives, stable between pages.
     """
-    found = [t for t in sql_tables(backend, namespace, object_id) if t.name == table]
-    if not found:
-        return None
-    quoted = '"' + table.replace('"', '""') + '"'
+    store, conn = _connection(backend, namespace, object_id)
+    try:
+        if conn is None:
+            return None
+        found = conn.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ? AND "
+            f"{USER_OBJECTS_WHERE}",
+            (table,),
+        ).fetchone()
+        if found is None:
+            return None
+        quoted = '"' + table.replace('"', '""') + '"'
+        (count,) = conn.execute(f"SELECT count(*) FROM {quoted}").fetchone()
+    finally:
+        store.close()
     columns, rows = run_query(
         backend,
         namespace,
@@ -261,7 +272,7 @@ def table_rows(
         f"SELECT * FROM {quoted} LIMIT ? OFFSET ?",
         (limit, offset),
     )
-    return found[0], columns, rows
+    return TableSummary(name=table, sql=found[0], rows=count), columns, rows
 
 
 def _read_only(action: int, *args: object) -> int:
@@ -303,7 +314,7 @@ def run_query(
         if timeout is not None:
             deadline = time.monotonic() + timeout
             # A non-zero return makes SQLite abort the statement (SQLITE_INTERRUPT).
-            conn.set_progress_handler(lambda: time.monotonic() > deadline, 1000)
+            conn.set_progress_handler(lambda: time.monotonic() >= deadline, 1000)
         try:
             cursor = conn.execute(sql, params)
             columns = [d[0] for d in cursor.description or ()]
