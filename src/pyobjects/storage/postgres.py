@@ -963,7 +963,18 @@ class PostgresStore:
                 seq,
             )
         )
-        if not kept:
+        # The state at the retention cutoff is the oldest one kept (as on
+        # SQLite, where older history is folded into it).
+        floor = await backend._run(
+            lambda c: c.fetchval(
+                f"SELECT max(seq) FROM {s}.commits WHERE namespace = $1"
+                " AND object_id = $2 AND time_ms <= $3",
+                namespace,
+                object_id,
+                now_ms - backend._retention_ms,
+            )
+        )
+        if not kept or (floor is not None and seq < int(floor)):
             raise ValueError(
                 f"bookmark {text!r} is older than the history kept (pitr_retention)"
             )
