@@ -27,8 +27,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import pyobjects
 from pyobjects.storage import MemoryBackend, PostgresBackend, SQLiteBackend
 from pyobjects.testing import ManualClock, crash_and_restart, evict
-
-from ..postgres import drop_schema, new_schema, require_postgres
+from tests.postgres import drop_schema, new_schema, require_postgres
 
 if TYPE_CHECKING:
     from pyobjects.storage import StorageBackend

@@ -25,8 +25,7 @@ from pyobjects.storage import (
 )
 from pyobjects.storage._history import History, parse_bookmark
 from pyobjects.testing import ManualClock
-
-from ..postgres import drop_schema, new_schema, require_postgres
+from tests.postgres import drop_schema, new_schema, require_postgres
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -26,8 +26,7 @@ from pyobjects import (
 from pyobjects.storage import PostgresBackend, WriteBatch, postgres as pg
 from pyobjects.testing import ManualClock, evict
 from pyobjects.testing._conformance import check_storage_backend
-
-from ..postgres import drop_schema, new_schema, require_postgres
+from tests.postgres import drop_schema, new_schema, require_postgres
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -151,6 +150,7 @@ async def test_eviction_gives_the_lease_back(
         await stub.incr()
         await evict(stub)
         await anyio.wait_all_tasks_blocked()
+        rows: list[Any] = []
         for _ in range(1_000):  # the renewal task releases it in the background
             rows = await fetch(dsn, f'SELECT owner FROM "{schema}".objects')
             if rows[0][0] is None:
@@ -303,14 +303,15 @@ async def test_an_unreachable_server_is_a_retryable_error() -> None:
 
 
 def test_options_are_checked() -> None:
-    for bad, match in [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"schema": "1bad"}, "invalid schema name"),
         ({"schema": 'x"; DROP'}, "invalid schema name"),
         ({"lease_ttl": 0.1}, "lease_ttl"),
         ({"pitr_retention": -1}, "pitr_retention"),
         ({"pool_size": 0}, "pool_size"),
         ({"retries": -1}, "retries"),
-    ]:
+    ]
+    for bad, match in cases:
         with pytest.raises(ValueError, match=match):
             PostgresBackend("postgresql://127.0.0.1/test", **bad)
     with pytest.raises(ValueError, match="dsn"):
