@@ -116,7 +116,8 @@ async def test_state_survives_a_new_backend_and_the_local_copy_goes(
         stub = rt.env.C.get_by_name("a")
         assert [await stub.incr() for _ in range(3)] == [1, 2, 3]
         cache = first._cache
-        assert cache is not None and os.listdir(cache)
+        assert cache is not None
+        assert os.listdir(cache)
     assert not os.path.exists(cache)  # the private cache is removed
     async with Runtime(bindings={"C": Counter}, storage=make()) as rt:
         stub = rt.env.C.get_by_name("a")
