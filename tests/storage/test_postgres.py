@@ -118,7 +118,7 @@ async def test_state_survives_a_new_backend_and_the_local_copy_goes(
         cache = first._cache
         assert cache is not None
         assert os.listdir(cache)
-    assert not os.path.exists(cache)  # the private cache is removed
+    assert not os.path.exists(cache)  # noqa: ASYNC240 - the private cache is removed
     async with Runtime(bindings={"C": Counter}, storage=make()) as rt:
         stub = rt.env.C.get_by_name("a")
         assert await stub.state() == (3, [1, 2, 3])
