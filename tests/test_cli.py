@@ -446,6 +446,7 @@ def test_serve_and_inspect_on_postgres(tmp_path: Path) -> None:
         finally:
             code, out, err = _stop(process, signal.SIGTERM)
         assert code == 0, err
+        assert "pending writes flushed" in out
         assert not (tmp_path / ".pyobjects").exists()  # nothing local
         listing = CliRunner().invoke(cli, [*base, "--json"])
         assert listing.exit_code == 0, listing.output

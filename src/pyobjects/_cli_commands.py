@@ -17,7 +17,7 @@ import click
 
 from ._asgi import App
 from ._cli_reload import run_with_reload
-from ._errors import StorageInUseError
+from ._errors import StorageError, StorageInUseError
 from ._inspect import (
     AmbiguousObjectError,
     ObjectSummary,
@@ -31,7 +31,6 @@ from ._inspect import (
     summarize,
     summary_json,
 )
-from ._errors import StorageError
 from ._logs import serve_log_config
 from ._prometheus import PrometheusCollector
 from ._worker import Worker
