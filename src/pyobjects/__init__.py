@@ -15,6 +15,11 @@ from ._core._namespace import (
     DurableObjectNamespace as DurableObjectNamespace,
 )
 from ._core._object import DurableObject as DurableObject
+from ._core._rpc import (
+    AsyncRpcMethod as AsyncRpcMethod,
+    RpcMethod as RpcMethod,
+    rpc as rpc,
+)
 from ._core._runtime import Env as Env, Runtime as Runtime
 from ._core._state import (
     BlockConcurrencyHandle as BlockConcurrencyHandle,
@@ -66,6 +71,7 @@ from ._worker import (
 
 __all__ = (
     "AlarmInfo",
+    "AsyncRpcMethod",
     "BlockConcurrencyHandle",
     "Clock",
     "DurableObject",
@@ -89,6 +95,7 @@ __all__ = (
     "PyObjectsError",
     "Request",
     "Response",
+    "RpcMethod",
     "Runtime",
     "RuntimeClosedError",
     "RuntimeStatistics",
@@ -112,6 +119,7 @@ __all__ = (
     "WorkerEntrypoint",
     "connect_websocket",
     "fetch",
+    "rpc",
 )
 
 for _name in __all__:

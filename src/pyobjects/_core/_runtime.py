@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Coroutine, Iterator, Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Self, TypeVarTuple, Unpack, cast, final
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVarTuple, Unpack, cast, final
 
 import anyio
 import anyio.lowlevel
 import sniffio
+from typing_extensions import TypeVar
 
 from pyobjects._clock import Clock, SystemClock
 from pyobjects._errors import RuntimeClosedError
@@ -83,6 +84,10 @@ class Env(Mapping[str, Any]):
         return f"<Env {', '.join(sorted(self._items))}>"
 
 
+# The declared type of rt.env: Runtime[AppEnv](...) for a typed env.
+RuntimeEnvT = TypeVar("RuntimeEnvT", default=Env)
+
+
 def _check_class(binding: str, cls: object) -> type[DurableObject]:
     if not (isinstance(cls, type) and issubclass(cls, DurableObject)):
         raise TypeError(
@@ -93,7 +98,7 @@ def _check_class(binding: str, cls: object) -> type[DurableObject]:
 
 
 @final
-class Runtime:
+class Runtime(Generic[RuntimeEnvT]):
     """Hosts Durable Objects: ``async with Runtime(bindings=...) as rt:``.
 
     Owns the catalog of live instances (one per id), the write flusher, the
@@ -224,7 +229,7 @@ class Runtime:
         # once it suspended (see Actor._scoped).
         self._suspends: dict[Any, int] = {}
         self._scope_marker: Callable[[], Any] = _no_marker
-        self._namespaces: list[DurableObjectNamespace] = []
+        self._namespaces: list[DurableObjectNamespace[Any]] = []
         items: dict[str, Any] = dict(vars or {})
         classes: dict[str, tuple[str, type[DurableObject]]] = {}
         for name, spec in bindings.items():
@@ -249,7 +254,9 @@ class Runtime:
                 )
             self._namespaces.append(ns)
             items[name] = ns
-        self.env: Env = Env(items)
+        # Always an Env; Runtime[AppEnv](...) only declares its type (a
+        # class of bindings and vars, see the typing guide).
+        self.env: RuntimeEnvT = cast("RuntimeEnvT", Env(items))
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -402,7 +409,7 @@ class Runtime:
     # -- instances (used by the core) ------------------------------------------
 
     def _open_store(
-        self, namespace: DurableObjectNamespace, hex_id: str
+        self, namespace: DurableObjectNamespace[Any], hex_id: str
     ) -> ObjectStore:
         """Open an object's storage; reschedule its alarm if that restored it."""
         store = self.storage.open(namespace._storage_name, hex_id)
