@@ -87,6 +87,10 @@ class Caller(DurableObject):
     async def call(self, *args: Any) -> list[Any]:
         return list(args)
 
+    @rpc
+    def name(self) -> str:  # hidden by stub.name, reached by stub.call
+        return "the caller"
+
 
 @pytest.fixture
 async def rt() -> Any:
@@ -192,6 +196,12 @@ async def test_an_objects_own_call_method_stays_reachable(rt: Any) -> None:
     # named "call", as before stub.call() existed.
     assert await stub.call(1, "two") == [1, "two"]
     assert await stub.call() == []
+
+
+async def test_methods_hidden_by_stub_members_are_reached_by_call(rt: Any) -> None:
+    stub = rt.env.CALLER.get_by_name("x")
+    assert stub.name == "x"
+    assert await stub.call(Caller.name) == "the caller"
 
 
 async def test_generic_types_subscript_at_run_time(rt: Any) -> None:

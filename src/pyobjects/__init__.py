@@ -25,7 +25,10 @@ from ._core._state import (
     BlockConcurrencyHandle as BlockConcurrencyHandle,
     DurableObjectState as DurableObjectState,
 )
-from ._core._stub import DurableObjectStub as DurableObjectStub
+from ._core._stub import (
+    DurableObjectStub as DurableObjectStub,
+    UntypedRpcMethod as UntypedRpcMethod,
+)
 from ._errors import (
     DurableObjectError as DurableObjectError,
     DurableObjectResetError as DurableObjectResetError,
@@ -108,6 +111,7 @@ __all__ = (
     "StorageLimitError",
     "SystemClock",
     "TransactionError",
+    "UntypedRpcMethod",
     "WebSocket",
     "WebSocketClose",
     "WebSocketError",
