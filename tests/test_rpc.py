@@ -171,6 +171,13 @@ async def test_call_refuses_a_method_not_marked_with_rpc(rt: Any) -> None:
     assert await stub.unmarked() == 1
 
 
+async def test_call_refuses_a_bound_method(rt: Any) -> None:
+    stub = rt.env.CART.get_by_name("erin")
+    bound = Cart.__new__(Cart).total
+    with pytest.raises(TypeError, match=r"like stub.call\(Cart.total, ...\)"):
+        stub.call(bound)
+
+
 async def test_call_refuses_a_method_of_another_class(rt: Any) -> None:
     cart = rt.env.CART.get_by_name("frank")
     with pytest.raises(TypeError, match=r"Other\.total.*not a method of Cart"):
@@ -195,6 +202,7 @@ async def test_an_objects_own_call_method_stays_reachable(rt: Any) -> None:
     # Untyped, with a first argument that is not a function: the method
     # named "call", as before stub.call() existed.
     assert await stub.call(1, "two") == [1, "two"]
+    assert await stub.call([1], {"a": 2}) == [[1], {"a": 2}]  # unhashable too
     assert await stub.call() == []
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from types import FunctionType
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, final, overload
 
 import anyio
@@ -131,25 +132,21 @@ class DurableObjectStub(Generic[ObjectT]):
         if not args:
             return self._call("call", args, kwargs)
         method = args[0]
-        kind = getattr(method, "__pyobjects_rpc__", None)
-        if kind is None:
-            if inspect.isfunction(method) or inspect.ismethod(method):
+        if type(method) is not FunctionType:
+            if inspect.ismethod(method):
                 raise TypeError(
-                    f"stub.call() takes a method marked with @pyobjects.rpc, and "
-                    f"{method.__qualname__} is not; mark it, or call "
-                    f"stub.{method.__name__}(...)"
+                    f"stub.call() takes a method through its class, like "
+                    f"stub.call({type(method.__self__).__name__}."
+                    f"{method.__name__}, ...), not a bound method"
                 )
             # Not a method reference: the object's own RPC method "call".
             return self._call("call", args, kwargs)
-        name: str = method.__name__
         cls = self._namespace.object_class
-        # Defined by the object's class or a base of it; an override in the
-        # class is what the call reaches, as with stub.add_item(...).
-        if not any(vars(klass).get(name) is method for klass in cls.__mro__):
-            raise TypeError(
-                f"stub.call({method.__qualname__}): that is not a method of "
-                f"{cls.__name__}, the class of this stub's object"
-            )
+        cache = self._namespace._runtime._method_cache
+        key = ("typed", cls, method)
+        name: str | None = cache.get(key)
+        if name is None:
+            name = cache[key] = _typed_name(cls, method)
         return self._call(name, args[1:], kwargs)
 
     def _bind(self) -> Actor:
@@ -231,6 +228,25 @@ class DurableObjectStub(Generic[ObjectT]):
 
     def __repr__(self) -> str:
         return f"<DurableObjectStub {self._namespace._binding_name} {self.id!r}>"
+
+
+def _typed_name(cls: type, method: FunctionType) -> str:
+    """The name of the ``@rpc`` method *method* of *cls*, checked."""
+    if getattr(method, "__pyobjects_rpc__", None) is None:
+        raise TypeError(
+            f"stub.call() takes a method marked with @pyobjects.rpc, and "
+            f"{method.__qualname__} is not; mark it, or call "
+            f"stub.{method.__name__}(...)"
+        )
+    name = method.__name__
+    # Defined by the object's class or a base of it; an override in the
+    # class is what the call reaches, as with stub.add_item(...).
+    if not any(vars(klass).get(name) is method for klass in cls.__mro__):
+        raise TypeError(
+            f"stub.call({method.__qualname__}): that is not a method of "
+            f"{cls.__name__}, the class of this stub's object"
+        )
+    return name
 
 
 # str and bytes go through copy_value, which checks the 32 MiB limit.
