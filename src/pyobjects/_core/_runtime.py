@@ -424,7 +424,7 @@ class Runtime(Generic[RuntimeEnvT]):
         return store
 
     def _check_restored(
-        self, namespace: DurableObjectNamespace, hex_id: str, store: ObjectStore
+        self, namespace: DurableObjectNamespace[Any], hex_id: str, store: ObjectStore
     ) -> None:
         """Reschedule the alarm of a store that opening (or activating) restored."""
         restored = getattr(store, "restored_alarm", False)
