@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from types import FunctionType
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, final, overload
@@ -175,12 +176,23 @@ class DurableObjectStub(Generic[ObjectT]):
             mark = caller.output_mark()
             if mark:
                 await caller.wait_output(mark)  # output gate: the call leaves
+        cluster = runtime._cluster
+        if cluster is not None:
+            return await cluster.call(
+                self, name, args, kwargs, lambda: self._call_local(name, args, kwargs)
+            )
+        return await self._call_local(name, args, kwargs)
+
+    async def _call_local(
+        self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """Deliver a call (its arguments copied already) to the instance here."""
         actor = self._bind()
         result = await actor.deliver(Call(name, args, kwargs))
         if type(result) in _IMMUTABLE:
             return result
         try:
-            return copy_value(result, passthrough)
+            return copy_value(result, self._namespace._runtime._passthrough)
         except SerializationError as exc:
             exc.add_note(
                 f"while copying the result of {name}() from Durable Object "
@@ -217,6 +229,15 @@ class DurableObjectStub(Generic[ObjectT]):
             mark = caller.output_mark()
             if mark:
                 await caller.wait_output(mark)
+        cluster = self._namespace._runtime._cluster
+        if cluster is not None:
+            return await cluster.fetch(
+                self, request, functools.partial(self._fetch_local, request)
+            )
+        return await self._fetch_local(request)
+
+    async def _fetch_local(self, request: Request) -> Response:
+        """Deliver a request to the instance's ``fetch()`` here."""
         actor = self._bind()
         response = await actor.deliver(Fetch(request))
         if not isinstance(response, Response):

@@ -74,6 +74,10 @@ from ._pg_sql import (
     LIST_IDS,
     LIST_NAMESPACES,
     LOG,
+    NODE_BEAT,
+    NODE_JOIN,
+    NODE_LEAVE,
+    NODE_URL,
     PRUNE,
     RELEASE,
     RELEASE_ALL,
@@ -255,6 +259,8 @@ class PostgresBackend:
         self._pending_restores: set[_Key] = set()  # (SQLiteStore's protocol)
         # Operations under way on PostgreSQL (tests wait for them to settle).
         self._busy = 0
+        # This owner's address as a cluster node (see register_node()).
+        self._node_url: str | None = None
         # Where claimed due alarms go (see use_alarms()).
         self._adopt: Callable[[Sequence[AlarmEntry]], None] | None = None
         self._alarm_namespaces: list[str] = []
@@ -324,6 +330,20 @@ class PostgresBackend:
                     "cannot renew the PostgreSQL leases of %s: %s", self._owner, exc
                 )
 
+    async def register_node(self, url: str) -> None:
+        """Record that this backend's owner is a cluster node reachable at *url*.
+
+        Its heartbeat is renewed with the leases (see :meth:`maintain`); other
+        nodes find it with :meth:`node_url` while the heartbeat is fresh.
+        """
+        self._node_url = url
+        await self._run(_execute(self._q(NODE_JOIN), self._owner, url))
+
+    async def node_url(self, owner: str) -> str | None:
+        """The address of the live node *owner*, or ``None`` (none, or not live)."""
+        url = await self._run(lambda c: c.fetchval(self._q(NODE_URL), owner, self._ttl))
+        return None if url is None else str(url)
+
     async def list_object_ids(self, namespace: str, /) -> list[str]:
         """Return the sorted ids of the namespace's objects with a key or an alarm."""
         check_namespace(namespace)
@@ -392,6 +412,9 @@ class PostgresBackend:
             with contextlib.suppress(Exception), anyio.move_on_after(5):
                 async with pool.acquire() as conn:
                     await conn.execute(self._q(RELEASE_ALL), self._owner)
+                    if self._node_url is not None:
+                        await conn.execute(self._q(NODE_LEAVE), self._owner)
+            self._node_url = None
             self._releases.clear()
             with anyio.move_on_after(5) as scope:
                 await pool.close()
@@ -499,6 +522,8 @@ class PostgresBackend:
         rows = await self._run(
             lambda c: c.fetch(self._q(RENEW), self._owner, self._ttl)
         )
+        if self._node_url is not None:
+            await self._run(_execute(self._q(NODE_BEAT), self._owner))
         held = {(str(r[0]), str(r[1])): int(r[2]) for r in rows}
         for key, obj in self._objects.items():
             if held.get(key) != obj.epoch and obj.lost is None:

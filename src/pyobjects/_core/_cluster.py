@@ -1,0 +1,395 @@
+"""Several runtimes on one PostgreSQL database: one cluster (issue #13).
+
+Each runtime started with ``node=Node(...)`` on a
+:class:`~pyobjects.storage.PostgresBackend` is a node. It serves a small
+internal HTTP endpoint (uvicorn) where other nodes deliver RPC calls and
+``fetch`` requests to the objects it holds, and it records its address in
+the database's ``nodes`` table, with a heartbeat renewed with its leases.
+
+Routing: the object's lease row is the truth. A call on a node that does not
+hold the object first tries to run it there (which takes the lease if nobody
+holds it); if another live node holds it, the call is forwarded to that node
+and the route is remembered. A node that receives a forwarded call for an
+object it does not hold answers "moved" with the holder, and the caller
+follows at most two such redirects. Values travel through the storage codec
+(the one RPC copies through in-process), errors keep their type when it is a
+built-in or a pyobjects error.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import logging
+import socket
+import typing
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+import pyobjects._errors as _errors
+from pyobjects._errors import DurableObjectError, LeaseHeldError, NodeUnreachableError
+from pyobjects._http import Headers, Request, Response
+from pyobjects._serialization import decode, encode
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
+
+    from pyobjects._node import Node
+
+    from ._namespace import DurableObjectNamespace
+    from ._runtime import Runtime
+    from ._stub import DurableObjectStub
+
+__all__ = ["Cluster"]
+
+logger: logging.Logger = logging.getLogger("pyobjects")
+
+_PATH_CALL = "/__pyobjects/call"
+_PATH_FETCH = "/__pyobjects/fetch"
+_MAX_REDIRECTS = 2
+_CONTENT_TYPE = b"application/x-pyobjects"
+
+
+class _Moved(Exception):
+    def __init__(self, owner: str) -> None:
+        super().__init__(owner)
+        self.owner = owner
+
+
+class _Gone(Exception):
+    """The node left (or is leaving) the cluster: the call did not run there."""
+
+
+class Cluster:
+    """The node side of one runtime (internal): its endpoint and its routes."""
+
+    def __init__(self, runtime: Runtime[Any], node: Node) -> None:
+        storage: Any = runtime.storage
+        if not hasattr(storage, "register_node"):
+            raise TypeError(
+                "Runtime(node=...) needs a storage every node shares: "
+                f"PostgresBackend, not {type(storage).__name__}"
+            )
+        self._runtime = runtime
+        self._node = node
+        self._backend = storage
+        self._routes: dict[tuple[str, str], str] = {}
+        self._client: Any = None
+        self._server: Any = None
+        self._stopped = anyio.Event()
+        self._leaving = False
+        self.url: str | None = None
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(
+        self, spawn: Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
+    ) -> None:
+        """Listen, register this node, serve in the background (*spawn*)."""
+        try:
+            import httpx
+            import uvicorn
+        except ModuleNotFoundError as exc:  # pragma: no cover - the extra is missing
+            raise RuntimeError(
+                f"Runtime(node=...) needs {exc.name}: pip install 'pyobjects[cluster]'"
+            ) from None
+        node = self._node
+        sock = socket.socket(
+            socket.AF_INET6 if ":" in node.host else socket.AF_INET, socket.SOCK_STREAM
+        )
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((node.host, node.port))
+        sock.listen(1024)
+        sock.setblocking(False)
+        port = sock.getsockname()[1]
+        host = f"[{node.host}]" if ":" in node.host else node.host
+        self.url = node.url or f"http://{host}:{port}"
+
+        class _Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self) -> Any:
+                yield  # the application's own server handles signals
+
+        config = uvicorn.Config(
+            self._asgi,
+            interface="asgi3",
+            lifespan="off",
+            log_level="warning",
+            access_log=False,
+            server_header=False,
+        )
+        server = self._server = _Server(config)
+        self._client = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=2.0))
+        await self._backend.register_node(self.url)
+
+        stopped = self._stopped = anyio.Event()
+
+        async def serve() -> None:
+            try:
+                await server.serve(sockets=[sock])
+            finally:
+                sock.close()
+                stopped.set()
+
+        spawn(serve)
+
+    async def stop(self) -> None:
+        """Leave the cluster: stop answering, close the client."""
+        self._leaving = True
+        server = self._server
+        if server is not None:
+            # uvicorn closes its connections (keep-alive ones included) and
+            # lets requests under way finish.
+            server.should_exit = True
+            with anyio.move_on_after(5):
+                await self._stopped.wait()
+        client, self._client = self._client, None
+        if client is not None:
+            with anyio.move_on_after(2):
+                await client.aclose()
+
+    # -- calls from this node's stubs ---------------------------------------------
+
+    async def call(
+        self,
+        stub: DurableObjectStub[Any],
+        name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        local: Callable[[], Awaitable[Any]],
+    ) -> Any:
+        """Run ``stub.name(*args, **kwargs)`` here or on the object's node."""
+        return await self._route(
+            stub,
+            local,
+            lambda url: self._send(
+                url,
+                _PATH_CALL,
+                {
+                    "ns": stub._namespace._storage_name,
+                    "id": str(stub.id),
+                    "name": stub.id.name,
+                    "method": name,
+                    "args": list(args),
+                    "kwargs": kwargs,
+                },
+            ),
+        )
+
+    async def fetch(
+        self,
+        stub: DurableObjectStub[Any],
+        request: Request,
+        local: Callable[[], Awaitable[Response]],
+    ) -> Response:
+        """Deliver *request* to the object's ``fetch()``, here or on its node."""
+        body = await request.bytes()
+
+        async def remote(url: str) -> Response:
+            answer = await self._send(
+                url,
+                _PATH_FETCH,
+                {
+                    "ns": stub._namespace._storage_name,
+                    "id": str(stub.id),
+                    "name": stub.id.name,
+                    "method": request.method,
+                    "url": request.url,
+                    "headers": list(request.headers.items()),
+                    "body": body,
+                },
+            )
+            return Response(
+                answer["body"], status=answer["status"], headers=answer["headers"]
+            )
+
+        return typing.cast("Response", await self._route(stub, local, remote))
+
+    async def _route(
+        self,
+        stub: DurableObjectStub[Any],
+        local: Callable[[], Awaitable[Any]],
+        remote: Callable[[str], Awaitable[Any]],
+    ) -> Any:
+        key = (stub._namespace._storage_name, str(stub.id))
+        url = self._routes.get(key)
+        for _ in range(_MAX_REDIRECTS + 2):
+            if url is None or url == self.url:
+                try:
+                    return await local()
+                except LeaseHeldError as exc:
+                    url = await self._backend.node_url(exc.owner)
+                    if url is None or url == self.url:
+                        raise  # held by a runtime that is no live node
+                    self._routes[key] = url
+                    continue
+            try:
+                return await remote(url)
+            except _Gone:
+                # The holder is leaving: its leases are (being) given back.
+                self._routes.pop(key, None)
+                url = None
+                await anyio.sleep(0.05)
+            except _Moved as moved:
+                url = await self._backend.node_url(moved.owner)
+                if url is None:
+                    self._routes.pop(key, None)
+                else:
+                    self._routes[key] = url
+            except OSError as exc:
+                self._routes.pop(key, None)
+                raise NodeUnreachableError(
+                    f"the node holding Durable Object {key[0]}/{key[1]} ({url}) "
+                    f"does not answer: {exc}"
+                ) from exc
+        raise NodeUnreachableError(
+            f"Durable Object {key[0]}/{key[1]} moved more than {_MAX_REDIRECTS} "
+            "times during one call"
+        )
+
+    async def _send(self, url: str, path: str, message: dict[str, Any]) -> Any:
+        import httpx
+
+        client = self._client
+        if client is None:
+            raise NodeUnreachableError("this node has left the cluster")
+        try:
+            response = await client.post(
+                url + path,
+                content=encode(message),
+                headers={"content-type": _CONTENT_TYPE.decode()},
+            )
+        except httpx.ConnectError as exc:
+            # Nothing was sent: the call may run elsewhere.
+            raise _Gone from exc
+        except httpx.TransportError as exc:
+            raise OSError(str(exc)) from exc
+        answer = decode(response.content)
+        if "gone" in answer:
+            raise _Gone
+        if "moved" in answer:
+            raise _Moved(str(answer["moved"]))
+        if "error" in answer:
+            raise _error_from(answer["error"])
+        return answer["ok"]
+
+    # -- the node endpoint ------------------------------------------------------
+
+    async def _asgi(
+        self,
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
+        send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+    ) -> None:
+        if scope["type"] != "http":
+            return
+        path = scope.get("path")
+        if scope.get("method") != "POST" or path not in (_PATH_CALL, _PATH_FETCH):
+            await _reply(send, 404, b"not found")
+            return
+        chunks = []
+        more = True
+        while more:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        try:
+            request = decode(b"".join(chunks))
+            if self._leaving or not self._runtime._running:
+                answer = {"gone": True}
+            else:
+                answer = await self._serve(path, request)
+        except LeaseHeldError as exc:
+            answer = {"moved": exc.owner}
+        except Exception as exc:
+            answer = {"error": _error_to(exc)}
+        await _reply(send, 200, encode(answer))
+
+    async def _serve(self, path: str, request: dict[str, Any]) -> dict[str, Any]:
+        namespace = self._namespace(str(request["ns"]))
+        ids = namespace._ids
+        object_id = ids.from_string(str(request["id"]))
+        if request.get("name") is not None:
+            object_id = ids.from_name(str(request["name"]))
+        stub: Any = namespace.get(object_id)
+        if path == _PATH_CALL:
+            result = await stub._call_local(
+                str(request["method"]), tuple(request["args"]), dict(request["kwargs"])
+            )
+            return {"ok": result}
+        response: Response = await stub._fetch_local(
+            Request(
+                str(request["url"]),
+                method=str(request["method"]),
+                headers=Headers([tuple(h) for h in request["headers"]]),
+                body=request["body"] or None,
+            )
+        )
+        return {
+            "ok": {
+                "status": response.status,
+                "headers": list(response.headers.items()),
+                "body": await response.bytes(),
+            }
+        }
+
+    def _namespace(self, storage_name: str) -> DurableObjectNamespace[Any]:
+        for namespace in self._runtime._namespaces:
+            if namespace._storage_name == storage_name:
+                return namespace
+        raise LookupError(f"this node binds no namespace {storage_name!r}")
+
+
+async def _reply(
+    send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+    status: int,
+    body: bytes,
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", _CONTENT_TYPE)],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _error_to(exc: BaseException) -> dict[str, Any]:
+    cls = type(exc)
+    return {
+        "module": cls.__module__,
+        "type": cls.__qualname__,
+        "message": str(exc),
+        "retryable": bool(getattr(exc, "retryable", False)),
+        "overloaded": bool(getattr(exc, "overloaded", False)),
+        "reset": bool(getattr(exc, "durable_object_reset", False)),
+    }
+
+
+def _error_from(info: dict[str, Any]) -> BaseException:
+    """Rebuild an error from another node: its own type if built-in or ours."""
+    module, name, message = info["module"], info["type"], info["message"]
+    cls: Any = None
+    if module == "builtins":
+        cls = getattr(builtins, name, None)
+    elif str(module).startswith("pyobjects"):
+        import pyobjects
+
+        cls = getattr(pyobjects, name, None) or getattr(_errors, name, None)
+    exc: BaseException
+    if isinstance(cls, type) and issubclass(cls, Exception):
+        exc = cls.__new__(cls)
+        Exception.__init__(exc, message)
+    else:
+        exc = DurableObjectError(f"{name}: {message}")
+    for flag, attribute in (
+        ("retryable", "retryable"),
+        ("overloaded", "overloaded"),
+        ("reset", "durable_object_reset"),
+    ):
+        if info.get(flag):
+            with contextlib.suppress(AttributeError, TypeError):
+                setattr(exc, attribute, True)
+    return exc

@@ -1,0 +1,116 @@
+"""Two nodes in one process on one PostgreSQL schema: routing and forwarding."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+import pyobjects
+from pyobjects import DurableObject, LeaseHeldError, Node, Request, Response, Runtime
+from pyobjects.storage import PostgresBackend
+from tests.postgres import drop_schema, new_schema, require_postgres
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def schema() -> Iterator[tuple[str, str]]:
+    dsn = require_postgres()
+    name = new_schema()
+    yield dsn, name
+    drop_schema(dsn, name)
+
+
+class Counter(DurableObject):
+    async def incr(self, by: int = 1) -> dict[str, Any]:
+        n = (await self.ctx.storage.get("n") or 0) + by
+        self.ctx.storage.put("n", n)
+        return {"n": n, "node": self.env.NODE, "name": self.ctx.id.name}
+
+    async def boom(self) -> None:
+        raise KeyError("no such thing")
+
+    async def fetch(self, request: Request) -> Response:
+        n = (await self.ctx.storage.get("n") or 0) + 1
+        self.ctx.storage.put("n", n)
+        body = await request.text()
+        return Response(
+            f"{n} {self.env.NODE} {request.method} {body}",
+            status=201,
+            headers={"x-node": self.env.NODE},
+        )
+
+
+def node(dsn: str, schema: str, name: str) -> Runtime:
+    return Runtime(
+        bindings={"C": Counter},
+        storage=PostgresBackend(dsn, schema=schema, lease_ttl=2),
+        vars={"NODE": name},
+        node=Node(),
+    )
+
+
+async def test_a_call_on_any_node_reaches_the_one_instance(
+    schema: tuple[str, str],
+) -> None:
+    dsn, name = schema
+    async with node(dsn, name, "a") as a, node(dsn, name, "b") as b:
+        first = await a.env.C.get_by_name("x").incr()
+        assert first == {"n": 1, "node": "a", "name": "x"}
+        # b does not hold x: the call goes to a, where the instance lives.
+        second = await b.env.C.get_by_name("x").incr(2)
+        assert second == {"n": 3, "node": "a", "name": "x"}
+        # An object first called on b lives on b, and a reaches it there.
+        assert (await b.env.C.get_by_name("y").incr())["node"] == "b"
+        assert (await a.env.C.get_by_name("y").incr())["node"] == "b"
+        # Errors keep their type across nodes.
+        with pytest.raises(KeyError, match="no such thing"):
+            await b.env.C.get_by_name("x").boom()
+        # fetch() is forwarded too, with method, headers and body.
+        response = await b.env.C.get_by_name("x").fetch(
+            "https://do/", method="POST", body="hello"
+        )
+        assert response.status == 201
+        assert response.headers.get("x-node") == "a"
+        assert await response.text() == "4 a POST hello"
+
+
+async def test_when_the_holder_leaves_another_node_takes_over(
+    schema: tuple[str, str],
+) -> None:
+    dsn, name = schema
+    async with node(dsn, name, "b") as b:
+        async with node(dsn, name, "a") as a:
+            assert (await a.env.C.get_by_name("x").incr())["node"] == "a"
+            assert (await b.env.C.get_by_name("x").incr())["node"] == "a"
+        # a stopped (gracefully: its leases given back); b runs x now.
+        result = await b.env.C.get_by_name("x").incr()
+        assert result == {"n": 3, "node": "b", "name": "x"}
+
+
+async def test_a_runtime_without_a_node_is_refused_by_a_held_object(
+    schema: tuple[str, str],
+) -> None:
+    dsn, name = schema
+    async with node(dsn, name, "a") as a:
+        await a.env.C.get_by_name("x").incr()
+        plain = Runtime(
+            bindings={"C": Counter},
+            storage=PostgresBackend(dsn, schema=name),
+            vars={"NODE": "plain"},
+        )
+        async with plain:
+            with pytest.raises(LeaseHeldError):
+                await plain.env.C.get_by_name("x").incr()
+
+
+def test_a_node_needs_shared_storage() -> None:
+    with pytest.raises(TypeError, match="PostgresBackend"):
+        Runtime(bindings={"C": Counter}, node=pyobjects.Node())
