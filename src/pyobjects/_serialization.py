@@ -43,14 +43,20 @@ import struct
 from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from decimal import Decimal
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Final, final
+from typing import TYPE_CHECKING, Any, Final
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
 from msgpack import ExtType, Packer, unpackb
 
 from ._errors import MessageTooLargeError, SerializationError
-from ._registry import BY_NAME, BY_TYPE, EXT_TYPE, describe_unregistered
+from ._registry import (
+    BY_NAME,
+    BY_TYPE,
+    EXT_TYPE,
+    Tag as _Tag,  # what an array tagged as a tuple, set, ... decodes into
+    describe_unregistered,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -88,16 +94,6 @@ _BUFFER_SIZE: Final = 1024
 # same type, so a copy can hand them back as they are.
 _SCALARS: Final = frozenset({type(None), bool, int, float, bytes})
 _CONTAINERS: Final = frozenset({list, tuple, dict, set, frozenset})
-
-
-@final
-class _Tag:
-    """What an array tagged as a tuple, set or frozenset decodes into."""
-
-    __slots__ = ("build",)
-
-    def __init__(self, build: Callable[[list[Any]], Any]) -> None:
-        self.build = build
 
 
 _TUPLE_TAG: Final = ExtType(_EXT_TUPLE, b"")
@@ -407,7 +403,7 @@ def _registered_tag(data: bytes) -> _Tag:
             f"it with pyobjects.register_type(cls, name={name!r})"
         )
         raise SerializationError(msg)
-    return _Tag(registered.restore)
+    return registered.decode_tag
 
 
 _DECODERS: Final[dict[int, Callable[[bytes], object]]] = {
