@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import anyio
 import msgspec
 import pydantic
 import pytest
@@ -508,3 +510,36 @@ async def test_a_removed_enum_member_fails_clearly(
 
     with pytest.raises(SerializationError, match=r"ValueError: 'xl' is not a valid"):
         await read_back(make_backend())
+
+
+# Inspection ----------------------------------------------------------------------
+
+
+def test_inspect_shows_registered_values_as_stored(
+    registry: None, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner  # the server extra
+
+    from pyobjects._cli_commands import cli
+
+    anyio.run(store_v1, SQLiteBackend(tmp_path))  # the inspector lacks the class
+    storage = str(tmp_path)
+    shown = CliRunner().invoke(cli, ["inspect", "--storage", storage, "KEEP", "k"])
+    assert shown.exit_code == 0, shown.output
+    assert (
+        "'v': [<shop.Line v1: {'sku': 'a', 'qty': 2}>, "
+        "<shop.Line v1: {'sku': 'b', 'qty': 1}>]"
+    ) in shown.output
+    as_json = CliRunner().invoke(
+        cli, ["inspect", "--storage", storage, "--json", "KEEP", "k"]
+    )
+    document = json.loads(as_json.output)
+    assert document["data"] == [
+        {
+            "key": "v",
+            "value": [
+                {"$type": "shop.Line", "$version": 1, "$state": {"sku": s, "qty": q}}
+                for s, q in (("a", 2), ("b", 1))
+            ],
+        }
+    ]

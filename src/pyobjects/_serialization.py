@@ -464,6 +464,32 @@ def decode(data: bytes) -> Any:
     return _unpack(data, _ext_hook)
 
 
+def decode_stored(data: bytes, build: Callable[[str, int, Any], object]) -> Any:
+    """Decode like `decode`, registered values as ``build(name, version, state)``.
+
+    For inspecting stored data in a process that need not know the classes
+    (``pyobjects inspect``): nothing is migrated and no class is called.
+
+    Raises:
+        ValueError: If *data* was not made by `encode`.
+    """
+
+    def restore(name: str) -> _Tag:
+        def build_items(items: list[Any]) -> object:
+            if len(items) != 2 or type(items[0]) is not int:
+                raise ValueError(f"malformed value of registered type {name!r}")
+            return build(name, items[0], items[1])
+
+        return _Tag(build_items)
+
+    def ext_hook(code: int, data: bytes) -> object:
+        if code == EXT_TYPE:
+            return restore(data.decode())
+        return _ext_hook(code, data)
+
+    return _unpack(data, ext_hook)
+
+
 def copy_value(value: Any, passthrough: tuple[type, ...] = ()) -> Any:
     """Copy *value* by value, as RPC passes arguments and results.
 
