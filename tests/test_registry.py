@@ -9,7 +9,7 @@ import subprocess
 import sys
 import textwrap
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, assert_type
 
 import msgspec
 import pydantic
@@ -72,6 +72,18 @@ def test_the_three_spellings_register_and_return_the_class() -> None:
     for value in (Bare(1), Options(2), Called(3)):
         roundtrip(value)
     assert pyobjects.register_type is register_type
+
+
+def test_register_type_keeps_the_static_type() -> None:
+    @dataclass
+    class Typed:
+        n: int
+
+    decorator = register_type(name="typed.Typed")
+    assert_type(decorator(Typed), type[Typed])
+    assert register_type(Typed, name="typed.Typed") is Typed  # the same: no-op
+    assert_type(register_type(Typed, name="typed.Typed"), type[Typed])
+    assert_type(Typed(1).n, int)
 
 
 def test_registering_again_with_the_same_options_does_nothing() -> None:
