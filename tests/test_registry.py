@@ -307,10 +307,28 @@ def test_pydantic_models_are_validated_when_decoded() -> None:
 
 def test_pydantic_root_models() -> None:
     @register_type
-    class Numbers(pydantic.RootModel[list[int]]):
+    class Numbers(pydantic.RootModel[list[Any]]):
         pass
 
     assert roundtrip(Numbers([1, 2])).root == [1, 2]
+    with pytest.raises(SerializationError, match=r"'complex' value at \.root\[1\]"):
+        encode(Numbers([1, 1j]))
+
+
+def test_a_pydantic_model_refuses_a_state_that_is_not_a_dict() -> None:
+    @register_type(name="p")
+    class Old(pydantic.BaseModel):
+        n: int
+
+    data = encode(Old(n=1))
+    BY_TYPE.pop(BY_NAME.pop("p").cls)
+
+    @register_type(name="p", version=2, migrate=lambda version, state: state["n"])
+    class New(pydantic.BaseModel):
+        n: int
+
+    with pytest.raises(SerializationError, match="must be a dict of fields, not int"):
+        decode(data)
 
 
 def test_a_pydantic_validator_that_refuses_old_data_fails_clearly() -> None:

@@ -32,6 +32,7 @@ from pyobjects import (
     WebSocketPair,
 )
 from pyobjects._registry import BY_NAME, BY_TYPE
+from pyobjects._serialization import decode_stored
 from pyobjects.storage import MemoryBackend, SQLiteBackend, StorageBackend
 from pyobjects.testing import ManualClock, evict, run_in_durable_object
 
@@ -543,3 +544,13 @@ def test_inspect_shows_registered_values_as_stored(
             ],
         }
     ]
+
+
+def test_the_inspector_refuses_malformed_registered_values() -> None:
+    from pyobjects._inspect import StoredType
+
+    with pytest.raises(ValueError, match="malformed value of registered type 'x'"):
+        decode_stored(bytes.fromhex("92c701097801"), StoredType)  # [ext 9 "x", 1]
+    assert decode_stored(bytes.fromhex("93c701097801c0"), StoredType) == StoredType(
+        "x", 1, None
+    )
