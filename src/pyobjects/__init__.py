@@ -59,6 +59,7 @@ from ._http import Headers as Headers, Request as Request, Response as Response
 from ._ids import DurableObjectId as DurableObjectId
 from ._node import Node as Node
 from ._prometheus import PrometheusCollector as PrometheusCollector
+from ._registry import register_type as register_type
 from ._statistics import (
     NamespaceStatistics as NamespaceStatistics,
     RuntimeStatistics as RuntimeStatistics,
@@ -133,6 +134,7 @@ __all__ = (
     "WorkerEntrypoint",
     "connect_websocket",
     "fetch",
+    "register_type",
     "rpc",
 )
 
