@@ -16,7 +16,6 @@ from typing_extensions import TypeVar
 from pyobjects._clock import Clock, SystemClock
 from pyobjects._errors import RuntimeClosedError
 from pyobjects._ids import DurableObjectId
-from pyobjects._node import Node
 from pyobjects._statistics import NamespaceStatistics, RuntimeStatistics
 from pyobjects._telemetry_options import OpenTelemetry
 from pyobjects.storage.memory import MemoryBackend
@@ -39,6 +38,7 @@ if TYPE_CHECKING:
 
     from anyio.abc import TaskGroup
 
+    from pyobjects._node import Node
     from pyobjects.storage._base import ObjectStore, StorageBackend
 
     from ._actor import Actor

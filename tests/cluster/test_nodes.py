@@ -1,0 +1,136 @@
+"""Node processes (``pyobjects serve --postgres``) on one schema: real processes.
+
+Every increment returns the counter's new value, so a value acknowledged
+twice would be a double write and a value missing from the final count a
+lost one.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from typing import TYPE_CHECKING
+
+import httpx
+import pytest
+
+from tests.helpers import serve_subprocess
+from tests.postgres import drop_schema, new_schema, require_postgres, sql
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+TTL = "1"
+
+
+@pytest.fixture
+def database() -> Iterator[tuple[str, str]]:
+    dsn = require_postgres()
+    schema = new_schema()
+    yield dsn, schema
+    drop_schema(dsn, schema)
+
+
+def start(dsn: str, schema: str, tmp_path: Path) -> tuple[subprocess.Popen[str], str]:
+    process = serve_subprocess(
+        "--postgres",
+        dsn,
+        "--schema",
+        schema,
+        "--port",
+        "0",
+        "--lease-ttl",
+        TTL,
+        cwd=tmp_path,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    assert "pyobjects: serving" in line, line + (
+        process.stderr.read() if process.stderr else ""
+    )
+    return process, line.split(" at ")[1].split()[0]
+
+
+def stop(process: subprocess.Popen[str], sig: signal.Signals) -> int:
+    process.send_signal(sig)
+    try:
+        process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:  # pragma: no cover - a hung node
+        process.kill()
+        process.communicate()
+    return process.returncode
+
+
+def increments(url: str, name: str, count: int) -> list[int]:
+    with httpx.Client(base_url=url, timeout=10) as client:
+        return [int(client.get(f"/{name}").text) for _ in range(count)]
+
+
+def test_any_node_answers_for_any_object(
+    database: tuple[str, str], tmp_path: Path
+) -> None:
+    dsn, schema = database
+    one, url1 = start(dsn, schema, tmp_path)
+    two, url2 = start(dsn, schema, tmp_path)
+    try:
+        seen = []
+        for _ in range(5):
+            seen += increments(url1, "a", 3)
+            seen += increments(url2, "a", 3)
+        assert seen == list(range(1, 31))  # one instance, through both nodes
+    finally:
+        assert stop(two, signal.SIGTERM) == 0
+        assert stop(one, signal.SIGTERM) == 0
+
+
+def test_a_graceful_stop_costs_callers_nothing(
+    database: tuple[str, str], tmp_path: Path
+) -> None:
+    dsn, schema = database
+    one, url1 = start(dsn, schema, tmp_path)
+    two, url2 = start(dsn, schema, tmp_path)
+    try:
+        assert increments(url1, "a", 2) == [1, 2]  # a lives on node one
+        assert increments(url2, "a", 1) == [3]
+        assert stop(one, signal.SIGTERM) == 0
+        assert increments(url2, "a", 3) == [4, 5, 6]  # taken over at once
+    finally:
+        stop(two, signal.SIGTERM)
+
+
+def test_a_killed_node_loses_no_acknowledged_increment(
+    database: tuple[str, str], tmp_path: Path
+) -> None:
+    dsn, schema = database
+    one, url1 = start(dsn, schema, tmp_path)
+    two, url2 = start(dsn, schema, tmp_path)
+    acked: list[int] = []
+    try:
+        acked += increments(url1, "a", 20)  # a lives on node one
+        acked += increments(url2, "a", 10)
+        one.kill()
+        one.communicate()
+        # Node two takes a over once the dead node's lease runs out (about a
+        # TTL); until then its callers get retryable errors.
+        deadline = time.monotonic() + 20
+        errors = 0
+        with httpx.Client(base_url=url2, timeout=10) as client:
+            while len(acked) < 40 and time.monotonic() < deadline:
+                response = client.get("/a")
+                if response.status_code == 200:
+                    acked.append(int(response.text))
+                else:
+                    errors += 1
+                    time.sleep(0.05)
+        assert len(acked) == 40, errors
+        assert len(set(acked)) == len(acked)  # nothing acknowledged twice
+        assert acked == sorted(acked)
+        assert acked[:30] == list(range(1, 31))
+        rows = sql(dsn, f'SELECT epoch FROM "{schema}".objects')
+        assert rows[0][0] >= 2  # a second owner took the object
+    finally:
+        if one.poll() is None:
+            one.kill()
+        stop(two, signal.SIGTERM)
