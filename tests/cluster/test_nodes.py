@@ -134,3 +134,49 @@ def test_a_killed_node_loses_no_acknowledged_increment(
         if one.poll() is None:
             one.kill()
         stop(two, signal.SIGTERM)
+
+
+def test_a_paused_holder_is_fenced_and_its_late_work_rejected(
+    database: tuple[str, str], tmp_path: Path
+) -> None:
+    dsn, schema = database
+    one, url1 = start(dsn, schema, tmp_path)
+    two, url2 = start(dsn, schema, tmp_path)
+    acked: list[int] = []
+    try:
+        acked += increments(url1, "a", 10)  # a lives on node one
+        acked += increments(url2, "a", 5)  # forwarded to one
+        one.send_signal(signal.SIGSTOP)  # paused for 3 TTLs
+        paused_until = time.monotonic() + 3 * float(TTL)
+        errors = 0
+        with httpx.Client(base_url=url2, timeout=30) as client:
+            # Node two's calls fail (retryable) until one's lease runs out,
+            # then two takes a over, within about a TTL.
+            while len(acked) < 25:
+                response = client.get("/a")
+                if response.status_code == 200:
+                    acked.append(int(response.text))
+                else:
+                    errors += 1
+                    time.sleep(0.05)
+                assert time.monotonic() < paused_until + 20
+        took_over = time.monotonic()
+        assert took_over < paused_until  # served while one is still paused
+        time.sleep(max(0.0, paused_until - time.monotonic()))
+        one.send_signal(signal.SIGCONT)
+        # The woken node does not serve its stale copy: it finds that its
+        # lease is gone and forwards to the new holder.
+        acked += increments(url1, "a", 5)
+        acked += increments(url2, "a", 5)
+        assert len(set(acked)) == len(acked)  # nothing acknowledged twice
+        assert acked == sorted(acked)
+        assert acked[:15] == list(range(1, 16))
+        rows = sql(dsn, f'SELECT epoch, head FROM "{schema}".objects')
+        epoch, head = rows[0]
+        assert epoch >= 2
+        assert head >= len(acked)  # every acknowledged increment is stored
+    finally:
+        if one.poll() is None:
+            one.send_signal(signal.SIGCONT)
+        stop(one, signal.SIGTERM)
+        stop(two, signal.SIGTERM)

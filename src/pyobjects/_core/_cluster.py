@@ -28,7 +28,12 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 import pyobjects._errors as _errors
-from pyobjects._errors import DurableObjectError, LeaseHeldError, NodeUnreachableError
+from pyobjects._errors import (
+    DurableObjectError,
+    LeaseHeldError,
+    LeaseLostError,
+    NodeUnreachableError,
+)
 from pyobjects._http import Headers, Request, Response
 from pyobjects._serialization import decode, encode
 
@@ -216,6 +221,7 @@ class Cluster:
         url = self._routes.get(key)
         for _ in range(_MAX_REDIRECTS + 2):
             if url is None or url == self.url:
+                await self._fence(stub, key)
                 try:
                     return await local()
                 except LeaseHeldError as exc:
@@ -248,23 +254,58 @@ class Cluster:
             "times during one call"
         )
 
+    async def _fence(self, stub: DurableObjectStub[Any], key: tuple[str, str]) -> None:
+        """Self-fencing: serve an object here only while its lease is trusted.
+
+        Past the trusted part of its lease (this process may have been paused
+        while another node took the object over), renew first; if the object
+        was lost, reset the local instance, so that the call finds the new
+        holder instead of reading a stale copy.
+        """
+        backend = self._backend
+        if backend.lease_valid(*key) or await backend.revalidate(*key):
+            return
+        actor = self._runtime._catalog.live(stub._namespace, stub.id)
+        if actor is not None:
+            actor.break_(LeaseLostError(namespace=key[0], object_id=key[1], epoch=-1))
+        stub._actor = None  # this stub did not see that instance fail
+
     async def _send(self, url: str, path: str, message: dict[str, Any]) -> Any:
         import httpx
 
         client = self._client
         if client is None:
             raise NodeUnreachableError("this node has left the cluster")
-        try:
+        body = encode(message)
+        response: Any = None
+
+        async def post(scope: anyio.CancelScope) -> None:
+            nonlocal response
             response = await client.post(
                 url + path,
-                content=encode(message),
+                content=body,
                 headers={"content-type": _CONTENT_TYPE.decode()},
             )
-        except httpx.ConnectError as exc:
+            scope.cancel()
+
+        async def watch() -> None:
+            # A paused or cut-off node still accepts connections (the kernel
+            # does) but never answers: give up on it once its heartbeat is
+            # stale, as its leases then are.
+            while True:
+                await anyio.sleep(self._backend.lease_ttl / 2)
+                if not await self._backend.node_is_live(url):
+                    raise OSError(f"node {url} stopped renewing its leases")
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(post, tg.cancel_scope)
+                tg.start_soon(watch)
+        except* httpx.ConnectError as group:
             # Nothing was sent: the call may run elsewhere.
-            raise _Gone from exc
-        except httpx.TransportError as exc:
-            raise OSError(str(exc)) from exc
+            raise _Gone from group.exceptions[0]
+        except* (httpx.TransportError, OSError) as group:
+            raise OSError(str(group.exceptions[0])) from group.exceptions[0]
         answer = decode(response.content)
         if "gone" in answer:
             raise _Gone
@@ -294,6 +335,7 @@ class Cluster:
             message = await receive()
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
+        answer: dict[str, Any]
         try:
             request = decode(b"".join(chunks))
             if self._leaving or not self._runtime._running:

@@ -176,12 +176,23 @@ class DurableObjectStub(Generic[ObjectT]):
             mark = caller.output_mark()
             if mark:
                 await caller.wait_output(mark)  # output gate: the call leaves
-        cluster = runtime._cluster
-        if cluster is not None:
-            return await cluster.call(
+        if runtime._cluster is not None:  # maybe on another node
+            return await runtime._cluster.call(
                 self, name, args, kwargs, lambda: self._call_local(name, args, kwargs)
             )
-        return await self._call_local(name, args, kwargs)
+        # The same as _call_local(), inline: this is the hot path.
+        actor = self._bind()
+        result = await actor.deliver(Call(name, args, kwargs))
+        if type(result) in _IMMUTABLE:
+            return result
+        try:
+            return copy_value(result, passthrough)
+        except SerializationError as exc:
+            exc.add_note(
+                f"while copying the result of {name}() from Durable Object "
+                f"{actor.namespace.object_class.__name__} ({self.id})"
+            )
+            raise
 
     async def _call_local(
         self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]

@@ -39,6 +39,7 @@ __all__ = [
     "NODE_BEAT",
     "NODE_JOIN",
     "NODE_LEAVE",
+    "NODE_LIVE",
     "NODE_URL",
     "PRUNE",
     "RELEASE",
@@ -87,6 +88,10 @@ NODE_URL: Final = (
     " AND heartbeat > clock_timestamp() - $2 * interval '1 second'"
 )
 NODE_LEAVE: Final = "DELETE FROM {s}.nodes WHERE owner = $1"
+NODE_LIVE: Final = (
+    "SELECT count(*) FROM {s}.nodes WHERE url = $1"
+    " AND heartbeat > clock_timestamp() - $2 * interval '1 second'"
+)
 
 # Take the lease: a new row, or a row whose lease is free, expired or ours
 # already; each taking bumps the epoch, which fences every older holder.

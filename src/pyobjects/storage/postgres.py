@@ -77,6 +77,7 @@ from ._pg_sql import (
     NODE_BEAT,
     NODE_JOIN,
     NODE_LEAVE,
+    NODE_LIVE,
     NODE_URL,
     PRUNE,
     RELEASE,
@@ -108,6 +109,10 @@ _CHECKPOINT_BYTES = 4 << 20
 # Take a snapshot once the commits since the last one are this much bigger
 # than it (compressed), and at least _MIN_SNAPSHOT_BYTES.
 _SNAPSHOT_RATIO = 1
+# Self-fencing: trust a lease for this fraction of the TTL less than it runs
+# (the database judges expiry by its own clock; this margin covers the
+# renewal's round trip and clock rates).
+_FENCE_MARGIN = 0.2
 _MIN_SNAPSHOT_BYTES = 256 << 10
 # SQLSTATEs worth retrying: connection failures (class 08), shutdown and
 # start-up (57P0x), too many connections, serialization and deadlocks.
@@ -172,6 +177,7 @@ class _Object:
     snapshot_bytes: int = 0
     snapshots: list[tuple[int, int]] = field(default_factory=list)  # (seq, ms)
     lost: str | None = None  # why this holder may not commit any more
+    valid_until: float = float("inf")  # monotonic end of the trusted lease
 
 
 @typing.final
@@ -343,6 +349,18 @@ class PostgresBackend:
         """The address of the live node *owner*, or ``None`` (none, or not live)."""
         url = await self._run(lambda c: c.fetchval(self._q(NODE_URL), owner, self._ttl))
         return None if url is None else str(url)
+
+    async def node_is_live(self, url: str) -> bool:
+        """True if a node with this address renewed its heartbeat within the TTL."""
+        count = await self._run(
+            lambda c: c.fetchval(self._q(NODE_LIVE), url, self._ttl)
+        )
+        return bool(count)
+
+    @property
+    def lease_ttl(self) -> float:
+        """Seconds a lease lasts without renewal (the ``lease_ttl`` option)."""
+        return self._ttl
 
     async def list_object_ids(self, namespace: str, /) -> list[str]:
         """Return the sorted ids of the namespace's objects with a key or an alarm."""
@@ -519,15 +537,38 @@ class PostgresBackend:
     async def _renew(self) -> None:
         if self._pool is None or self._read_only:
             return
+        started = time.monotonic()
         rows = await self._run(
             lambda c: c.fetch(self._q(RENEW), self._owner, self._ttl)
         )
         if self._node_url is not None:
             await self._run(_execute(self._q(NODE_BEAT), self._owner))
         held = {(str(r[0]), str(r[1])): int(r[2]) for r in rows}
+        valid_until = started + self._ttl * (1 - _FENCE_MARGIN)
         for key, obj in self._objects.items():
-            if held.get(key) != obj.epoch and obj.lost is None:
-                obj.lost = "its lease was taken over by another owner"
+            if held.get(key) != obj.epoch:
+                if obj.lost is None:
+                    obj.lost = "its lease was taken over by another owner"
+            else:
+                obj.valid_until = valid_until
+
+    def lease_valid(self, namespace: str, object_id: str) -> bool:
+        """False if this backend holds the object but its lease may have run out.
+
+        Self-fencing: the lease is trusted until the last successful renewal
+        (or the activation) plus the TTL minus a margin, by this process's
+        monotonic clock, so a process that was paused past its lease stops
+        serving the object until a renewal says it still holds it.
+        """
+        obj = self._objects.get((namespace, object_id))
+        if obj is None or self._read_only:
+            return True
+        return obj.lost is None and time.monotonic() < obj.valid_until
+
+    async def revalidate(self, namespace: str, object_id: str) -> bool:
+        """Renew now; return whether this backend still holds the object."""
+        await self._renew()
+        return self.lease_valid(namespace, object_id)
 
     async def _claim_due_alarms(self) -> None:
         adopt = self._adopt
@@ -581,6 +622,7 @@ class PostgresBackend:
         obj = self._objects.get(key)
         if obj is not None and not self._read_only:
             return obj, False
+        started = time.monotonic()
         if self._read_only:
             row = await self._run(
                 lambda c: c.fetchrow(self._q(HOLDER), namespace, object_id)
@@ -614,6 +656,8 @@ class PostgresBackend:
         path = os.path.join(directory, object_id + ".sqlite")
         _remove_database(path)
         obj = _Object(key, epoch, head, path)
+        if not self._read_only:
+            obj.valid_until = started + self._ttl * (1 - _FENCE_MARGIN)
         restored: int | bool | None = False
         try:
             if restore is not None:
