@@ -42,12 +42,15 @@ class PrivateServer:
     for good and removes its directory.
     """
 
-    def __init__(self, directory: str, port: int, prefix: list[str], pg_ctl: str):
+    def __init__(
+        self, directory: str, port: int, prefix: list[str], pg_ctl: str
+    ) -> None:
         self.directory = directory
         self.port = port
         self._prefix = prefix
         self._pg_ctl = pg_ctl
         self.dsn = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        self.running = False
 
     def _ctl(self, *args: str) -> None:
         subprocess.run(
@@ -73,10 +76,12 @@ class PrivateServer:
             f"-h 127.0.0.1 -p {self.port} -k {self.directory} -F",
             "start",
         )
+        self.running = True
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server (``fast``: clients get an error; ``immediate``: a crash)."""
         self._ctl("-w", "-m", mode, "stop")
+        self.running = False
 
     def close(self) -> None:
         with contextlib.suppress(subprocess.SubprocessError, OSError):
