@@ -30,6 +30,10 @@ from pyobjects._aliases import camel_aliases
 from ._events import AlarmEvent, AlarmTimeoutError, accepted_arity, find_handler
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from pyobjects.storage._base import AlarmEntry
+
     from ._actor import Actor
     from ._namespace import DurableObjectNamespace
     from ._runtime import Runtime
@@ -92,9 +96,15 @@ class AlarmScheduler:
 
     async def load(self) -> None:
         """Schedule every alarm the backend holds (on start, after a restart)."""
+        self.adopt(await self._runtime.storage.pending_alarms())
+
+    def adopt(self, entries: Sequence[AlarmEntry]) -> None:
+        """Schedule these alarms (from the backend: at start, or claimed later)."""
         runtime = self._runtime
         namespaces = {ns._storage_name: ns for ns in runtime._namespaces}
-        for entry in await runtime.storage.pending_alarms():
+        for entry in entries:
+            if (entry.namespace, entry.object_id) in self._running:
+                continue  # under way here already
             namespace = namespaces.get(entry.namespace)
             if namespace is None:
                 continue  # a namespace no longer bound: keep its data, skip it

@@ -275,6 +275,11 @@ class Runtime:
             use_clock(self.clock.now_ms)
         self._spawn(self._commits.run)
         self._spawn(self._timers.run)
+        use_alarms = getattr(self.storage, "use_alarms", None)
+        if use_alarms is not None:  # due alarms claimed later (PostgresBackend)
+            use_alarms(
+                self._alarms.adopt, [ns._storage_name for ns in self._namespaces]
+            )
         maintain = getattr(self.storage, "maintain", None)
         if maintain is not None:  # lease renewal (PostgresBackend)
             self._spawn(maintain)

@@ -246,6 +246,9 @@ class PostgresBackend:
         self._pending_restores: set[_Key] = set()  # (SQLiteStore's protocol)
         # Operations under way on PostgreSQL (tests wait for them to settle).
         self._busy = 0
+        # Where claimed due alarms go (see use_alarms()).
+        self._adopt: Callable[[Sequence[AlarmEntry]], None] | None = None
+        self._alarm_namespaces: list[str] = []
 
     # -- what the runtime uses -------------------------------------------------
 
@@ -280,11 +283,24 @@ class PostgresBackend:
         """
         await self._get_pool()
 
-    async def maintain(self) -> None:
-        """Renew this backend's leases and give back released ones, until cancelled.
+    def use_alarms(
+        self, adopt: Callable[[Sequence[AlarmEntry]], None], namespaces: Sequence[str]
+    ) -> None:
+        """Hand due alarms claimed by :meth:`maintain` to the runtime's scheduler.
 
-        A runtime runs this in the background. An object whose lease could
-        not be renewed (another owner took it) can no longer commit.
+        Only alarms of *namespaces* (those the runtime binds) are claimed.
+        """
+        self._adopt = adopt
+        self._alarm_namespaces = list(namespaces)
+
+    async def maintain(self) -> None:
+        """Renew leases, give released ones back, claim due alarms; until cancelled.
+
+        A runtime runs this in the background, every third of the lease TTL.
+        An object whose lease could not be renewed (another owner took it)
+        can no longer commit. A due alarm of an object nobody holds (its
+        holder stopped, or died and its lease ran out) is claimed with
+        ``FOR UPDATE SKIP LOCKED``, so that one runtime, not several, runs it.
         """
         while True:
             wake = self._wake = anyio.Event()
@@ -293,6 +309,7 @@ class PostgresBackend:
             try:
                 await self._release_pending()
                 await self._renew()
+                await self._claim_due_alarms()
             except Exception as exc:
                 logger.warning(
                     "cannot renew the PostgreSQL leases of %s: %s", self._owner, exc
@@ -355,8 +372,13 @@ class PostgresBackend:
         reconnects lazily), as by a restarted runtime.
         """
         for key in list(self._objects):
-            self._discard(key)
+            self._drop(key)
         pool, self._pool = self._pool, None
+        if pool is not None and not _on_this_loop(pool):
+            # Opened by an event loop that has ended (inspect --web runs the
+            # server's loop, then closes here): nothing can be awaited on it.
+            pool.terminate()
+            pool = None
         if pool is not None:
             with contextlib.suppress(Exception), anyio.move_on_after(5):
                 async with pool.acquire() as conn:
@@ -473,6 +495,33 @@ class PostgresBackend:
             if held.get(key) != obj.epoch and obj.lost is None:
                 obj.lost = "its lease was taken over by another owner"
 
+    async def _claim_due_alarms(self) -> None:
+        adopt = self._adopt
+        if adopt is None or not self._alarm_namespaces or self._read_only:
+            return
+        rows = await self._run(
+            lambda c: c.fetch(
+                self._q(q.CLAIM_ALARMS),
+                self._owner,
+                self._now_ms(),
+                self._ttl,
+                self._alarm_namespaces,
+            )
+        )
+        if rows:
+            adopt(
+                [
+                    AlarmEntry(
+                        namespace=row[0],
+                        object_id=row[1],
+                        time_ms=int(row[2]),
+                        retry_count=int(row[3]),
+                        retry_ms=None if row[4] is None else int(row[4]),
+                    )
+                    for row in rows
+                ]
+            )
+
     async def _release_pending(self) -> None:
         while self._releases and self._pool is not None:
             (namespace, object_id), epoch = self._releases[-1]
@@ -494,15 +543,19 @@ class PostgresBackend:
         Returns the object and, if a scheduled restore was applied, the
         restored alarm (``False`` otherwise).
         """
-        obj = self._objects.get(key)
-        if obj is not None:
-            return obj, False
         namespace, object_id = key
+        obj = self._objects.get(key)
+        if obj is not None and not self._read_only:
+            return obj, False
         if self._read_only:
             row = await self._run(
                 lambda c: c.fetchrow(self._q(q.HOLDER), namespace, object_id)
             )
             epoch, head, restore = -1, 0 if row is None else int(row[2]), None
+            if obj is not None:
+                if obj.head == head:
+                    return obj, False  # the copy is still the last commit
+                self._drop(key)
         else:
             row = await self._run(
                 lambda c: c.fetchrow(
@@ -772,6 +825,13 @@ class PostgresBackend:
         return obj.conn
 
     def _discard(self, key: _Key) -> None:
+        if self._read_only:
+            # Keep the copy for the next reader (inspect opens an object
+            # several times); activating checks it is still the last commit.
+            return
+        self._drop(key)
+
+    def _drop(self, key: _Key) -> None:
         obj = self._objects.pop(key, None)
         if obj is None:
             return
@@ -809,6 +869,14 @@ def _execute(statement: str, *args: object) -> Callable[[Any], Awaitable[Any]]:
         return await conn.execute(statement, *args)
 
     return op
+
+
+def _on_this_loop(pool: Any) -> bool:
+    """True if *pool* belongs to the running event loop."""
+    import asyncio  # noqa: TID251 - asyncpg runs on asyncio only
+
+    loop = getattr(pool, "_loop", None)
+    return loop is None or loop is asyncio.get_running_loop()
 
 
 def _pause(attempt: int) -> float:
@@ -969,7 +1037,18 @@ class PostgresStore:
                 seq,
             )
         )
-        if not kept:
+        # The state at the retention cutoff is the oldest one kept (as on
+        # SQLite, where older history is folded into it).
+        floor = await backend._run(
+            lambda c: c.fetchval(
+                f"SELECT max(seq) FROM {s}.commits WHERE namespace = $1"
+                " AND object_id = $2 AND time_ms <= $3",
+                namespace,
+                object_id,
+                now_ms - backend._retention_ms,
+            )
+        )
+        if not kept or (floor is not None and seq < int(floor)):
             raise ValueError(
                 f"bookmark {text!r} is older than the history kept (pitr_retention)"
             )
