@@ -23,7 +23,7 @@ import inspect
 import logging
 import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, Any, final
 
 from pyobjects._aliases import camel_aliases
 
@@ -69,7 +69,7 @@ class AlarmInfo:
 class AlarmScheduler:
     """Schedules and delivers the alarms of one runtime (internal)."""
 
-    def __init__(self, runtime: Runtime, *, jitter: bool, timeout_ms: int) -> None:
+    def __init__(self, runtime: Runtime[Any], *, jitter: bool, timeout_ms: int) -> None:
         self._runtime = runtime
         self._jitter = jitter
         self._random = random.Random()
@@ -85,7 +85,7 @@ class AlarmScheduler:
         return len(self._timers)
 
     def set(
-        self, namespace: DurableObjectNamespace, object_id: str, at: int | None
+        self, namespace: DurableObjectNamespace[Any], object_id: str, at: int | None
     ) -> None:
         """A commit set (or, with ``None``, deleted) an object's alarm."""
         key = (namespace._storage_name, object_id)
@@ -119,7 +119,7 @@ class AlarmScheduler:
     def _arm(
         self,
         key: _Key,
-        namespace: DurableObjectNamespace,
+        namespace: DurableObjectNamespace[Any],
         at: int | None,
         *,
         retry: int,
@@ -139,7 +139,11 @@ class AlarmScheduler:
         self._timers[key] = self._runtime._timers.call_at(at, fire)
 
     async def _run(
-        self, key: _Key, namespace: DurableObjectNamespace, retry: int, scheduled: int
+        self,
+        key: _Key,
+        namespace: DurableObjectNamespace[Any],
+        retry: int,
+        scheduled: int,
     ) -> None:
         runtime = self._runtime
         failed: BaseException | None = None
@@ -219,7 +223,7 @@ class AlarmScheduler:
     async def _failed(
         self,
         key: _Key,
-        namespace: DurableObjectNamespace,
+        namespace: DurableObjectNamespace[Any],
         retry: int,
         scheduled: int,
         error: BaseException,
@@ -255,7 +259,7 @@ class AlarmScheduler:
         )
         await self._abandon(key, namespace)
 
-    async def _abandon(self, key: _Key, namespace: DurableObjectNamespace) -> None:
+    async def _abandon(self, key: _Key, namespace: DurableObjectNamespace[Any]) -> None:
         """Delete the object's alarm, in an event of its own: no more retries."""
         runtime = self._runtime
         object_id = namespace._ids.from_string(key[1])
