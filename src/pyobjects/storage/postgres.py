@@ -157,6 +157,12 @@ def _transient(exc: BaseException) -> bool:
     ):
         return True
     name = type(exc).__name__
+    if name == "InternalClientError":
+        # A pooled connection the server broke off while it was idle (its
+        # unsolicited error, 57P01 on pg_terminate_backend() or a shutdown,
+        # left the protocol waiting for an end that never comes): asyncpg
+        # refuses the next statement before sending anything.
+        return str(exc).startswith(("cannot switch to state", "not connected"))
     return name in {"ConnectionDoesNotExistError", "ConnectionFailureError"} or (
         name == "InterfaceError" and "connection" in str(exc).lower()
     )
