@@ -8,6 +8,7 @@ lost one.
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import time
 from typing import TYPE_CHECKING
@@ -33,16 +34,20 @@ def database() -> Iterator[tuple[str, str]]:
     drop_schema(dsn, schema)
 
 
+NODE_URLS: dict[str, str] = {}  # serving URL -> node URL
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def start(dsn: str, schema: str, tmp_path: Path) -> tuple[subprocess.Popen[str], str]:
+    node_port = _free_port()
     process = serve_subprocess(
-        "--postgres",
-        dsn,
-        "--schema",
-        schema,
-        "--port",
-        "0",
-        "--lease-ttl",
-        TTL,
+        *("--postgres", dsn, "--schema", schema, "--port", "0"),
+        *("--lease-ttl", TTL, "--node-port", str(node_port)),
         cwd=tmp_path,
     )
     assert process.stdout is not None
@@ -50,7 +55,9 @@ def start(dsn: str, schema: str, tmp_path: Path) -> tuple[subprocess.Popen[str],
     assert "pyobjects: serving" in line, line + (
         process.stderr.read() if process.stderr else ""
     )
-    return process, line.split(" at ")[1].split()[0]
+    url = line.split(" at ")[1].split()[0]
+    NODE_URLS[url] = f"http://127.0.0.1:{node_port}"
+    return process, url
 
 
 def stop(process: subprocess.Popen[str], sig: signal.Signals) -> int:
@@ -61,6 +68,18 @@ def stop(process: subprocess.Popen[str], sig: signal.Signals) -> int:
         process.kill()
         process.communicate()
     return process.returncode
+
+
+def holder(dsn: str, schema: str) -> str:
+    """The serving address of the node that holds the (one) object now."""
+    rows = sql(
+        dsn,
+        f'SELECT n.url FROM "{schema}".objects AS o JOIN "{schema}".nodes AS n'
+        " ON n.owner = o.owner",
+    )
+    assert len(rows) == 1, rows
+    (url,) = [u for u, node in NODE_URLS.items() if node == rows[0][0]]
+    return url
 
 
 def increments(url: str, name: str, count: int) -> list[int]:
@@ -92,12 +111,17 @@ def test_a_graceful_stop_costs_callers_nothing(
     one, url1 = start(dsn, schema, tmp_path)
     two, url2 = start(dsn, schema, tmp_path)
     try:
-        assert increments(url1, "a", 2) == [1, 2]  # a lives on node one
+        assert increments(url1, "a", 2) == [1, 2]
         assert increments(url2, "a", 1) == [3]
-        assert stop(one, signal.SIGTERM) == 0
-        assert increments(url2, "a", 3) == [4, 5, 6]  # taken over at once
+        nodes = {url1: one, url2: two}
+        held = holder(dsn, schema)
+        (other,) = set(nodes) - {held}
+        assert stop(nodes[held], signal.SIGTERM) == 0
+        assert increments(other, "a", 3) == [4, 5, 6]  # taken over at once
     finally:
-        stop(two, signal.SIGTERM)
+        for process in (one, two):
+            if process.poll() is None:
+                stop(process, signal.SIGTERM)
 
 
 def test_a_killed_node_loses_no_acknowledged_increment(
@@ -108,8 +132,10 @@ def test_a_killed_node_loses_no_acknowledged_increment(
     two, url2 = start(dsn, schema, tmp_path)
     acked: list[int] = []
     try:
-        acked += increments(url1, "a", 20)  # a lives on node one
+        acked += increments(url1, "a", 20)
         acked += increments(url2, "a", 10)
+        if holder(dsn, schema) == url2:  # kill the holder; load the other
+            one, two, url1, url2 = two, one, url2, url1
         one.kill()
         one.communicate()
         # Node two takes a over once the dead node's lease runs out (about a
@@ -144,8 +170,10 @@ def test_a_paused_holder_is_fenced_and_its_late_work_rejected(
     two, url2 = start(dsn, schema, tmp_path)
     acked: list[int] = []
     try:
-        acked += increments(url1, "a", 10)  # a lives on node one
-        acked += increments(url2, "a", 5)  # forwarded to one
+        acked += increments(url1, "a", 10)
+        acked += increments(url2, "a", 5)
+        if holder(dsn, schema) == url2:  # pause the holder; load the other
+            one, two, url1, url2 = two, one, url2, url1
         one.send_signal(signal.SIGSTOP)  # paused for 3 TTLs
         paused_until = time.monotonic() + 3 * float(TTL)
         errors = 0

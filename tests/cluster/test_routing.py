@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import pytest
 
 import pyobjects
@@ -63,13 +64,12 @@ async def test_a_call_on_any_node_reaches_the_one_instance(
     dsn, name = schema
     async with node(dsn, name, "a") as a, node(dsn, name, "b") as b:
         first = await a.env.C.get_by_name("x").incr()
-        assert first == {"n": 1, "node": "a", "name": "x"}
-        # b does not hold x: the call goes to a, where the instance lives.
+        home = first["node"]  # placed by rendezvous hashing
+        assert first == {"n": 1, "node": home, "name": "x"}
+        # Whichever node is asked, the call reaches the one instance.
         second = await b.env.C.get_by_name("x").incr(2)
-        assert second == {"n": 3, "node": "a", "name": "x"}
-        # An object first called on b lives on b, and a reaches it there.
-        assert (await b.env.C.get_by_name("y").incr())["node"] == "b"
-        assert (await a.env.C.get_by_name("y").incr())["node"] == "b"
+        assert second == {"n": 3, "node": home, "name": "x"}
+        assert (await a.env.C.get_by_name("x").incr(0))["node"] == home
         # Errors keep their type across nodes.
         with pytest.raises(KeyError, match="no such thing"):
             await b.env.C.get_by_name("x").boom()
@@ -78,8 +78,8 @@ async def test_a_call_on_any_node_reaches_the_one_instance(
             "https://do/", method="POST", body="hello"
         )
         assert response.status == 201
-        assert response.headers.get("x-node") == "a"
-        assert await response.text() == "4 a POST hello"
+        assert response.headers.get("x-node") == home
+        assert await response.text() == f"4 {home} POST hello"
 
 
 async def test_when_the_holder_leaves_another_node_takes_over(
@@ -88,11 +88,19 @@ async def test_when_the_holder_leaves_another_node_takes_over(
     dsn, name = schema
     async with node(dsn, name, "b") as b:
         async with node(dsn, name, "a") as a:
-            assert (await a.env.C.get_by_name("x").incr())["node"] == "a"
-            assert (await b.env.C.get_by_name("x").incr())["node"] == "a"
-        # a stopped (gracefully: its leases given back); b runs x now.
-        result = await b.env.C.get_by_name("x").incr()
-        assert result == {"n": 3, "node": "b", "name": "x"}
+            # x is first called on a; a name that hashes to a (a holds it).
+            name = next(
+                f"x{i}"
+                for i in range(1000)
+                if a._cluster is not None
+                and a._cluster._placement(("C", str(a.env.C.id_from_name(f"x{i}"))))
+                is None
+            )
+            assert (await a.env.C.get_by_name(name).incr())["node"] == "a"
+            assert (await b.env.C.get_by_name(name).incr())["node"] == "a"
+        # a stopped (gracefully: its leases given back); b runs it now.
+        result = await b.env.C.get_by_name(name).incr()
+        assert result == {"n": 3, "node": "b", "name": name}
 
 
 async def test_a_runtime_without_a_node_is_refused_by_a_held_object(
@@ -114,3 +122,16 @@ async def test_a_runtime_without_a_node_is_refused_by_a_held_object(
 def test_a_node_needs_shared_storage() -> None:
     with pytest.raises(TypeError, match="PostgresBackend"):
         Runtime(bindings={"C": Counter}, node=pyobjects.Node())
+
+
+async def test_objects_spread_over_the_nodes(schema: tuple[str, str]) -> None:
+    dsn, name = schema
+    async with node(dsn, name, "a") as a, node(dsn, name, "b") as b:
+        for _ in range(500):  # both see both (membership refreshes in rounds)
+            if all(rt._cluster and len(rt._cluster._members) == 2 for rt in (a, b)):
+                break
+            await anyio.sleep(0.01)
+        homes = [(await a.env.C.get_by_name(f"o{i}").incr())["node"] for i in range(20)]
+        assert set(homes) == {"a", "b"}  # rendezvous hashing places them
+        again = [(await b.env.C.get_by_name(f"o{i}").incr())["node"] for i in range(20)]
+        assert again == homes

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import hashlib
 import logging
 import socket
 import typing
@@ -84,6 +85,7 @@ class Cluster:
         self._server: Any = None
         self._stopped = anyio.Event()
         self._leaving = False
+        self._members: list[str] = []
         self.url: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------
@@ -138,6 +140,8 @@ class Cluster:
                 stopped.set()
 
         spawn(serve)
+        self._members = await self._backend.live_nodes()
+        spawn(self._watch_members)
 
     async def stop(self) -> None:
         """Leave the cluster: stop answering, close the client."""
@@ -219,6 +223,8 @@ class Cluster:
     ) -> Any:
         key = (stub._namespace._storage_name, str(stub.id))
         url = self._routes.get(key)
+        if url is None and self._runtime._catalog.live(stub._namespace, stub.id) is None:
+            url = self._placement(key)  # a hint: the lease row is the truth
         for _ in range(_MAX_REDIRECTS + 2):
             if url is None or url == self.url:
                 await self._fence(stub, key)
@@ -253,6 +259,31 @@ class Cluster:
             f"Durable Object {key[0]}/{key[1]} moved more than {_MAX_REDIRECTS} "
             "times during one call"
         )
+
+    def _placement(self, key: tuple[str, str]) -> str | None:
+        """The live node where an object nobody runs should start (HRW hashing).
+
+        Rendezvous hashing: every node scores ``hash(object, node)`` and the
+        highest wins, so the objects spread evenly and only the objects of a
+        node that comes or goes change place. ``None`` means this node.
+        """
+        members = self._members
+        if len(members) < 2:
+            return None
+        name = f"{key[0]}/{key[1]}".encode()
+        best = max(
+            members,
+            key=lambda url: hashlib.blake2b(name + b"@" + url.encode(), digest_size=8)
+            .digest(),
+        )
+        return None if best == self.url else best
+
+    async def _watch_members(self) -> None:
+        """Keep the list of live nodes fresh (every third of the lease TTL)."""
+        while True:
+            with contextlib.suppress(Exception):
+                self._members = await self._backend.live_nodes()
+            await anyio.sleep(self._backend.lease_ttl / 3)
 
     async def _fence(self, stub: DurableObjectStub[Any], key: tuple[str, str]) -> None:
         """Self-fencing: serve an object here only while its lease is trusted.

@@ -36,6 +36,7 @@ __all__ = [
     "LIST_IDS",
     "LIST_NAMESPACES",
     "LOG",
+    "NODES",
     "NODE_BEAT",
     "NODE_JOIN",
     "NODE_LEAVE",
@@ -88,6 +89,10 @@ NODE_URL: Final = (
     " AND heartbeat > clock_timestamp() - $2 * interval '1 second'"
 )
 NODE_LEAVE: Final = "DELETE FROM {s}.nodes WHERE owner = $1"
+NODES: Final = (
+    "SELECT url FROM {s}.nodes"
+    " WHERE heartbeat > clock_timestamp() - $1 * interval '1 second' ORDER BY url"
+)
 NODE_LIVE: Final = (
     "SELECT count(*) FROM {s}.nodes WHERE url = $1"
     " AND heartbeat > clock_timestamp() - $2 * interval '1 second'"

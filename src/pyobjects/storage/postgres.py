@@ -79,6 +79,7 @@ from ._pg_sql import (
     NODE_LEAVE,
     NODE_LIVE,
     NODE_URL,
+    NODES,
     PRUNE,
     RELEASE,
     RELEASE_ALL,
@@ -362,6 +363,11 @@ class PostgresBackend:
             lambda c: c.fetchval(self._q(NODE_LIVE), url, self._ttl)
         )
         return bool(count)
+
+    async def live_nodes(self) -> list[str]:
+        """The addresses of the nodes whose heartbeat is fresh, sorted."""
+        rows = await self._run(lambda c: c.fetch(self._q(NODES), self._ttl))
+        return [str(row[0]) for row in rows]
 
     @property
     def lease_ttl(self) -> float:
