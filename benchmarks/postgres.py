@@ -32,7 +32,10 @@ benchmarks (``--only`` takes one or more names):
   PostgreSQL, the local SQLite copy rebuilt, the instance constructed), and
   of the first call in a fresh ``Runtime`` on a new backend (as in another
   process). References: the same opens on ``SQLiteBackend`` and a raw
-  ``SELECT`` of one ``bytea`` of the same size.
+  ``SELECT`` of one ``bytea`` of the same size. The local copies (the
+  backend's ``cache_directory``) go in ``--tmpdir``: rebuilding writes the
+  whole database file there, so ``--tmpdir /dev/shm`` (tmpfs) is faster than
+  a disk.
 
 Every count is checked (the counters must equal the calls made, in
 PostgreSQL too, and every reopened object's state its digest). The report
@@ -117,9 +120,15 @@ class Context:
     pool_size: int
     state_bytes: int
     tmpdir: str
+    cache: str  # the backends' local copies (cache_directory), in tmpdir
 
     def backend(self) -> PostgresBackend:
-        return PostgresBackend(self.dsn, schema=self.schema, pool_size=self.pool_size)
+        return PostgresBackend(
+            self.dsn,
+            schema=self.schema,
+            pool_size=self.pool_size,
+            cache_directory=self.cache,
+        )
 
     def q(self, statement: str) -> str:
         return statement.format(s=f'"{self.schema}"')
@@ -567,6 +576,13 @@ async def run_all(
 ) -> tuple[str, list[Result], list[tuple[str, cProfile.Profile]]]:
     """The selected benchmarks, in one schema dropped at the end."""
     sizes = QUICK if args.quick else FULL
+    with tempfile.TemporaryDirectory(prefix="pyobjects-pgbench-", dir=args.tmpdir) as d:
+        return await run_in(args, sizes, d)
+
+
+async def run_in(
+    args: argparse.Namespace, sizes: Sizes, cache: str
+) -> tuple[str, list[Result], list[tuple[str, cProfile.Profile]]]:
     ctx = Context(
         dsn=args.dsn,
         schema=f"pyobjects_bench_{uuid.uuid4().hex[:8]}",
@@ -574,6 +590,7 @@ async def run_all(
         pool_size=args.pool_size,
         state_bytes=int(args.state_mib * (1 << 20)),
         tmpdir=args.tmpdir,
+        cache=cache,
     )
     server = await server_info(ctx.dsn)
     results: list[Result] = []
@@ -651,7 +668,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--tmpdir",
         default=tempfile.gettempdir(),
-        help="directory for the SQLiteBackend reference (default: %(default)s)",
+        help="directory of the local SQLite copies (PostgresBackend's"
+        " cache_directory) and of the SQLiteBackend reference (default: %(default)s)",
     )
     args = parser.parse_args(argv)
     args.backend = "asyncio"  # asyncpg runs on asyncio only
@@ -661,18 +679,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     info = machine_info(args)
+    load = "load average {:.2f} {:.2f} {:.2f} at the start".format(*os.getloadavg())
     started = time.perf_counter()
     server, results, profiles = anyio.run(run_all, args, backend="asyncio")
     info["seconds"] = round(time.perf_counter() - started, 1)
     table = [r for r in results if not r.key.startswith("ratio.")]
     ratios = [r for r in results if r.key.startswith("ratio.")]
-    print_report(info, table, ratios, extra={"postgres": server})
+    print_report(info, table, ratios, extra={"postgres": server, "load": load})
     for name, profile in profiles:
         print(f"\ncProfile of {name} (the profiler slows every call down)")
         stats = pstats.Stats(profile, stream=sys.stdout)
         stats.sort_stats("tottime").print_stats(args.profile)
     if args.json:
         info["postgres"] = server
+        info["load"] = load
         write_json(args.json, info, table, ratios)
 
 
