@@ -23,12 +23,12 @@ import contextlib
 import hashlib
 import logging
 import socket
+import sys
 import typing
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
-import pyobjects._errors as _errors
 from pyobjects._errors import (
     DurableObjectError,
     LeaseHeldError,
@@ -223,7 +223,10 @@ class Cluster:
     ) -> Any:
         key = (stub._namespace._storage_name, str(stub.id))
         url = self._routes.get(key)
-        if url is None and self._runtime._catalog.live(stub._namespace, stub.id) is None:
+        if (
+            url is None
+            and self._runtime._catalog.live(stub._namespace, stub.id) is None
+        ):
             url = self._placement(key)  # a hint: the lease row is the truth
         for _ in range(_MAX_REDIRECTS + 2):
             if url is None or url == self.url:
@@ -273,8 +276,9 @@ class Cluster:
         name = f"{key[0]}/{key[1]}".encode()
         best = max(
             members,
-            key=lambda url: hashlib.blake2b(name + b"@" + url.encode(), digest_size=8)
-            .digest(),
+            key=lambda url: hashlib.blake2b(
+                name + b"@" + url.encode(), digest_size=8
+            ).digest(),
         )
         return None if best == self.url else best
 
@@ -448,9 +452,8 @@ def _error_from(info: dict[str, Any]) -> BaseException:
     if module == "builtins":
         cls = getattr(builtins, name, None)
     elif str(module).startswith("pyobjects"):
-        import pyobjects
-
-        cls = getattr(pyobjects, name, None) or getattr(_errors, name, None)
+        # Every pyobjects error lives in the module of DurableObjectError.
+        cls = getattr(sys.modules[DurableObjectError.__module__], name, None)
     exc: BaseException
     if isinstance(cls, type) and issubclass(cls, Exception):
         exc = cls.__new__(cls)
