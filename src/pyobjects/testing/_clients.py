@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias, final
 import anyio
 
 from pyobjects._asgi import DEFAULT_MAX_MESSAGE_SIZE, App
+from pyobjects._asgi_common import Message
 from pyobjects._worker import Worker
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
     import httpx
 
-    from pyobjects._asgi_common import Message, Receive, Scope, Send
+    from pyobjects._asgi_common import Receive, Scope, Send
 
 __all__ = [
     "ASGIApp",
@@ -115,8 +116,8 @@ async def lifespan(app: ASGIApp) -> AsyncIterator[dict[str, Any]]:
         "asgi": {"version": "3.0", "spec_version": "2.0"},
         "state": state,
     }
-    to_app, app_inbox = anyio.create_memory_object_stream["Message"](math.inf)
-    app_outbox, from_app = anyio.create_memory_object_stream["Message"](math.inf)
+    to_app, app_inbox = anyio.create_memory_object_stream[Message](math.inf)
+    app_outbox, from_app = anyio.create_memory_object_stream[Message](math.inf)
     errors: list[Exception] = []
 
     async def run() -> None:
