@@ -1,0 +1,299 @@
+"""Every ```python block in README.md and docs/ runs, page by page.
+
+The conventions, for whoever writes docs:
+
+- A page's blocks run in order, in one namespace, in a fresh directory: a
+  block may use what an earlier block of the same page defined, as a reader
+  would. Top-level ``await`` runs on an asyncio event loop of its own.
+- A block whose first line is ``# name.py`` is also written to that file, so
+  that later blocks (and tests) can import it. ``# test_*.py`` blocks are
+  test modules: they are not executed in the page's namespace but run with
+  pytest once the page's other blocks have run, and all their tests must
+  pass.
+- A block whose last line is ``# SomeError: message`` must raise that error,
+  with a message that starts so, from its last statement.
+- An HTML comment on the line before a block changes how it runs:
+  ``<!-- docs-test: inside <Class> -->`` runs it as the body of a method of
+  an object of the page's ``<Class>`` (``self``, ``ctx`` and ``sql`` are
+  bound; storage persists from one such block to the next);
+  ``<!-- docs-test: serve <module>:<worker> -->`` serves the page's worker
+  with uvicorn on a free port and points the block's ``127.0.0.1:8787``
+  there; ``<!-- docs-test: path <dir> -->`` puts the repository's ``<dir>``
+  first on ``sys.path``, for a page about one of the examples;
+  ``<!-- docs-test: skip: <reason> -->`` leaves the block out (code for
+  Cloudflare, an outside network, a template for the reader's own project).
+  Keep skips few; the reason is required.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import pytest
+
+from pyobjects import Runtime
+from pyobjects.asgi import App
+from pyobjects.storage import SQLiteBackend
+from pyobjects.testing import run_in_durable_object
+from pyobjects.testing._clients import ServerThread
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+pytest_plugins = ("pytester",)
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = sorted(
+    [ROOT / "README.md", *(ROOT / "docs").rglob("*.md")],
+    key=lambda p: p.relative_to(ROOT).as_posix(),
+)
+_BLOCK = re.compile(r"^```python\n(.*?)^```$", re.DOTALL | re.MULTILINE)
+_DIRECTIVE = re.compile(r"<!--\s*docs-test:\s*(.*?)\s*-->\s*\Z")
+_FILE = re.compile(r"# ([\w/]+\.py)\n")
+_INNER_INI = """\
+[pytest]
+addopts = -p no:asyncio -p no:cacheprovider
+filterwarnings = error
+"""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Block:
+    line: int
+    source: str
+    directive: str | None
+    filename: str | None
+
+
+def blocks(page: Path) -> list[Block]:
+    text = page.read_text()
+    found = []
+    for match in _BLOCK.finditer(text):
+        before = text[: match.start()].rstrip("\n").rpartition("\n")[2]
+        directive = _DIRECTIVE.search(before)
+        file = _FILE.match(match.group(1))
+        found.append(
+            Block(
+                line=text.count("\n", 0, match.start()) + 2,
+                source=match.group(1),
+                directive=directive.group(1) if directive else None,
+                filename=file.group(1) if file else None,
+            )
+        )
+    return found
+
+
+_EXPECTED_ERROR = re.compile(r"# (\w+(?:Error|Exception)): (.+)")
+
+
+def run_block(
+    source: str,
+    namespace: dict[str, Any],
+    where: str,
+    *,
+    inside: Callable[[Callable[[dict[str, Any]], Any]], None] | None = None,
+) -> None:
+    """Run *source* in *namespace* (by *inside*, when given); check its error."""
+    code = compile(source, where, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+    is_async = bool(code.co_flags & inspect.CO_COROUTINE)
+    last = source.rstrip().rpartition("\n")[2]
+    expected = _EXPECTED_ERROR.fullmatch(last)
+
+    async def run_async(scope: dict[str, Any]) -> None:
+        await eval(code, scope)
+
+    def run(scope: dict[str, Any]) -> Any:
+        if is_async:
+            return run_async(scope)  # awaited by *inside*
+        exec(code, scope)
+        return None
+
+    def execute() -> None:
+        if inside is not None:
+            inside(run)
+        elif is_async:
+            anyio.run(run_async, namespace)
+        else:
+            run(namespace)
+
+    if expected is None:
+        execute()
+        return
+    name, message = expected.groups()
+    pattern = "^" + re.escape(message.removesuffix("..."))
+    with pytest.raises(Exception, match=pattern) as info:
+        execute()
+    assert type(info.value).__name__ == name, f"{where}: raised {info.value!r}"
+
+
+def object_runner(
+    class_name: str, namespace: dict[str, Any], directory: Path
+) -> Callable[[Callable[[dict[str, Any]], Any]], None]:
+    """Run a block as the body of a method of a ``class_name`` object."""
+    cls = namespace[class_name]
+
+    def inside(run: Callable[[dict[str, Any]], Any]) -> None:
+        async def body(instance: Any, ctx: Any) -> None:
+            scope = {**namespace, "self": instance, "ctx": ctx, "sql": ctx.storage.sql}
+            result = run(scope)
+            if inspect.isawaitable(result):
+                await result
+
+        async def main() -> None:
+            storage = SQLiteBackend(directory / ".docs-objects")
+            async with Runtime(bindings={class_name: cls}, storage=storage) as rt:
+                await run_in_durable_object(
+                    rt.env[class_name].get_by_name("docs"), body
+                )
+
+        anyio.run(main)
+
+    return inside
+
+
+def serve(spec: str, source: str, namespace: dict[str, Any], where: str) -> None:
+    module_name, _, attr = spec.partition(":")
+    worker = getattr(importlib.import_module(module_name), attr)
+    server = ServerThread(App(worker))
+    url = server.start()
+    try:
+        address = url.removeprefix("http://")
+        run_block(source.replace("127.0.0.1:8787", address), namespace, where)
+    finally:
+        server.stop()
+
+
+def test_every_page_is_checked() -> None:
+    names = {p.relative_to(ROOT).as_posix() for p in PAGES}
+    assert {"README.md", "docs/testing.md", "docs/guides/http.md"} <= names
+    assert sum(len(blocks(p)) for p in PAGES) > 50
+
+
+def run_page(page: Path, pytester: pytest.Pytester) -> None:
+    """Run *page*'s blocks in ``pytester.path``, then its test modules."""
+    pytester.syspathinsert()
+    namespace: dict[str, Any] = {"__name__": "__main__"}
+    tests: list[Block] = []
+    for block in blocks(page):
+        where = f"{page.name}:{block.line}"
+        directive = block.directive or ""
+        if directive.startswith("skip"):
+            assert directive.partition(":")[2].strip(), f"{where}: skip needs a reason"
+            continue
+        if block.filename is not None:
+            (pytester.path / block.filename).write_text(block.source)
+            if Path(block.filename).name.startswith("test_"):
+                tests.append(block)
+                continue
+        verb, _, argument = directive.partition(" ")
+        if verb == "serve":
+            serve(argument, block.source, namespace, where)
+        elif verb == "inside":
+            inside = object_runner(argument, namespace, pytester.path)
+            run_block(block.source, namespace, where, inside=inside)
+        elif verb == "path":
+            pytester.syspathinsert(ROOT / argument)
+            run_block(block.source, namespace, where)
+        else:
+            assert not directive, f"{where}: unknown directive {directive!r}"
+            run_block(block.source, namespace, where)
+    if tests:
+        (pytester.path / "pytest.ini").write_text(_INNER_INI)
+        result = pytester.runpytest_inprocess(*(t.filename or "" for t in tests))
+        assert result.ret == 0, result.stdout.str()
+        defined = sum(len(_TEST_FUNCTION.findall(t.source)) for t in tests)
+        assert result.parseoutcomes().get("passed", 0) >= defined
+
+
+_TEST_FUNCTION = re.compile(r"^(?:async )?def test_", re.MULTILINE)
+
+
+@pytest.mark.parametrize(
+    "page", PAGES, ids=[p.relative_to(ROOT).as_posix() for p in PAGES]
+)
+def test_python_snippets_run(page: Path, pytester: pytest.Pytester) -> None:
+    run_page(page, pytester)
+
+
+# -- the conventions themselves ---------------------------------------------------
+
+
+def test_a_block_that_shows_an_error_must_raise_it() -> None:
+    run_block('raise ValueError("bad thing, really")\n# ValueError: bad thing', {}, "x")
+    with pytest.raises(pytest.fail.Exception):
+        run_block("pass\n# ValueError: bad thing", {}, "x")
+    with pytest.raises(AssertionError):
+        run_block('raise TypeError("bad thing")\n# ValueError: bad thing', {}, "x")
+
+
+def test_top_level_await_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    run_block("import anyio\nawait anyio.sleep(0)\nprint('ran')", {}, "x")
+    assert capsys.readouterr().out == "ran\n"
+
+
+def page_of(pytester: pytest.Pytester, text: str) -> Path:
+    page = pytester.path / "page.md"
+    page.write_text(text)
+    return page
+
+
+def test_files_and_test_modules(pytester: pytest.Pytester) -> None:
+    text = """
+```python
+# things.py
+ANSWER = 42
+```
+
+```python
+assert ANSWER == 42  # names of earlier blocks
+```
+
+```python
+# test_things.py
+from things import ANSWER
+
+def test_answer():
+    assert ANSWER == 42
+```
+"""
+    run_page(page_of(pytester, text), pytester)
+    failing = text.replace("assert ANSWER == 42\n", "assert ANSWER == 41\n")
+    with pytest.raises(AssertionError, match="1 failed"):
+        run_page(page_of(pytester, failing), pytester)
+
+
+def test_a_skip_needs_a_reason(pytester: pytest.Pytester) -> None:
+    text = "<!-- docs-test: skip: needs the internet -->\n```python\n1 / 0\n```\n"
+    run_page(page_of(pytester, text), pytester)
+    with pytest.raises(AssertionError, match="skip needs a reason"):
+        run_page(page_of(pytester, text.replace(": needs the internet", "")), pytester)
+
+
+def test_inside_runs_the_block_in_an_object(pytester: pytest.Pytester) -> None:
+    text = """
+```python
+from pyobjects import DurableObject
+
+class Box(DurableObject):
+    pass
+```
+
+<!-- docs-test: inside Box -->
+```python
+assert type(self).__name__ == "Box" and ctx.id.name == "docs"
+ctx.storage.put("k", 1)
+```
+
+<!-- docs-test: inside Box -->
+```python
+assert await ctx.storage.get("k") == 1  # storage persists
+```
+"""
+    run_page(page_of(pytester, text), pytester)
