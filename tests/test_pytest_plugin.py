@@ -34,6 +34,9 @@ class Counter(DurableObject):
             client, server = WebSocketPair()
             self.ctx.accept_websocket(server)
             return Response(status=101, websocket=client)
+        if request.path == "/remind":
+            await self.remind(5_000)
+            return Response("ok")
         value = (await self.ctx.storage.get("n") or 0) + 1
         self.ctx.storage.put("n", value)
         return Response(f"{value} {request.path}")
@@ -73,19 +76,27 @@ async def test_make_client_talks_to_a_worker_in_process(
     assert str(response.request.url) == "http://testserver/b"
 
 
-async def test_make_client_runs_on_the_test_clock_and_storage(
+async def test_a_worker_runs_on_the_test_clock_and_storage(
     make_client: MakeClient, manual_clock: ManualClock, memory_backend: Any
+) -> None:
+    client = await make_client(WORKER)
+    assert (await client.get("/remind")).text == "ok"
+    assert len(await memory_backend.list_object_ids("COUNTER")) == 1
+    await manual_clock.advance(5_000)  # the alarm sets n to -1
+    assert (await client.get("/x")).text == "0 /x"
+
+
+async def test_an_app_of_ones_own_is_reachable(
+    make_client: MakeClient, manual_clock: ManualClock
 ) -> None:
     app = App(WORKER, clock=manual_clock)
     client = await make_client(app, base_url="https://example.com")
-    assert (await client.get("/")).text == "1 /"
+    response = await client.get("/")
+    assert (response.text, str(response.url)) == ("1 /", "https://example.com/")
     counter = app.runtime.env.COUNTER.get_by_name("c")  # the lifespan started it
     await counter.remind(5_000)
     await manual_clock.advance(5_000)
     assert await counter.get() == -1
-    # A Worker gets an App on the fixtures' clock and storage.
-    await make_client(WORKER)
-    assert await memory_backend.list_object_ids("COUNTER") == []
 
 
 async def test_make_client_runs_a_host_apps_lifespan(make_client: MakeClient) -> None:
