@@ -4,7 +4,14 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pyobjects.storage import MemoryBackend, SQLiteBackend, StorageBackend
+from pyobjects.storage import (
+    MemoryBackend,
+    PostgresBackend,
+    SQLiteBackend,
+    StorageBackend,
+)
+
+from .postgres import drop_schema, new_schema, require_postgres
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -17,13 +24,39 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StorageBackend]:
-    """Each built-in storage backend, fresh for the test."""
+    """Each built-in storage backend, fresh for the test.
+
+    PostgreSQL runs on asyncio only (asyncpg): its trio variants are
+    deselected (see pytest_collection_modifyitems).
+    """
     if request.param == "memory":
         yield MemoryBackend()
-    else:
+    elif request.param == "sqlite":
         yield SQLiteBackend(tmp_path / "data")
+    else:
+        dsn = require_postgres()
+        schema = new_schema()
+        yield PostgresBackend(dsn, schema=schema)
+        drop_schema(dsn, schema)
+
+
+def pytest_collection_modifyitems(
+    config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    """Leave out PostgreSQL tests on trio (asyncpg needs asyncio)."""
+    kept, dropped = [], []
+    for item in items:
+        params = getattr(item, "callspec", None)
+        values = {} if params is None else params.params
+        if values.get("anyio_backend") == "trio" and "postgres" in values.values():
+            dropped.append(item)
+        else:
+            kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 @pytest.fixture

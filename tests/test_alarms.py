@@ -29,6 +29,8 @@ from pyobjects.testing import (
     run_in_durable_object,
 )
 
+from .postgres import settle
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -352,6 +354,7 @@ async def test_retry_counts_survive_a_restart(
     await rt.env.R.get_by_name("r").schedule(start + 1_000, "fail")
     await manual_clock.advance(3_000)  # attempts 0 and 1 failed; 2 is due at 7 s
     assert [r[1].retry_count for r in Reminder.runs] == [0, 1]
+    await settle(backend)
     async with await _restarted(rt, backend, manual_clock) as rt2:
         await manual_clock.advance(3_999)
         assert len(Reminder.runs) == 2  # the backoff holds across the restart
@@ -376,6 +379,7 @@ async def test_a_new_alarm_starts_its_retries_at_zero_after_a_restart(
     await stub.schedule(start + 1_000, "fail")
     await manual_clock.advance(1_000)  # attempt 0 failed
     await stub.schedule(start + 5_000)  # a new alarm replaces the retry
+    await settle(backend)
     async with await _restarted(rt, backend, manual_clock):
         await manual_clock.advance(4_000)
         assert [(r[2] - start, r[1].retry_count) for r in Reminder.runs] == [

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 import pyobjects
@@ -25,6 +26,7 @@ from pyobjects.storage import MemoryBackend
 from pyobjects.testing import ManualClock, crash_and_restart, run_in_durable_object
 
 from .helpers import ControlledBackend
+from .postgres import settle
 
 if TYPE_CHECKING:
     from pyobjects.storage import StorageBackend
@@ -210,6 +212,7 @@ async def test_a_write_commits_when_its_event_yields(backend: StorageBackend) ->
         async with anyio.create_task_group() as tg:
             tg.start_soon(caller)
             await anyio.wait_all_tasks_blocked()
+            await settle(backend)  # over a network, the commit takes a while
             async with crash_and_restart(rt) as rt2:
                 assert await rt2.env.B.get_by_name("b").read() == {"in-step": 3}
         assert len(failed) == 1  # the caller learns its object went away
@@ -415,3 +418,37 @@ async def test_the_input_gates_open_flag_follows_its_state() -> None:
         await anyio.wait_all_tasks_blocked()
         gate.fail_all()
     check()
+
+
+class Writer(DurableObject):
+    async def write(self, key: str) -> None:
+        # Commits as the event ends (the event's own path).
+        self.ctx.storage.put(key, 1)
+
+    async def write_and_yield(self, key: str) -> None:
+        self.ctx.storage.put(key, 1)
+        # Commits when the handler yields (the flusher task's path).
+        await anyio.lowlevel.checkpoint()
+
+    async def keys(self) -> list[str]:
+        return list(await self.ctx.storage.list())
+
+
+async def test_commits_of_a_suspending_store_run_one_at_a_time_in_order() -> None:
+    # A server-backed store suspends in commit(): while one commit is on its
+    # way, the next batch must wait for it (the flusher used not to), or a
+    # later batch could land first, and two commits could race for one
+    # sequence number.
+    backend = ControlledBackend(MemoryBackend())
+    backend.hold = anyio.Event()
+    async with Runtime(bindings={"W": Writer}, storage=backend) as rt:
+        stub = rt.env.W.get_by_name("w")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stub.write, "a")
+            await anyio.wait_all_tasks_blocked()
+            tg.start_soon(stub.write_and_yield, "b")
+            await anyio.wait_all_tasks_blocked()
+            assert [dict(c.writes) for c in backend.commits] == [{"a": b"\x01"}]
+            backend.hold.set()
+        assert [list(c.writes) for c in backend.commits] == [["a"], ["b"]]
+        assert await stub.keys() == ["a", "b"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import importlib
 import json
 import os
@@ -24,10 +23,12 @@ from ._inspect import (
     ObjectSummary,
     dump_object,
     find_object,
+    format_alarm,
     jsonable,
     run_query,
     sql_tables,
     summarize,
+    summary_json,
 )
 from ._logs import serve_log_config
 from ._prometheus import PrometheusCollector
@@ -420,24 +421,6 @@ def serve(
 # -- inspect --------------------------------------------------------------------
 
 
-def _format_alarm(alarm: int | None) -> str:
-    if alarm is None:
-        return "-"
-    when = datetime.datetime.fromtimestamp(alarm / 1000, tz=datetime.UTC)
-    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _summary_json(summary: ObjectSummary) -> dict[str, Any]:
-    return {
-        "namespace": summary.namespace,
-        "id": summary.object_id,
-        "name": summary.name,
-        "keys": summary.keys,
-        "size": summary.size,
-        "alarm": summary.alarm,
-    }
-
-
 def _table(rows: list[list[str]]) -> list[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return [
@@ -462,7 +445,7 @@ def _print_summaries(summaries: list[ObjectSummary], namespaces: list[str]) -> N
                 "-" if s.name is None else repr(s.name),
                 str(s.keys),
                 str(s.size),
-                _format_alarm(s.alarm),
+                format_alarm(s.alarm),
             ]
             for s in objects
         ]
@@ -485,12 +468,25 @@ def _print_summaries(summaries: list[ObjectSummary], namespaces: list[str]) -> N
     default=None,
     help="Run this read-only statement in OBJECT's database and print the rows.",
 )
+@click.option(
+    "--web",
+    is_flag=True,
+    help="Serve the inspector in the browser, at http://127.0.0.1 (with a token).",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="The port of --web.  [default: 0, a free port]",
+)
 @click.argument("namespace", required=False)
 @click.argument("object_ref", metavar="[OBJECT]", required=False)
 def inspect(
     storage: str,
     as_json: bool,
     query: str | None,
+    web: bool,
+    port: int | None,
     namespace: str | None,
     object_ref: str | None,
 ) -> None:
@@ -501,12 +497,24 @@ def inspect(
     that namespace only. With NAMESPACE OBJECT (its name, its 64 hex digits
     or a unique prefix of at least 4 of them), print its keys and decoded
     values and its SQL tables (schema and row count); with --sql, the rows
-    of one read-only statement instead. Reads
-    only (the databases are opened read-only and no WAL is checkpointed), so
-    it is safe while a server runs on the same storage.
+    of one read-only statement instead.
+
+    With --web, serve all of it as a page on 127.0.0.1 (namespaces, objects,
+    KV entries, SQL tables with paging, alarms, read-only SQL): open the URL
+    printed, which holds the token every request needs.
+
+    Reads only (the databases are opened read-only and no WAL is
+    checkpointed), so it is safe while a server runs on the same storage.
     """
+    if web and (as_json or query is not None or namespace is not None):
+        raise click.UsageError("--web takes no NAMESPACE, OBJECT, --json or --sql")
+    if port is not None and not web:
+        raise click.UsageError("--port needs --web")
     if not os.path.isdir(storage):
         raise click.ClickException(f"no pyobjects storage at {storage}")
+    if web:
+        _inspect_web(storage, 0 if port is None else port)
+        return
     backend = read_only_backend(storage)
     if query is not None and object_ref is None:
         raise click.UsageError("--sql needs NAMESPACE and OBJECT")
@@ -522,11 +530,49 @@ def inspect(
         anyio.run(backend.aclose)
 
 
+def _inspect_web(storage: str, port: int) -> None:
+    try:
+        import uvicorn  # optional: the server extra
+
+        from ._inspect_web import inspector_app, new_token  # needs starlette
+    except ModuleNotFoundError as exc:
+        raise click.ClickException(
+            f"pyobjects inspect --web needs {(exc.name or '?').partition('.')[0]}: "
+            "pip install 'pyobjects[server]'"
+        ) from None
+    backend = read_only_backend(storage)
+    token = new_token()
+    app = inspector_app(backend, token=token, storage_label=storage)
+    # Loopback only, whatever the machine: the storage is nobody else's.
+    sock = _bind("127.0.0.1", port)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            lifespan="off",
+            log_level="warning",
+            access_log=False,  # page URLs hold the token
+            server_header=False,
+        )
+    )
+    bound = sock.getsockname()[1]
+    click.echo(f"pyobjects: inspecting {storage} (read-only); press Ctrl-C to stop")
+    click.echo(f"pyobjects: open http://127.0.0.1:{bound}/?token={token}")
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        server.run(sockets=[sock])
+    except (KeyboardInterrupt, _Stopped):
+        pass  # uvicorn re-raises the signal it handled gracefully
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        sock.close()
+        anyio.run(backend.aclose)
+
+
 async def _list(backend: SQLiteBackend, namespace: str | None, as_json: bool) -> None:
     namespaces = await backend.list_namespaces() if namespace is None else [namespace]
     summaries = await summarize(backend, namespaces)
     if as_json:
-        click.echo(json.dumps([_summary_json(s) for s in summaries], indent=2))
+        click.echo(json.dumps([summary_json(s) for s in summaries], indent=2))
     elif not namespaces:
         click.echo("no stored objects")
     else:
@@ -562,7 +608,7 @@ async def _dump(
     summary, items = await dump_object(backend, namespace, object_id)
     tables = sql_tables(backend, namespace, object_id)
     if as_json:
-        document = _summary_json(summary)
+        document = summary_json(summary)
         document["data"] = [{"key": k, "value": jsonable(v)} for k, v in items]
         document["tables"] = [
             {"name": t.name, "sql": t.sql, "rows": t.rows} for t in tables
@@ -573,7 +619,7 @@ async def _dump(
     click.echo(f"{namespace} {object_id}{name}")
     click.echo(
         f"keys: {summary.keys}, bytes: {summary.size}, "
-        f"alarm: {_format_alarm(summary.alarm)}"
+        f"alarm: {format_alarm(summary.alarm)}"
     )
     for key, value in items:
         click.echo(f"  {key!r}: {value!r}")

@@ -10,6 +10,9 @@
     │   ├── TransactionError(StorageError, RuntimeError) misuse of a transaction
     │   ├── StorageFullError                             the disk (or database) is full
     │   ├── StorageInUseError                            another Runtime uses the dir
+    │   ├── StorageUnavailableError                      the database is unreachable
+    │   ├── LeaseHeldError                               another owner holds the object
+    │   ├── LeaseLostError                               a newer owner fenced this one
     │   └── SqlError                                     wraps sqlite3.Error
     │       └── SqlTimeoutError                          statement over the time limit
     ├── MessageTooLargeError(PyObjectsError, ValueError)  RPC message over 32 MiB
@@ -36,6 +39,8 @@ __all__ = [
     "DurableObjectResetError",
     "FetchError",
     "InvalidIdError",
+    "LeaseHeldError",
+    "LeaseLostError",
     "MessageTooLargeError",
     "OverloadedError",
     "PyObjectsError",
@@ -47,6 +52,7 @@ __all__ = [
     "StorageFullError",
     "StorageInUseError",
     "StorageLimitError",
+    "StorageUnavailableError",
     "TransactionError",
     "WebSocketError",
     "WebSocketLimitError",
@@ -178,6 +184,62 @@ class StorageInUseError(StorageError):
             f"storage directory {directory!r} is in use by {holder}: only one "
             "Runtime at a time may run on a SQLiteBackend directory; stop that "
             "one first, or use another directory"
+        )
+
+
+class StorageUnavailableError(StorageError):
+    """The storage server could not be reached (PostgreSQL down or restarting).
+
+    Transient: pyobjects already retried a few times before raising it, and
+    the same call may succeed later (``retryable`` is ``True``). A commit
+    that fails this way resets the object (its callers get a retryable
+    :class:`DurableObjectResetError` caused by this error); whether the
+    commit reached the database is decided by the database alone, and the
+    next instance reads whatever it holds.
+    """
+
+    retryable: bool = True
+
+
+class LeaseHeldError(StorageError):
+    """Another owner (a runtime on the same PostgreSQL database) holds the object.
+
+    Raised when an object cannot start because its lease belongs to another
+    process whose lease has not expired. ``owner`` names that owner and
+    ``expires_in`` is how many seconds its lease still runs (by the database
+    clock) unless renewed. Retrying after that may succeed.
+    """
+
+    def __init__(
+        self, *, namespace: str, object_id: str, owner: str, expires_in: float
+    ) -> None:
+        self.namespace = namespace
+        self.object_id = object_id
+        self.owner = owner
+        self.expires_in = expires_in
+        super().__init__(
+            f"Durable Object {namespace}/{object_id} is held by {owner} (its "
+            f"lease runs for {max(expires_in, 0.0):.1f} s more): only one live "
+            "instance of an object may exist, so it cannot start here now"
+        )
+
+
+class LeaseLostError(StorageError):
+    """A commit was refused because a newer owner took the object over.
+
+    The lease of this instance expired and another owner (with a higher
+    epoch) took it: nothing of the refused batch was kept, and the instance
+    is reset. ``epoch`` is the epoch this instance held.
+    """
+
+    def __init__(self, *, namespace: str, object_id: str, epoch: int) -> None:
+        self.namespace = namespace
+        self.object_id = object_id
+        self.epoch = epoch
+        super().__init__(
+            f"commit to Durable Object {namespace}/{object_id} refused: its "
+            f"lease (epoch {epoch}) was taken over by a newer owner; nothing of "
+            "this batch was kept"
         )
 
 

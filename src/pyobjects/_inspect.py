@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import base64
 import datetime
+import math
 import sqlite3
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -17,7 +19,10 @@ from ._serialization import decode
 from .storage._base import USER_OBJECTS_WHERE, ListQuery
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from .storage._base import StorageBackend
+    from .storage._sql import SqlValue
 
 __all__ = [
     "AmbiguousObjectError",
@@ -26,11 +31,15 @@ __all__ = [
     "Undecodable",
     "dump_object",
     "find_object",
+    "format_alarm",
     "jsonable",
     "list_namespaces",
     "run_query",
     "sql_tables",
     "summarize",
+    "summarize_objects",
+    "summary_json",
+    "table_rows",
 ]
 
 # What a read-only query may do (sqlite3 authorizer action codes): read
@@ -114,10 +123,36 @@ async def summarize(
         namespaces = await list_namespaces(backend)
     summaries = []
     for namespace in namespaces:
-        for object_id in await backend.list_object_ids(namespace):
-            summary, _ = await _summary(backend, namespace, object_id)
-            summaries.append(summary)
+        ids = await backend.list_object_ids(namespace)
+        summaries += await summarize_objects(backend, namespace, ids)
     return summaries
+
+
+async def summarize_objects(
+    backend: StorageBackend, namespace: str, object_ids: Sequence[str]
+) -> list[ObjectSummary]:
+    """Summarize the given objects of *namespace*, in that order."""
+    return [(await _summary(backend, namespace, i))[0] for i in object_ids]
+
+
+def format_alarm(alarm: int | None) -> str:
+    """*alarm* (epoch milliseconds) in ISO 8601, UTC, or ``-`` for none."""
+    if alarm is None:
+        return "-"
+    when = datetime.datetime.fromtimestamp(alarm / 1000, tz=datetime.UTC)
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def summary_json(summary: ObjectSummary) -> dict[str, Any]:
+    """*summary* as a JSON object (``inspect --json`` and the web inspector)."""
+    return {
+        "namespace": summary.namespace,
+        "id": summary.object_id,
+        "name": summary.name,
+        "keys": summary.keys,
+        "size": summary.size,
+        "alarm": summary.alarm,
+    }
 
 
 async def find_object(backend: StorageBackend, namespace: str, ref: str) -> str | None:
@@ -201,32 +236,98 @@ def sql_tables(
         store.close()
 
 
+def table_rows(
+    backend: StorageBackend,
+    namespace: str,
+    object_id: str,
+    table: str,
+    *,
+    offset: int,
+    limit: int,
+) -> tuple[TableSummary, list[str], list[tuple[Any, ...]]] | None:
+    """One page of a user table's rows: (table, columns, rows), or None if none.
+
+    Rows come in the table's storage order (rowid, or the primary key of a
+    ``WITHOUT ROWID`` table): what a full scan gives, stable between pages.
+    """
+    store, conn = _connection(backend, namespace, object_id)
+    try:
+        if conn is None:
+            return None
+        found = conn.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ? AND "
+            f"{USER_OBJECTS_WHERE}",
+            (table,),
+        ).fetchone()
+        if found is None:
+            return None
+        quoted = '"' + table.replace('"', '""') + '"'
+        (count,) = conn.execute(f"SELECT count(*) FROM {quoted}").fetchone()
+    finally:
+        store.close()
+    columns, rows = run_query(
+        backend,
+        namespace,
+        object_id,
+        f"SELECT * FROM {quoted} LIMIT ? OFFSET ?",
+        (limit, offset),
+    )
+    return TableSummary(name=table, sql=found[0], rows=count), columns, rows
+
+
 def _read_only(action: int, *args: object) -> int:
     return sqlite3.SQLITE_OK if action in _READ_ACTIONS else sqlite3.SQLITE_DENY
 
 
 def run_query(
-    backend: StorageBackend, namespace: str, object_id: str, sql: str
+    backend: StorageBackend,
+    namespace: str,
+    object_id: str,
+    sql: str,
+    params: Sequence[SqlValue] = (),
+    *,
+    max_rows: int | None = None,
+    timeout: float | None = None,
 ) -> tuple[list[str], list[tuple[Any, ...]]]:
     """Run one read-only statement in the object's database: (columns, rows).
 
+    Args:
+        backend: A backend opened with ``read_only_backend()``.
+        namespace: The object's namespace.
+        object_id: The object's id.
+        sql: One statement; only reads are authorized.
+        params: Values for the statement's ``?`` placeholders.
+        max_rows: Fetch at most this many rows (all of them by default).
+        timeout: Interrupt the statement after this many seconds (an
+            endless recursive CTE is a read too).
+
     Raises:
         ValueError: If the object has no SQL database, or the statement is
-            not a single read (SQLite's error, e.g. "not authorized").
+            not a single read (SQLite's error, e.g. "not authorized"), or it
+            ran out of time ("interrupted").
     """
     store, conn = _connection(backend, namespace, object_id)
     try:
         if conn is None:
             raise ValueError(f"object {object_id} has no SQL database")
         conn.set_authorizer(_read_only)
+        if timeout is not None:
+            deadline = time.monotonic() + timeout
+            # A non-zero return makes SQLite abort the statement (SQLITE_INTERRUPT).
+            conn.set_progress_handler(lambda: time.monotonic() >= deadline, 1000)
         try:
-            cursor = conn.execute(sql)
-            rows = cursor.fetchall()
+            cursor = conn.execute(sql, params)
+            columns = [d[0] for d in cursor.description or ()]
+            if max_rows is None:
+                rows = cursor.fetchall()
+            else:
+                rows = cursor.fetchmany(max_rows)
+                cursor.close()  # the rest is never computed
         except sqlite3.Error as exc:
             raise ValueError(f"cannot run that query: {exc}") from None
         finally:
             conn.set_authorizer(None)
-        columns = [d[0] for d in cursor.description or ()]
+            conn.set_progress_handler(None, 0)
         return columns, rows
     finally:
         store.close()
@@ -234,6 +335,8 @@ def run_query(
 
 def jsonable(value: Any) -> Any:
     """*value* as JSON can hold it; bytes and other types are tagged objects."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"$float": repr(value)}  # JSON has no inf nor nan
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, (list, tuple)):

@@ -25,8 +25,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import pyobjects
-from pyobjects.storage import MemoryBackend, SQLiteBackend
+from pyobjects.storage import MemoryBackend, PostgresBackend, SQLiteBackend
 from pyobjects.testing import ManualClock, crash_and_restart, evict
+from tests.postgres import drop_schema, new_schema, require_postgres
 
 if TYPE_CHECKING:
     from pyobjects.storage import StorageBackend
@@ -199,3 +200,14 @@ def test_sqlite_backend_matches_the_model(program: list[Any]) -> None:
         anyio.run(_execute, SQLiteBackend(directory, synchronous="off"), program)
     finally:
         shutil.rmtree(directory)
+
+
+@settings(MODEL_SETTINGS, max_examples=30)
+@given(program=programs)
+def test_postgres_backend_matches_the_model(program: list[Any]) -> None:
+    dsn = require_postgres()
+    schema = new_schema()
+    try:
+        anyio.run(_execute, PostgresBackend(dsn, schema=schema), program)
+    finally:
+        drop_schema(dsn, schema)

@@ -1,4 +1,4 @@
-"""Point-in-time recovery (reference §8.6) on SQLiteBackend."""
+"""Point-in-time recovery (reference §8.6) on SQLiteBackend and PostgresBackend."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 import shutil
 import sqlite3
 import threading
+from collections.abc import Callable
 from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
@@ -14,9 +15,17 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pyobjects import DurableObject, DurableObjectResetError, Runtime, StorageError
-from pyobjects.storage import MemoryBackend, SQLiteBackend, WriteBatch, sqlite
+from pyobjects.storage import (
+    MemoryBackend,
+    PostgresBackend,
+    SQLiteBackend,
+    StorageBackend,
+    WriteBatch,
+    sqlite,
+)
 from pyobjects.storage._history import History, parse_bookmark
 from pyobjects.testing import ManualClock
+from tests.postgres import drop_schema, new_schema, require_postgres
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -71,10 +80,31 @@ async def restore_now(rt: Runtime, name: str, bookmark: str) -> str:
     return undo
 
 
-async def test_restore_brings_back_exactly_that_state_and_undo(tmp_path: Path) -> None:
+MakeStorage = Callable[..., StorageBackend]
+# Commits per SQLite history archive (the PostgreSQL log has snapshots instead).
+ARCHIVE_EVERY = sqlite._ARCHIVE_EVERY
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def make_storage(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[MakeStorage]:
+    """Backends with point-in-time recovery; each call is a new process's view."""
+    if request.param == "sqlite":
+        yield lambda **options: SQLiteBackend(tmp_path, **options)
+        return
+    dsn = require_postgres()
+    schema = new_schema()
+    yield lambda **options: PostgresBackend(dsn, schema=schema, **options)
+    drop_schema(dsn, schema)
+
+
+async def test_restore_brings_back_exactly_that_state_and_undo(
+    make_storage: MakeStorage,
+) -> None:
     clock = ManualClock(start_ms=START)
     async with Runtime(
-        bindings={"N": Notes}, storage=SQLiteBackend(tmp_path), clock=clock
+        bindings={"N": Notes}, storage=make_storage(), clock=clock
     ) as rt:
         stub = rt.env.N.get_by_name("a")
         await stub.add("one")
@@ -113,7 +143,7 @@ async def test_restore_brings_back_exactly_that_state_and_undo(tmp_path: Path) -
         assert sorted([latest, second, first, undo]) == [first, second, undo, latest]
 
 
-async def test_restored_alarm_is_scheduled(tmp_path: Path) -> None:
+async def test_restored_alarm_is_scheduled(make_storage: MakeStorage) -> None:
     clock = ManualClock(start_ms=START)
     fired: list[int] = []
 
@@ -122,7 +152,7 @@ async def test_restored_alarm_is_scheduled(tmp_path: Path) -> None:
             fired.append(clock.now_ms())
 
     async with Runtime(
-        bindings={"N": Alarmed}, storage=SQLiteBackend(tmp_path), clock=clock
+        bindings={"N": Alarmed}, storage=make_storage(), clock=clock
     ) as rt:
         stub = rt.env.N.get_by_name("a")
         await stub.set_alarm(START + 5000)
@@ -135,11 +165,11 @@ async def test_restored_alarm_is_scheduled(tmp_path: Path) -> None:
         assert fired == [START + 5000]
 
 
-async def test_bookmark_for_time(tmp_path: Path) -> None:
+async def test_bookmark_for_time(make_storage: MakeStorage) -> None:
     clock = ManualClock(start_ms=START)
     async with Runtime(
         bindings={"N": Notes},
-        storage=SQLiteBackend(tmp_path, pitr_retention=timedelta(days=2)),
+        storage=make_storage(pitr_retention=timedelta(days=2)),
         clock=clock,
     ) as rt:
         stub = rt.env.N.get_by_name("a")
@@ -159,11 +189,11 @@ async def test_bookmark_for_time(tmp_path: Path) -> None:
         assert (await rt.env.N.get_by_name("a").state())[0] == ["one"]
 
 
-async def test_old_history_is_folded_away(tmp_path: Path) -> None:
+async def test_old_history_is_folded_away(make_storage: MakeStorage) -> None:
     clock = ManualClock(start_ms=START)
     async with Runtime(
         bindings={"N": Notes},
-        storage=SQLiteBackend(tmp_path, pitr_retention=timedelta(days=1)),
+        storage=make_storage(pitr_retention=timedelta(days=1)),
         clock=clock,
     ) as rt:
         stub = rt.env.N.get_by_name("a")
@@ -189,15 +219,15 @@ async def test_old_history_is_folded_away(tmp_path: Path) -> None:
         ]
 
 
-async def test_many_commits_across_archives(tmp_path: Path) -> None:
+async def test_many_commits_across_archives(make_storage: MakeStorage) -> None:
     clock = ManualClock(start_ms=START)
     async with Runtime(
-        bindings={"N": Notes}, storage=SQLiteBackend(tmp_path), clock=clock
+        bindings={"N": Notes}, storage=make_storage(), clock=clock
     ) as rt:
         stub = rt.env.N.get_by_name("a")
         marks = {}
-        middle = sqlite._ARCHIVE_EVERY + 44
-        for i in range(2 * sqlite._ARCHIVE_EVERY + 100):  # several automatic archives
+        middle = ARCHIVE_EVERY + 44
+        for i in range(2 * ARCHIVE_EVERY + 100):  # several automatic archives
             await stub.add(f"n{i}")
             if i in (10, middle):
                 marks[i] = await stub.bookmark()
@@ -212,11 +242,11 @@ async def test_many_commits_across_archives(tmp_path: Path) -> None:
 
 
 async def test_restore_waits_for_the_next_start_even_across_a_restart(
-    tmp_path: Path,
+    make_storage: MakeStorage,
 ) -> None:
     clock = ManualClock(start_ms=START)
     async with Runtime(
-        bindings={"N": Notes}, storage=SQLiteBackend(tmp_path), clock=clock
+        bindings={"N": Notes}, storage=make_storage(), clock=clock
     ) as rt:
         stub = rt.env.N.get_by_name("a")
         await stub.add("one")
@@ -227,11 +257,11 @@ async def test_restore_waits_for_the_next_start_even_across_a_restart(
         assert (await stub.state())[0] == ["one", "two"]
     # A new process (new backend instance) restores at the object's start.
     async with Runtime(
-        bindings={"N": Notes}, storage=SQLiteBackend(tmp_path), clock=clock
+        bindings={"N": Notes}, storage=make_storage(), clock=clock
     ) as rt:
         assert (await rt.env.N.get_by_name("a").state())[0] == ["one"]
     async with Runtime(
-        bindings={"N": Notes}, storage=SQLiteBackend(tmp_path), clock=clock
+        bindings={"N": Notes}, storage=make_storage(), clock=clock
     ) as rt:
         # Restored once, not at every start.
         stub = rt.env.N.get_by_name("a")
@@ -239,8 +269,8 @@ async def test_restore_waits_for_the_next_start_even_across_a_restart(
         assert (await stub.state())[0] == ["one", "three"]
 
 
-async def test_bad_bookmarks(tmp_path: Path) -> None:
-    async with Runtime(bindings={"N": Notes}, storage=SQLiteBackend(tmp_path)) as rt:
+async def test_bad_bookmarks(make_storage: MakeStorage) -> None:
+    async with Runtime(bindings={"N": Notes}, storage=make_storage()) as rt:
         a = rt.env.N.get_by_name("a")
         b = rt.env.N.get_by_name("b")
         await a.add("x")

@@ -409,6 +409,7 @@ class Actor(StorageOwner):
             activate = getattr(self.store, "activate", None)
             if activate is not None:  # a server-backed store (may suspend)
                 await activate()
+                self.runtime._check_restored(self.namespace, str(self.id), self.store)
             if needs_name and self.id.name is None:  # ctx.id.name in alarm()
                 name = await self.store.get_name()
                 if name is not None:

@@ -338,6 +338,10 @@ class OutputGate:
 
     async def flush(self) -> None:
         """Commit the pending writes as one batch (all or nothing)."""
+        while self.flushing and not self.broken:
+            # A (suspending) commit is under way: batches commit one at a
+            # time, in order, so this one waits for it.
+            await self._wait(self.flushing_seq)
         self.flush_scheduled = False
         if self.broken:
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Coroutine, Iterator, Mapping
 from types import MappingProxyType
@@ -259,8 +260,11 @@ class Runtime:
         claim = getattr(self.storage, "claim", None)
         if claim is not None:
             # One owner per storage directory (SQLiteBackend): a second
-            # runtime on it is refused here, before it touches anything.
-            claim()
+            # runtime on it is refused here, before it touches anything. A
+            # server-backed store connects here (it may suspend).
+            claimed = claim()
+            if inspect.isawaitable(claimed):
+                await claimed
         self._scope_marker = marker_for(sniffio.current_async_library())
         tg = anyio.create_task_group()
         await tg.__aenter__()
@@ -271,6 +275,9 @@ class Runtime:
             use_clock(self.clock.now_ms)
         self._spawn(self._commits.run)
         self._spawn(self._timers.run)
+        maintain = getattr(self.storage, "maintain", None)
+        if maintain is not None:  # lease renewal (PostgresBackend)
+            self._spawn(maintain)
         try:
             await self._alarms.load()
         except BaseException:
@@ -406,11 +413,18 @@ class Runtime:
     ) -> ObjectStore:
         """Open an object's storage; reschedule its alarm if that restored it."""
         store = self.storage.open(namespace._storage_name, hex_id)
+        self._check_restored(namespace, hex_id, store)
+        return store
+
+    def _check_restored(
+        self, namespace: DurableObjectNamespace, hex_id: str, store: ObjectStore
+    ) -> None:
+        """Reschedule the alarm of a store that opening (or activating) restored."""
         restored = getattr(store, "restored_alarm", False)
         if restored is not False:
             # A point-in-time restore replaced the object's data, alarm included.
+            setattr(store, "restored_alarm", False)  # noqa: B010
             self._alarms.set(namespace, hex_id, restored)
-        return store
 
     def _commit_store(self, actor: Actor) -> ObjectStore:
         """The store an instance commits to (a failing one, if a test asked)."""

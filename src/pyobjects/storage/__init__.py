@@ -14,6 +14,7 @@ from ._sql import SqlCursor as SqlCursor, SqlStorage as SqlStorage
 from ._sync_kv import SyncKV as SyncKV
 from ._transaction import Transaction as Transaction
 from .memory import MemoryBackend as MemoryBackend
+from .postgres import PostgresBackend as PostgresBackend
 from .sqlite import SQLiteBackend as SQLiteBackend
 
 __all__ = (
@@ -22,6 +23,7 @@ __all__ = (
     "MemoryBackend",
     "ObjectStore",
     "PitrObjectStore",
+    "PostgresBackend",
     "SQLiteBackend",
     "SqlCursor",
     "SqlObjectStore",

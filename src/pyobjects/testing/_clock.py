@@ -10,6 +10,8 @@ from typing import Any, cast, final
 import anyio
 import anyio.lowlevel
 
+from pyobjects._inflight import operations
+
 __all__ = ["ManualClock"]
 
 # 2026-01-01T00:00:00Z: a fixed, recognisable start.
@@ -17,6 +19,21 @@ DEFAULT_START_MS = 1_767_225_600_000
 
 
 async def settle() -> None:
+    """Return once every other task is blocked and no storage round trip is open.
+
+    A task waiting for a database answer (PostgresBackend) looks blocked but
+    is not done: while such operations are under way (they count themselves
+    in ``pyobjects._inflight``), this waits for them in steps of 1 ms of real
+    time, for at most about a minute.
+    """
+    for _ in range(60_000):
+        await _all_blocked()
+        if not operations.count:
+            return
+        await anyio.sleep(0.001)
+
+
+async def _all_blocked() -> None:
     """Return once every other task is blocked (nothing can run any more).
 
     On trio this is ``wait_all_tasks_blocked()``. On asyncio, anyio's version

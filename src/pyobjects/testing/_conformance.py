@@ -63,8 +63,18 @@ class _Run:
     def namespace(self, name: str) -> str:
         return f"{self._prefix}-{name}"
 
-    def open(self, namespace: str, number: int) -> ObjectStore:
-        return self.backend.open(namespace, _object_id(number))
+    async def open(self, namespace: str, number: int) -> ObjectStore:
+        """Open a store, then activate it if the backend asks for that.
+
+        A server-backed store has an ``activate()`` coroutine (taking the
+        object's lease, say) that the runtime awaits before the object's
+        constructor runs; the suite does the same.
+        """
+        store = self.backend.open(namespace, _object_id(number))
+        activate = getattr(store, "activate", None)
+        if activate is not None:
+            await activate()
+        return store
 
 
 def _object_id(number: int) -> str:
@@ -84,7 +94,7 @@ async def _items(store: ObjectStore) -> list[tuple[str, bytes]]:
 
 
 async def _check_get(run: _Run) -> None:
-    store = run.open(run.namespace("get"), 1)
+    store = await run.open(run.namespace("get"), 1)
     _expect(await store.get(["a"]), {}, "get() of a key of a new object")
     _expect(await store.get([]), {}, "get() of no keys")
     await _put(store, a=b"1", b=b"2", c=b"", d=bytes(range(256)))
@@ -104,7 +114,7 @@ async def _check_get(run: _Run) -> None:
 
 
 async def _check_overwrite_and_delete(run: _Run) -> None:
-    store = run.open(run.namespace("overwrite"), 1)
+    store = await run.open(run.namespace("overwrite"), 1)
     await _put(store, a=b"1", b=b"2")
     await _put(store, a=b"one")
     _expect(await store.get(["a", "b"]), {"a": b"one", "b": b"2"}, "overwrite")
@@ -116,7 +126,7 @@ async def _check_overwrite_and_delete(run: _Run) -> None:
 
 
 async def _check_delete_all(run: _Run) -> None:
-    store = run.open(run.namespace("delete-all"), 1)
+    store = await run.open(run.namespace("delete-all"), 1)
     await store.commit(WriteBatch(delete_all=True))
     _expect(await _items(store), [], "delete_all on an empty object")
     await _put(store, a=b"1", b=b"2", c=b"3")
@@ -135,7 +145,7 @@ async def _check_delete_all(run: _Run) -> None:
 
 
 async def _check_atomicity(run: _Run) -> None:
-    store = run.open(run.namespace("atomic"), 1)
+    store = await run.open(run.namespace("atomic"), 1)
     await store.commit(
         WriteBatch(
             writes={"a": b"1", "b": b"2"}, alarm_changed=True, alarm=100, name="orig"
@@ -201,7 +211,7 @@ _LIST_BOUNDS = (
 
 
 async def _check_list(run: _Run) -> None:
-    store = run.open(run.namespace("list"), 1)
+    store = await run.open(run.namespace("list"), 1)
     _expect(await _items(store), [], "list() of a new object")
     _expect(
         await store.list(ListQuery(reverse=True, limit=3)),
@@ -241,7 +251,7 @@ async def _check_list(run: _Run) -> None:
 
 
 async def _check_many_keys(run: _Run) -> None:
-    store = run.open(run.namespace("many"), 1)
+    store = await run.open(run.namespace("many"), 1)
     model = {f"key{i:04d}": i.to_bytes(2, "big") for i in range(500)}
     await store.commit(WriteBatch(writes=model))
     _expect(await _items(store), sorted(model.items()), "list() of 500 keys")
@@ -261,7 +271,7 @@ async def _check_many_keys(run: _Run) -> None:
 
 async def _check_isolation(run: _Run) -> None:
     one, two = run.namespace("isolation-1"), run.namespace("isolation-2")
-    a, b, c = run.open(one, 1), run.open(one, 2), run.open(two, 1)
+    a, b, c = await run.open(one, 1), await run.open(one, 2), await run.open(two, 1)
     await a.commit(
         WriteBatch(writes={"k": b"a"}, alarm_changed=True, alarm=5, name="a")
     )
@@ -281,7 +291,7 @@ async def _check_isolation(run: _Run) -> None:
 
 
 async def _check_alarm(run: _Run) -> None:
-    store = run.open(run.namespace("alarm"), 1)
+    store = await run.open(run.namespace("alarm"), 1)
     _expect(await store.get_alarm(), None, "alarm of a new object")
     await store.commit(WriteBatch(alarm_changed=True, alarm=1_000))
     _expect(await store.get_alarm(), 1_000, "alarm after setting it")
@@ -313,32 +323,36 @@ async def _check_alarm(run: _Run) -> None:
 
 async def _check_name(run: _Run) -> None:
     namespace = run.namespace("name")
-    store = run.open(namespace, 1)
+    store = await run.open(namespace, 1)
     _expect(await store.get_name(), None, "name of a new object")
     await store.commit(WriteBatch(writes={"k": b"v"}, name="alpha"))
     _expect(await store.get_name(), "alpha", "name after a commit carrying it")
     await _put(store, other=b"v")
     _expect(await store.get_name(), "alpha", "a commit without name keeps it")
     store.close()
-    _expect(await run.open(namespace, 1).get_name(), "alpha", "name after close()")
+    _expect(
+        await (await run.open(namespace, 1)).get_name(), "alpha", "name after close()"
+    )
 
 
 async def _check_list_object_ids(run: _Run) -> None:
     namespace, other = run.namespace("ids"), run.namespace("ids-other")
     backend = run.backend
     _expect(await backend.list_object_ids(namespace), [], "ids of a new namespace")
-    run.open(namespace, 9)  # opened, never written
-    await _put(run.open(namespace, 7), k=b"v")
-    await run.open(namespace, 3).commit(WriteBatch(alarm_changed=True, alarm=10))
-    await _put(run.open(namespace, 5), k=b"v")
-    await _put(run.open(namespace, 5), k=None)
-    alarm_cleared = run.open(namespace, 4)
+    await run.open(namespace, 9)  # opened, never written
+    await _put(await run.open(namespace, 7), k=b"v")
+    await (await run.open(namespace, 3)).commit(
+        WriteBatch(alarm_changed=True, alarm=10)
+    )
+    await _put(await run.open(namespace, 5), k=b"v")
+    await _put(await run.open(namespace, 5), k=None)
+    alarm_cleared = await run.open(namespace, 4)
     await alarm_cleared.commit(WriteBatch(alarm_changed=True, alarm=10))
     await alarm_cleared.commit(WriteBatch(alarm_changed=True, alarm=None))
-    emptied = run.open(namespace, 6)
+    emptied = await run.open(namespace, 6)
     await emptied.commit(WriteBatch(writes={"k": b"v"}, alarm_changed=True, alarm=1))
     await emptied.commit(WriteBatch(delete_all=True))
-    await _put(run.open(other, 8), k=b"v")
+    await _put(await run.open(other, 8), k=b"v")
     _expect(
         await backend.list_object_ids(namespace),
         [_object_id(3), _object_id(6), _object_id(7)],
@@ -346,7 +360,7 @@ async def _check_list_object_ids(run: _Run) -> None:
     )
     _expect(await backend.list_object_ids(other), [_object_id(8)], "other ids")
     for number in range(3, 10):
-        run.open(namespace, number).close()
+        (await run.open(namespace, number)).close()
 
 
 async def _pending(run: _Run, *namespaces: str) -> list[tuple[str, str, int]]:
@@ -368,7 +382,7 @@ async def _pending(run: _Run, *namespaces: str) -> list[tuple[str, str, int]]:
 async def _check_pending_alarms(run: _Run) -> None:
     one, two = run.namespace("alarms-1"), run.namespace("alarms-2")
     _expect(await _pending(run, one, two), [], "no alarms pending yet")
-    a, b, c = run.open(one, 1), run.open(one, 2), run.open(two, 1)
+    a, b, c = await run.open(one, 1), await run.open(one, 2), await run.open(two, 1)
     await a.commit(WriteBatch(alarm_changed=True, alarm=300))
     await b.commit(WriteBatch(writes={"k": b"v"}, alarm_changed=True, alarm=100))
     await c.commit(WriteBatch(alarm_changed=True, alarm=200))
@@ -391,17 +405,17 @@ async def _check_pending_alarms(run: _Run) -> None:
 
 async def _check_close_and_reopen(run: _Run) -> None:
     namespace = run.namespace("reopen")
-    store = run.open(namespace, 1)
+    store = await run.open(namespace, 1)
     await store.commit(
         WriteBatch(writes={"k": b"v"}, alarm_changed=True, alarm=7, name="n")
     )
     store.close()
     store.close()  # closing twice is harmless
-    again = run.open(namespace, 1)
+    again = await run.open(namespace, 1)
     _expect(await _items(again), [("k", b"v")], "data after close() and open()")
     _expect(await again.get_alarm(), 7, "alarm after close() and open()")
     _expect(await again.get_name(), "n", "name after close() and open()")
-    twin = run.open(namespace, 1)
+    twin = await run.open(namespace, 1)
     await _put(twin, k=b"twin")
     _expect(await again.get(["k"]), {"k": b"twin"}, "two handles see one object")
     twin.close()
@@ -447,7 +461,7 @@ async def _check_validation(run: _Run) -> None:
 async def _check_sql(run: _Run) -> None:
     """The optional SQL capability: KV batch and SQL transaction commit as one."""
     namespace = run.namespace("sql")
-    store = run.open(namespace, 1)
+    store = await run.open(namespace, 1)
     opener = getattr(store, "sql_connection", None)
     if opener is None:
         store.close()
@@ -472,7 +486,7 @@ async def _check_sql(run: _Run) -> None:
     if conn.in_transaction:
         conn.execute("ROLLBACK")  # what the front end does on a failed commit
     store.close()
-    again = run.open(namespace, 1)
+    again = await run.open(namespace, 1)
     reopened = getattr(again, "sql_connection")(create=False)  # noqa: B009
     _expect(reopened is not None, True, "the database exists after a commit")
     rows = reopened.execute("SELECT a FROM t").fetchall()
@@ -486,7 +500,7 @@ async def _check_sql(run: _Run) -> None:
     reopened.execute("DROP TABLE t")
     await again.commit(WriteBatch(delete_all=True))
     again.close()
-    empty = run.open(namespace, 2)
+    empty = await run.open(namespace, 2)
     _expect(getattr(empty, "sql_connection")(create=False), None, "no database yet")  # noqa: B009
     empty.close()
 
