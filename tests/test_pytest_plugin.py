@@ -329,6 +329,29 @@ def test_fixtures_under_pytest_asyncio_auto_mode(pytester: pytest.Pytester) -> N
                 client = await make_client(WORKER)
                 assert (await client.get("/")).text == "1"
 
+            async def test_fastapi_host(make_client):
+                import contextlib
+                from fastapi import FastAPI
+                from pyobjects.asgi import App
+
+                objects = App(WORKER)
+
+                @contextlib.asynccontextmanager
+                async def lifespan(api):
+                    async with objects.running():
+                        yield
+
+                api = FastAPI(lifespan=lifespan)
+                api.mount("/objects", objects)
+
+                @api.get("/count")
+                async def count():
+                    return await objects.runtime.env.COUNTER.get_by_name("c").get()
+
+                client = await make_client(api)
+                assert (await client.get("/objects/x")).text == "1"
+                assert (await client.get("/count")).json() == 1
+
             async def test_server(make_server):
                 url = make_server(WORKER)
                 async with httpx.AsyncClient(base_url=url) as client:
@@ -337,4 +360,4 @@ def test_fixtures_under_pytest_asyncio_auto_mode(pytester: pytest.Pytester) -> N
         )
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q")
-    result.assert_outcomes(passed=3)
+    result.assert_outcomes(passed=4)
