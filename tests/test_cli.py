@@ -23,6 +23,7 @@ from pyobjects.storage import MemoryBackend, SQLiteBackend, StorageBackend, Writ
 
 from .cli_app import Counter
 from .helpers import serve_subprocess
+from .postgres import drop_schema, new_schema, require_postgres
 
 if TYPE_CHECKING:
     import subprocess
@@ -288,7 +289,8 @@ def test_inspect_needs_a_backend_that_lists_namespaces() -> None:
         (["tests.cli_app:missing"], "has no attribute 'missing'"),
         (["tests.cli_app:not_a_worker"], "is a int, not a pyobjects.Worker"),
         (["tests.cli_app:app"], "is a pyobjects.asgi.App"),
-        (["tests.cli_app:worker", "--memory", "--storage", "x"], "cannot be used"),
+        (["tests.cli_app:worker", "--memory", "--storage", "x"], "at most one of"),
+        (["tests.cli_app:worker", "--memory", "--postgres", "x"], "at most one of"),
     ],
 )
 def test_serve_usage_errors(args: list[str], message: str) -> None:
@@ -422,3 +424,43 @@ def test_main_runs_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "serve" in out
     assert "inspect" in out
+
+
+def test_serve_and_inspect_on_postgres(tmp_path: Path) -> None:
+    dsn = require_postgres()
+    schema = new_schema()
+    try:
+        process = serve_subprocess(
+            "--postgres", dsn, "--schema", schema, "--port", "0", cwd=tmp_path
+        )
+        try:
+            url = _url_of(process, storage=f"PostgreSQL, schema {schema}")
+            with httpx.Client(base_url=url, timeout=10) as client:
+                assert client.get("/global").text == "1"
+                assert client.get("/global?alarm").text == "2"
+            # inspect reads while the server holds the object (no lease taken).
+            base = ["inspect", "--postgres", dsn, "--schema", schema]
+            live = CliRunner().invoke(cli, [*base, "COUNTER", "global"])
+            assert live.exit_code == 0, live.output
+            assert "'value': 2" in live.output
+        finally:
+            code, out, err = _stop(process, signal.SIGTERM)
+        assert code == 0, err
+        assert "pending writes flushed" in out
+        assert not (tmp_path / ".pyobjects").exists()  # nothing local
+        listing = CliRunner().invoke(cli, [*base, "--json"])
+        assert listing.exit_code == 0, listing.output
+        (entry,) = json.loads(listing.output)
+        assert entry["name"] == "global"
+        assert entry["keys"] == 1
+        assert entry["alarm"] is not None
+        rows = CliRunner().invoke(
+            cli, [*base, "--json", "COUNTER", "global", "--sql", "SELECT 6 * 7 AS n"]
+        )
+        assert rows.exit_code == 0, rows.output
+        assert json.loads(rows.output) == [{"n": 42}]
+        bad = CliRunner().invoke(cli, ["inspect", "--postgres", dsn, "--schema", "1x"])
+        assert bad.exit_code == 2
+        assert "invalid schema name" in bad.output
+    finally:
+        drop_schema(dsn, schema)

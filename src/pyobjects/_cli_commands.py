@@ -17,7 +17,7 @@ import click
 
 from ._asgi import App
 from ._cli_reload import run_with_reload
-from ._errors import StorageInUseError
+from ._errors import StorageError, StorageInUseError
 from ._inspect import (
     AmbiguousObjectError,
     ObjectSummary,
@@ -25,6 +25,7 @@ from ._inspect import (
     find_object,
     format_alarm,
     jsonable,
+    prepare,
     run_query,
     sql_tables,
     summarize,
@@ -35,6 +36,7 @@ from ._prometheus import PrometheusCollector
 from ._worker import Worker
 from ._wrangler import CONFIG_NAMES, find_config, main_folder, read_config
 from .storage.memory import MemoryBackend
+from .storage.postgres import PostgresBackend, read_only_postgres
 from .storage.sqlite import SQLiteBackend, read_only_backend
 
 if TYPE_CHECKING:
@@ -256,6 +258,22 @@ class _Stopped(Exception):
     """SIGTERM, seen after uvicorn's graceful shutdown."""
 
 
+def _postgres_backend(dsn: str, schema: str, *, read_only: bool = False) -> Any:
+    """A PostgresBackend (a read-only one for inspect), or a clear usage error."""
+    try:
+        import asyncpg  # noqa: F401 - optional: the postgres extra
+    except ModuleNotFoundError:
+        raise click.ClickException(
+            "--postgres needs asyncpg: pip install 'pyobjects[postgres]'"
+        ) from None
+    try:
+        if read_only:
+            return read_only_postgres(dsn, schema=schema)
+        return PostgresBackend(dsn, schema=schema)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--schema") from None
+
+
 def _stop_on_sigterm(signum: int, frame: object) -> NoReturn:
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again
     # for the previous handler: this one, which makes that a normal exit.
@@ -299,6 +317,19 @@ def _stop_on_sigterm(signum: int, frame: object) -> NoReturn:
 )
 @click.option("--memory", is_flag=True, help="Keep storage in memory (lost on exit).")
 @click.option(
+    "--postgres",
+    "postgres_dsn",
+    metavar="DSN",
+    default=None,
+    help="Keep storage in PostgreSQL (postgresql://host/db; the postgres extra).",
+)
+@click.option(
+    "--schema",
+    default="pyobjects",
+    show_default=True,
+    help="The PostgreSQL schema of --postgres.",
+)
+@click.option(
     "--debug", is_flag=True, help="Show tracebacks in 500 responses (never in prod)."
 )
 @click.option(
@@ -337,6 +368,8 @@ def serve(
     port: int,
     storage: str | None,
     memory: bool,
+    postgres_dsn: str | None,
+    schema: str,
     debug: bool,
     log_level: str,
     log_format: str,
@@ -352,8 +385,8 @@ def serve(
     Runs uvicorn. Ctrl-C (or SIGTERM) stops accepting connections, lets
     running requests finish, flushes every pending write and exits with 0.
     """
-    if storage is not None and memory:
-        raise click.UsageError("--storage and --memory cannot be used together")
+    if sum((storage is not None, memory, postgres_dsn is not None)) > 1:
+        raise click.UsageError("give at most one of --storage, --memory, --postgres")
     try:
         import uvicorn  # optional: the server extra
     except ModuleNotFoundError:
@@ -379,6 +412,9 @@ def serve(
     backend: StorageBackend
     if memory:
         backend, where = MemoryBackend(), "in memory"
+    elif postgres_dsn is not None:
+        backend = _postgres_backend(postgres_dsn, schema)
+        where = f"PostgreSQL, schema {schema}"
     else:
         directory = storage if storage is not None else DEFAULT_STORAGE
         _check_not_in_use(directory)
@@ -479,6 +515,19 @@ def _print_summaries(summaries: list[ObjectSummary], namespaces: list[str]) -> N
     default=None,
     help="The port of --web.  [default: 0, a free port]",
 )
+@click.option(
+    "--postgres",
+    "postgres_dsn",
+    metavar="DSN",
+    default=None,
+    help="Inspect the storage in this PostgreSQL database instead of --storage.",
+)
+@click.option(
+    "--schema",
+    default="pyobjects",
+    show_default=True,
+    help="The PostgreSQL schema of --postgres.",
+)
 @click.argument("namespace", required=False)
 @click.argument("object_ref", metavar="[OBJECT]", required=False)
 def inspect(
@@ -487,6 +536,8 @@ def inspect(
     query: str | None,
     web: bool,
     port: int | None,
+    postgres_dsn: str | None,
+    schema: str,
     namespace: str | None,
     object_ref: str | None,
 ) -> None:
@@ -510,27 +561,41 @@ def inspect(
         raise click.UsageError("--web takes no NAMESPACE, OBJECT, --json or --sql")
     if port is not None and not web:
         raise click.UsageError("--port needs --web")
-    if not os.path.isdir(storage):
+    backend: Any
+    if postgres_dsn is not None:
+        backend = _postgres_backend(postgres_dsn, schema, read_only=True)
+        label = f"PostgreSQL schema {schema}"
+    elif not os.path.isdir(storage):
         raise click.ClickException(f"no pyobjects storage at {storage}")
+    else:
+        backend, label = read_only_backend(storage), storage
     if web:
-        _inspect_web(storage, 0 if port is None else port)
+        _inspect_web(backend, label, 0 if port is None else port)
         return
-    backend = read_only_backend(storage)
     if query is not None and object_ref is None:
         raise click.UsageError("--sql needs NAMESPACE and OBJECT")
+
+    async def run() -> None:
+        # One event loop for the reads and the close: a PostgreSQL pool
+        # belongs to the loop that opened it.
+        try:
+            if object_ref is not None:
+                assert namespace is not None
+                await _dump(backend, namespace, object_ref, as_json, query)
+            else:
+                await _list(backend, namespace, as_json)
+        finally:
+            await backend.aclose()
+
     try:
-        if object_ref is not None:
-            assert namespace is not None
-            anyio.run(_dump, backend, namespace, object_ref, as_json, query)
-        else:
-            anyio.run(_list, backend, namespace, as_json)
+        anyio.run(run)
     except ValueError as exc:  # a malformed namespace name
         raise click.ClickException(str(exc)) from None
-    finally:
-        anyio.run(backend.aclose)
+    except StorageError as exc:  # the database is unreachable, say
+        raise click.ClickException(str(exc)) from None
 
 
-def _inspect_web(storage: str, port: int) -> None:
+def _inspect_web(backend: Any, storage: str, port: int) -> None:
     try:
         import uvicorn  # optional: the server extra
 
@@ -540,7 +605,6 @@ def _inspect_web(storage: str, port: int) -> None:
             f"pyobjects inspect --web needs {(exc.name or '?').partition('.')[0]}: "
             "pip install 'pyobjects[server]'"
         ) from None
-    backend = read_only_backend(storage)
     token = new_token()
     app = inspector_app(backend, token=token, storage_label=storage)
     # Loopback only, whatever the machine: the storage is nobody else's.
@@ -568,7 +632,7 @@ def _inspect_web(storage: str, port: int) -> None:
         anyio.run(backend.aclose)
 
 
-async def _list(backend: SQLiteBackend, namespace: str | None, as_json: bool) -> None:
+async def _list(backend: Any, namespace: str | None, as_json: bool) -> None:
     namespaces = await backend.list_namespaces() if namespace is None else [namespace]
     summaries = await summarize(backend, namespaces)
     if as_json:
@@ -580,7 +644,7 @@ async def _list(backend: SQLiteBackend, namespace: str | None, as_json: bool) ->
 
 
 async def _dump(
-    backend: SQLiteBackend,
+    backend: Any,
     namespace: str,
     ref: str,
     as_json: bool,
@@ -595,6 +659,7 @@ async def _dump(
             f"no stored object {ref!r} in namespace {namespace!r} "
             "(give its name, its 64 hex digits or a unique prefix of them)"
         )
+    await prepare(backend, namespace, object_id)
     if query is not None:
         columns, rows = run_query(backend, namespace, object_id, query)
         if as_json:

@@ -34,6 +34,7 @@ __all__ = [
     "format_alarm",
     "jsonable",
     "list_namespaces",
+    "prepare",
     "run_query",
     "sql_tables",
     "summarize",
@@ -205,6 +206,18 @@ class TableSummary:
     name: str
     sql: str
     rows: int
+
+
+async def prepare(backend: StorageBackend, namespace: str, object_id: str) -> None:
+    """Make the object's SQL database readable by the (synchronous) SQL helpers.
+
+    A server-backed store (PostgreSQL) rebuilds the object's database from
+    the server first; on local backends this does nothing.
+    """
+    store: Any = backend.open(namespace, object_id)
+    activate = getattr(store, "activate", None)
+    if activate is not None:
+        await activate()
 
 
 def _connection(backend: StorageBackend, namespace: str, object_id: str) -> Any:

@@ -45,6 +45,7 @@ from ._inspect import (
     format_alarm,
     jsonable,
     list_namespaces,
+    prepare,
     run_query,
     sql_tables,
     summarize_objects,
@@ -214,6 +215,7 @@ class _Inspector:
             raise _ApiError(400, str(exc)) from None
         if object_id is None:
             raise _ApiError(404, f"no stored object {ref!r} in namespace {namespace!r}")
+        await prepare(self._backend, namespace, object_id)
         return namespace, object_id
 
     async def object(self, request: Request) -> Response:

@@ -349,8 +349,13 @@ class PostgresBackend:
         reconnects lazily), as by a restarted runtime.
         """
         for key in list(self._objects):
-            self._discard(key)
+            self._drop(key)
         pool, self._pool = self._pool, None
+        if pool is not None and not _on_this_loop(pool):
+            # Opened by an event loop that has ended (inspect --web runs the
+            # server's loop, then closes here): nothing can be awaited on it.
+            pool.terminate()
+            pool = None
         if pool is not None:
             with contextlib.suppress(Exception), anyio.move_on_after(5):
                 async with pool.acquire() as conn:
@@ -488,15 +493,19 @@ class PostgresBackend:
         Returns the object and, if a scheduled restore was applied, the
         restored alarm (``False`` otherwise).
         """
-        obj = self._objects.get(key)
-        if obj is not None:
-            return obj, False
         namespace, object_id = key
+        obj = self._objects.get(key)
+        if obj is not None and not self._read_only:
+            return obj, False
         if self._read_only:
             row = await self._run(
                 lambda c: c.fetchrow(self._q(q.HOLDER), namespace, object_id)
             )
             epoch, head, restore = -1, 0 if row is None else int(row[2]), None
+            if obj is not None:
+                if obj.head == head:
+                    return obj, False  # the copy is still the last commit
+                self._drop(key)
         else:
             row = await self._run(
                 lambda c: c.fetchrow(
@@ -766,6 +775,13 @@ class PostgresBackend:
         return obj.conn
 
     def _discard(self, key: _Key) -> None:
+        if self._read_only:
+            # Keep the copy for the next reader (inspect opens an object
+            # several times); activating checks it is still the last commit.
+            return
+        self._drop(key)
+
+    def _drop(self, key: _Key) -> None:
         obj = self._objects.pop(key, None)
         if obj is None:
             return
@@ -803,6 +819,14 @@ def _execute(statement: str, *args: object) -> Callable[[Any], Awaitable[Any]]:
         return await conn.execute(statement, *args)
 
     return op
+
+
+def _on_this_loop(pool: Any) -> bool:
+    """True if *pool* belongs to the running event loop."""
+    import asyncio  # noqa: TID251 - asyncpg runs on asyncio only
+
+    loop = getattr(pool, "_loop", None)
+    return loop is None or loop is asyncio.get_running_loop()
 
 
 def _pause(attempt: int) -> float:
