@@ -20,6 +20,10 @@ The conventions, for whoever writes docs:
   with uvicorn on a free port and points the block's ``127.0.0.1:8787``
   there; ``<!-- docs-test: path <dir> -->`` puts the repository's ``<dir>``
   first on ``sys.path``, for a page about one of the examples;
+  ``<!-- docs-test: postgres -->`` runs it against the test suite's
+  PostgreSQL server (``tests/postgres.py``: a skip without one, a failure in
+  CI), with its DSN for ``postgresql://127.0.0.1:5432/test`` and a fresh
+  ``schema``, dropped afterwards;
   ``<!-- docs-test: skip: <reason> -->`` leaves the block out (code for
   Cloudflare, an outside network, a template for the reader's own project).
   Keep skips few; the reason is required.
@@ -43,6 +47,8 @@ from pyobjects.asgi import App
 from pyobjects.storage import SQLiteBackend
 from pyobjects.testing import run_in_durable_object
 from pyobjects.testing._clients import ServerThread
+
+from .postgres import drop_schema, new_schema, require_postgres
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -158,6 +164,21 @@ def object_runner(
     return inside
 
 
+_DOCS_DSN = "postgresql://127.0.0.1:5432/test"
+_SCHEMA = re.compile(r'schema="[^"]*"')
+
+
+def postgres(source: str, namespace: dict[str, Any], where: str) -> None:
+    dsn = require_postgres()
+    schema = new_schema()
+    assert _DOCS_DSN in source, f"{where}: no {_DOCS_DSN} to point at the server"
+    source = _SCHEMA.sub(f'schema="{schema}"', source.replace(_DOCS_DSN, dsn))
+    try:
+        run_block(source, namespace, where)
+    finally:
+        drop_schema(dsn, schema)
+
+
 def serve(spec: str, source: str, namespace: dict[str, Any], where: str) -> None:
     module_name, _, attr = spec.partition(":")
     worker = getattr(importlib.import_module(module_name), attr)
@@ -198,6 +219,8 @@ def run_page(page: Path, pytester: pytest.Pytester) -> None:
         elif verb == "inside":
             inside = object_runner(argument, namespace, pytester.path)
             run_block(block.source, namespace, where, inside=inside)
+        elif verb == "postgres":
+            postgres(block.source, namespace, where)
         elif verb == "path":
             pytester.syspathinsert(ROOT / argument)
             run_block(block.source, namespace, where)
