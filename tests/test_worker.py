@@ -153,7 +153,7 @@ def test_bad_workers_are_rejected() -> None:
 
 
 async def test_entrypoint_base_fetch_is_not_implemented() -> None:
-    entry = WorkerEntrypoint(ExecutionContext(lambda aw: None), None)  # type: ignore[arg-type]
+    entry = WorkerEntrypoint(ExecutionContext(lambda aw: None), None)
     with pytest.raises(NotImplementedError):
         await entry.fetch(Request("https://x/"))
 

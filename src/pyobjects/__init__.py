@@ -15,12 +15,20 @@ from ._core._namespace import (
     DurableObjectNamespace as DurableObjectNamespace,
 )
 from ._core._object import DurableObject as DurableObject
+from ._core._rpc import (
+    AsyncRpcMethod as AsyncRpcMethod,
+    RpcMethod as RpcMethod,
+    rpc as rpc,
+)
 from ._core._runtime import Env as Env, Runtime as Runtime
 from ._core._state import (
     BlockConcurrencyHandle as BlockConcurrencyHandle,
     DurableObjectState as DurableObjectState,
 )
-from ._core._stub import DurableObjectStub as DurableObjectStub
+from ._core._stub import (
+    DurableObjectStub as DurableObjectStub,
+    UntypedRpcMethod as UntypedRpcMethod,
+)
 from ._errors import (
     DurableObjectError as DurableObjectError,
     DurableObjectResetError as DurableObjectResetError,
@@ -69,6 +77,7 @@ from ._worker import (
 
 __all__ = (
     "AlarmInfo",
+    "AsyncRpcMethod",
     "BlockConcurrencyHandle",
     "Clock",
     "DurableObject",
@@ -94,6 +103,7 @@ __all__ = (
     "PyObjectsError",
     "Request",
     "Response",
+    "RpcMethod",
     "Runtime",
     "RuntimeClosedError",
     "RuntimeStatistics",
@@ -107,6 +117,7 @@ __all__ = (
     "StorageUnavailableError",
     "SystemClock",
     "TransactionError",
+    "UntypedRpcMethod",
     "WebSocket",
     "WebSocketClose",
     "WebSocketError",
@@ -118,6 +129,7 @@ __all__ = (
     "WorkerEntrypoint",
     "connect_websocket",
     "fetch",
+    "rpc",
 )
 
 for _name in __all__:

@@ -13,15 +13,17 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, TypeAlias, cast, final
+from typing import TYPE_CHECKING, Any, Generic, TypeAlias, cast, final
+
+from typing_extensions import TypeVar
 
 from ._aliases import camel_aliases
 from ._core._namespace import DurableObjectBinding
+from ._core._runtime import Env
 from ._http import Request, Response
 
 if TYPE_CHECKING:
     from ._core._object import DurableObject
-    from ._core._runtime import Env
 
 __all__ = ["ExecutionContext", "FetchHandler", "Worker", "WorkerEntrypoint"]
 
@@ -61,20 +63,24 @@ class ExecutionContext:
         """Accept and ignore: there is no origin server to fall back to."""
 
 
-class WorkerEntrypoint:
+WorkerEnvT = TypeVar("WorkerEnvT", default=Env)
+
+
+class WorkerEntrypoint(Generic[WorkerEnvT]):
     """Base class for the class form of a worker (Cloudflare's ``WorkerEntrypoint``).
 
     Subclass it and define ``async def fetch(self, request) -> Response``; pass
     the class to :class:`Worker`. A new instance is made for every request, as
     in Workers, so instance attributes never leak between requests; keep
     shared state in Durable Objects. ``self.env`` and ``self.ctx`` are set by
-    the constructor.
+    the constructor. ``WorkerEntrypoint[AppEnv]`` declares the type of
+    ``self.env`` (see the typing guide); a bare one has an :class:`Env`.
     """
 
-    env: Env
+    env: WorkerEnvT
     ctx: ExecutionContext
 
-    def __init__(self, ctx: ExecutionContext, env: Env) -> None:
+    def __init__(self, ctx: ExecutionContext, env: WorkerEnvT) -> None:
         self.ctx = ctx
         self.env = env
 
@@ -144,7 +150,7 @@ class Worker:
 
     __slots__ = ("_mode", "bindings", "fetch", "name", "vars")
 
-    fetch: FetchHandler | type[WorkerEntrypoint]
+    fetch: FetchHandler | type[WorkerEntrypoint[Any]]
     name: str | None
     _mode: _Mode
     bindings: Mapping[str, type[DurableObject] | DurableObjectBinding]
@@ -152,7 +158,7 @@ class Worker:
 
     def __init__(
         self,
-        fetch: FetchHandler | type[WorkerEntrypoint],
+        fetch: FetchHandler | type[WorkerEntrypoint[Any]],
         *,
         bindings: Mapping[str, type[DurableObject] | DurableObjectBinding],
         vars: Mapping[str, Any] | None = None,  # noqa: A002  # Cloudflare's name

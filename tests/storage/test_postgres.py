@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
 import pytest
@@ -338,3 +338,49 @@ def test_public_names() -> None:
     assert pyobjects.storage.PostgresBackend is PostgresBackend
     for name in ("LeaseHeldError", "LeaseLostError", "StorageUnavailableError"):
         assert issubclass(getattr(pyobjects, name), StorageError)
+
+
+class Reminder(DurableObject):
+    fired: ClassVar[list[tuple[str, int]]] = []
+
+    async def arm(self, at: int) -> None:
+        await self.ctx.storage.set_alarm(at)
+
+    async def alarm(self, info: Any) -> None:
+        Reminder.fired.append((self.env.NAME, info.retry_count))
+
+
+async def test_a_due_alarm_of_an_unheld_object_is_claimed_once(
+    make: Callable[..., PostgresBackend],
+) -> None:
+    Reminder.fired = []
+    clock = ManualClock()
+    at = clock.now_ms() + 1_000
+    runtimes = [
+        Runtime(
+            bindings={"R": Reminder},
+            storage=make(lease_ttl=0.6),
+            clock=clock,
+            vars={"NAME": name},
+        )
+        for name in ("one", "two")
+    ]
+    async with runtimes[0], runtimes[1]:
+        # A third runtime sets the alarm and stops: nobody holds the object,
+        # and the two running ones loaded their alarms before it existed.
+        async with Runtime(
+            bindings={"R": Reminder},
+            storage=make(),
+            clock=clock,
+            vars={"NAME": "setter"},
+        ) as setter:
+            await setter.env.R.get_by_name("r").arm(at)
+        await clock.advance(1_000)
+        for _ in range(500):  # claimed by a renewal round (real time, bounded)
+            if Reminder.fired:
+                break
+            await anyio.sleep(0.01)
+        await anyio.sleep(0.5)  # more rounds of both: still only one run
+        await clock.advance(0)
+        assert len(Reminder.fired) == 1
+        assert Reminder.fired[0][1] == 0

@@ -188,12 +188,12 @@ class Actor(StorageOwner):
     def __init__(
         self,
         runtime: Runtime,
-        namespace: DurableObjectNamespace,
+        namespace: DurableObjectNamespace[Any],
         object_id: DurableObjectId,
         counters: Counters,
     ) -> None:
         self.runtime: Runtime = runtime
-        self.namespace: DurableObjectNamespace = namespace
+        self.namespace: DurableObjectNamespace[Any] = namespace
         self.id: DurableObjectId = visible_id(object_id)
         self.key: tuple[str, DurableObjectId] = (namespace._storage_name, object_id)
         self.counters: Counters = counters

@@ -23,13 +23,17 @@ import inspect
 import logging
 import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, Any, final
 
 from pyobjects._aliases import camel_aliases
 
 from ._events import AlarmEvent, AlarmTimeoutError, accepted_arity, find_handler
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from pyobjects.storage._base import AlarmEntry
+
     from ._actor import Actor
     from ._namespace import DurableObjectNamespace
     from ._runtime import Runtime
@@ -65,7 +69,7 @@ class AlarmInfo:
 class AlarmScheduler:
     """Schedules and delivers the alarms of one runtime (internal)."""
 
-    def __init__(self, runtime: Runtime, *, jitter: bool, timeout_ms: int) -> None:
+    def __init__(self, runtime: Runtime[Any], *, jitter: bool, timeout_ms: int) -> None:
         self._runtime = runtime
         self._jitter = jitter
         self._random = random.Random()
@@ -81,7 +85,7 @@ class AlarmScheduler:
         return len(self._timers)
 
     def set(
-        self, namespace: DurableObjectNamespace, object_id: str, at: int | None
+        self, namespace: DurableObjectNamespace[Any], object_id: str, at: int | None
     ) -> None:
         """A commit set (or, with ``None``, deleted) an object's alarm."""
         key = (namespace._storage_name, object_id)
@@ -92,9 +96,15 @@ class AlarmScheduler:
 
     async def load(self) -> None:
         """Schedule every alarm the backend holds (on start, after a restart)."""
+        self.adopt(await self._runtime.storage.pending_alarms())
+
+    def adopt(self, entries: Sequence[AlarmEntry]) -> None:
+        """Schedule these alarms (from the backend: at start, or claimed later)."""
         runtime = self._runtime
         namespaces = {ns._storage_name: ns for ns in runtime._namespaces}
-        for entry in await runtime.storage.pending_alarms():
+        for entry in entries:
+            if (entry.namespace, entry.object_id) in self._running:
+                continue  # under way here already
             namespace = namespaces.get(entry.namespace)
             if namespace is None:
                 continue  # a namespace no longer bound: keep its data, skip it
@@ -109,7 +119,7 @@ class AlarmScheduler:
     def _arm(
         self,
         key: _Key,
-        namespace: DurableObjectNamespace,
+        namespace: DurableObjectNamespace[Any],
         at: int | None,
         *,
         retry: int,
@@ -129,7 +139,11 @@ class AlarmScheduler:
         self._timers[key] = self._runtime._timers.call_at(at, fire)
 
     async def _run(
-        self, key: _Key, namespace: DurableObjectNamespace, retry: int, scheduled: int
+        self,
+        key: _Key,
+        namespace: DurableObjectNamespace[Any],
+        retry: int,
+        scheduled: int,
     ) -> None:
         runtime = self._runtime
         failed: BaseException | None = None
@@ -209,7 +223,7 @@ class AlarmScheduler:
     async def _failed(
         self,
         key: _Key,
-        namespace: DurableObjectNamespace,
+        namespace: DurableObjectNamespace[Any],
         retry: int,
         scheduled: int,
         error: BaseException,
@@ -245,7 +259,7 @@ class AlarmScheduler:
         )
         await self._abandon(key, namespace)
 
-    async def _abandon(self, key: _Key, namespace: DurableObjectNamespace) -> None:
+    async def _abandon(self, key: _Key, namespace: DurableObjectNamespace[Any]) -> None:
         """Delete the object's alarm, in an event of its own: no more retries."""
         runtime = self._runtime
         object_id = namespace._ids.from_string(key[1])

@@ -9,7 +9,7 @@ Hibernatable WebSocket hubs live here too: they outlive instances.
 from __future__ import annotations
 
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pyobjects._statistics import NamespaceStatistics
 
@@ -56,14 +56,14 @@ class Catalog:
 
     __slots__ = ("_runtime", "actors", "counters", "hubs")
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime[Any]) -> None:
         self._runtime = runtime
         self.actors: dict[Key, Actor] = {}
         self.hubs: dict[Key, Hub] = {}
         self.counters: dict[str, Counters] = {}
 
     def actor(
-        self, namespace: DurableObjectNamespace, object_id: DurableObjectId
+        self, namespace: DurableObjectNamespace[Any], object_id: DurableObjectId
     ) -> Actor:
         """The live instance for *object_id*, created (not yet started) if needed."""
         key = (namespace._storage_name, object_id)
@@ -81,7 +81,7 @@ class Catalog:
         return actor
 
     def live(
-        self, namespace: DurableObjectNamespace, object_id: DurableObjectId
+        self, namespace: DurableObjectNamespace[Any], object_id: DurableObjectId
     ) -> Actor | None:
         """The live instance for *object_id*, or ``None``."""
         return self.actors.get((namespace._storage_name, object_id))

@@ -113,8 +113,8 @@ class Hub:
 
     def __init__(
         self,
-        runtime: Runtime,
-        namespace: DurableObjectNamespace,
+        runtime: Runtime[Any],
+        namespace: DurableObjectNamespace[Any],
         object_id: DurableObjectId,
     ) -> None:
         self.runtime = runtime
@@ -404,7 +404,7 @@ def get_event_timeout(actor: Actor) -> int | None:
 # -- the runtime -----------------------------------------------------------------
 
 
-def close_all(runtime: Runtime, *, clean: bool) -> None:
+def close_all(runtime: Runtime[Any], *, clean: bool) -> None:
     """Close every socket of *runtime*: with 1001 when *clean*, else drop them."""
     catalog = runtime._catalog
     hubs = list(catalog.hubs.values())

@@ -5,15 +5,15 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast, final
+from typing import TYPE_CHECKING, Any, Generic, cast, final
 
 from pyobjects._aliases import camel_aliases
 from pyobjects._ids import JURISDICTIONS, DurableObjectId, IdFactory
 
+from ._object import DurableObject, ObjectT
 from ._stub import DurableObjectStub
 
 if TYPE_CHECKING:
-    from ._object import DurableObject
     from ._runtime import Runtime
 
 __all__ = ["DurableObjectBinding", "DurableObjectNamespace"]
@@ -48,13 +48,13 @@ class DurableObjectBinding:
     ``uniqueKey``). :meth:`wrangler` gives the key ``wrangler dev`` uses.
     """
 
-    object_class: type[DurableObject]
+    object_class: type[DurableObject[Any]]
     unique_key: str | None = None
 
     @classmethod
     def wrangler(
         cls,
-        object_class: type[DurableObject],
+        object_class: type[DurableObject[Any]],
         *,
         worker_name: str,
         class_name: str | None = None,
@@ -84,12 +84,16 @@ def storage_name(unique_key: str) -> str:
 
 @final
 @camel_aliases("id_from_name", "new_unique_id", "id_from_string", "get_by_name")
-class DurableObjectNamespace:
+class DurableObjectNamespace(Generic[ObjectT]):
     """A Durable Object class bound in a runtime (``env.COUNTER``).
 
     Hands out ids and stubs; making either does nothing remote. Built by the
     runtime; the constructor is private. Mirrors
     ``DurableObjectNamespace`` in Workers.
+
+    The type parameter is the bound class: a ``DurableObjectNamespace[Cart]``
+    hands out ``DurableObjectStub[Cart]`` stubs. Declare it in a typed
+    ``env`` (see the typing guide).
     """
 
     __slots__ = (
@@ -103,17 +107,17 @@ class DurableObjectNamespace:
 
     def __init__(
         self,
-        runtime: Runtime,
+        runtime: Runtime[Any],
         binding_name: str,
-        object_class: type[DurableObject],
+        object_class: type[ObjectT],
         unique_key: str,
         *,
         jurisdiction: str | None = None,
-        parent: DurableObjectNamespace | None = None,
+        parent: DurableObjectNamespace[ObjectT] | None = None,
     ) -> None:
         self._runtime = runtime
         self._binding_name = binding_name
-        self.object_class: type[DurableObject] = object_class
+        self.object_class: type[ObjectT] = object_class
         self._jurisdiction = jurisdiction
         if parent is None:
             self._ids = IdFactory(unique_key)
@@ -147,7 +151,7 @@ class DurableObjectNamespace:
 
     def get(
         self, object_id: DurableObjectId, *, location_hint: str | None = None
-    ) -> DurableObjectStub:
+    ) -> DurableObjectStub[ObjectT]:
         """Return a stub for *object_id* (the object is created on first call).
 
         ``location_hint`` is accepted for compatibility and has no effect in
@@ -178,11 +182,11 @@ class DurableObjectNamespace:
 
     def get_by_name(
         self, name: str, *, location_hint: str | None = None
-    ) -> DurableObjectStub:
+    ) -> DurableObjectStub[ObjectT]:
         """Shorthand for ``get(id_from_name(name))``."""
         return self.get(self.id_from_name(name), location_hint=location_hint)
 
-    def jurisdiction(self, name: str | None) -> DurableObjectNamespace:
+    def jurisdiction(self, name: str | None) -> DurableObjectNamespace[ObjectT]:
         """Return a sub-namespace whose ids all belong to jurisdiction *name*.
 
         The same name gives different ids in different jurisdictions.

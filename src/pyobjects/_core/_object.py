@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic
+
+from typing_extensions import TypeVar
 
 if TYPE_CHECKING:
     from pyobjects._http import Request, Response
 
     from ._state import DurableObjectState
 
-__all__ = ["HANDLER_NAMES", "DurableObject"]
+__all__ = ["HANDLER_NAMES", "RESERVED_NAMES", "DurableObject", "EnvT", "ObjectT"]
+
+EnvT = TypeVar("EnvT", default=Any)
 
 # Event handlers the runtime calls; never reachable over RPC. Each may also be
 # spelled the Cloudflare way (the second name).
@@ -21,8 +25,13 @@ HANDLER_NAMES: dict[str, str] = {
     "websocket_error": "webSocketError",
 }
 
+# Names that are never RPC methods, besides anything starting with "_".
+RESERVED_NAMES = frozenset(
+    {*HANDLER_NAMES, *HANDLER_NAMES.values(), "ctx", "env", "dup", "constructor"}
+)
 
-class DurableObject:
+
+class DurableObject(Generic[EnvT]):
     """Base class of a Durable Object: one live instance per id.
 
     Subclass it, bind the subclass in ``Runtime(bindings=...)`` and call its
@@ -34,17 +43,18 @@ class DurableObject:
     Optional handlers: ``fetch(request)``, ``alarm(alarm_info)``,
     ``websocket_message``/``websocket_close``/``websocket_error`` (also
     accepted with Cloudflare's names ``webSocketMessage`` and so on).
+
+    The type parameter declares ``env``: ``class Cart(DurableObject[AppEnv])``
+    makes ``self.env`` an ``AppEnv`` for type checkers (see the typing guide);
+    a bare ``DurableObject`` leaves it ``Any``.
     """
 
-    # Names that are never RPC methods, besides anything starting with "_".
-    _rpc_reserved: ClassVar[frozenset[str]] = frozenset(
-        {*HANDLER_NAMES, *HANDLER_NAMES.values(), "ctx", "env", "dup", "constructor"}
-    )
+    _rpc_reserved: ClassVar[frozenset[str]] = RESERVED_NAMES
 
     ctx: DurableObjectState
-    env: Any
+    env: EnvT
 
-    def __init__(self, ctx: DurableObjectState, env: Any) -> None:
+    def __init__(self, ctx: DurableObjectState, env: EnvT) -> None:
         self.ctx = ctx
         self.env = env
 
@@ -54,3 +64,8 @@ class DurableObject:
             f"{type(self).__name__} does not implement fetch(); "
             "define `async def fetch(self, request)` to receive stub.fetch() calls"
         )
+
+
+# The object class of a namespace or stub; a bare DurableObjectStub is one of
+# DurableObject[Any], which type checkers treat as untyped (see _stub.py).
+ObjectT = TypeVar("ObjectT", bound=DurableObject[Any], default=DurableObject[Any])

@@ -6,11 +6,12 @@ import inspect
 import logging
 from collections.abc import Callable, Coroutine, Iterator, Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Self, TypeVarTuple, Unpack, cast, final
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVarTuple, Unpack, cast, final
 
 import anyio
 import anyio.lowlevel
 import sniffio
+from typing_extensions import TypeVar
 
 from pyobjects._clock import Clock, SystemClock
 from pyobjects._errors import RuntimeClosedError
@@ -84,6 +85,10 @@ class Env(Mapping[str, Any]):
         return f"<Env {', '.join(sorted(self._items))}>"
 
 
+# The declared type of rt.env: Runtime[AppEnv](...) for a typed env.
+RuntimeEnvT = TypeVar("RuntimeEnvT", default=Env)
+
+
 def _check_class(binding: str, cls: object) -> type[DurableObject]:
     if not (isinstance(cls, type) and issubclass(cls, DurableObject)):
         raise TypeError(
@@ -94,7 +99,7 @@ def _check_class(binding: str, cls: object) -> type[DurableObject]:
 
 
 @final
-class Runtime:
+class Runtime(Generic[RuntimeEnvT]):
     """Hosts Durable Objects: ``async with Runtime(bindings=...) as rt:``.
 
     Owns the catalog of live instances (one per id), the write flusher, the
@@ -225,7 +230,7 @@ class Runtime:
         # once it suspended (see Actor._scoped).
         self._suspends: dict[Any, int] = {}
         self._scope_marker: Callable[[], Any] = _no_marker
-        self._namespaces: list[DurableObjectNamespace] = []
+        self._namespaces: list[DurableObjectNamespace[Any]] = []
         items: dict[str, Any] = dict(vars or {})
         classes: dict[str, tuple[str, type[DurableObject]]] = {}
         for name, spec in bindings.items():
@@ -250,7 +255,9 @@ class Runtime:
                 )
             self._namespaces.append(ns)
             items[name] = ns
-        self.env: Env = Env(items)
+        # Always an Env; Runtime[AppEnv](...) only declares its type (a
+        # class of bindings and vars, see the typing guide).
+        self.env: RuntimeEnvT = cast("RuntimeEnvT", Env(items))
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -275,6 +282,11 @@ class Runtime:
             use_clock(self.clock.now_ms)
         self._spawn(self._commits.run)
         self._spawn(self._timers.run)
+        use_alarms = getattr(self.storage, "use_alarms", None)
+        if use_alarms is not None:  # due alarms claimed later (PostgresBackend)
+            use_alarms(
+                self._alarms.adopt, [ns._storage_name for ns in self._namespaces]
+            )
         maintain = getattr(self.storage, "maintain", None)
         if maintain is not None:  # lease renewal (PostgresBackend)
             self._spawn(maintain)
@@ -409,7 +421,7 @@ class Runtime:
     # -- instances (used by the core) ------------------------------------------
 
     def _open_store(
-        self, namespace: DurableObjectNamespace, hex_id: str
+        self, namespace: DurableObjectNamespace[Any], hex_id: str
     ) -> ObjectStore:
         """Open an object's storage; reschedule its alarm if that restored it."""
         store = self.storage.open(namespace._storage_name, hex_id)
@@ -417,7 +429,7 @@ class Runtime:
         return store
 
     def _check_restored(
-        self, namespace: DurableObjectNamespace, hex_id: str, store: ObjectStore
+        self, namespace: DurableObjectNamespace[Any], hex_id: str, store: ObjectStore
     ) -> None:
         """Reschedule the alarm of a store that opening (or activating) restored."""
         restored = getattr(store, "restored_alarm", False)

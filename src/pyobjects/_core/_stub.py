@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, final
+import inspect
+from types import FunctionType
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, final, overload
 
 import anyio
 import anyio.lowlevel
@@ -13,29 +15,42 @@ from pyobjects._owner import current_owner
 from pyobjects._serialization import copy_args, copy_value
 
 from ._events import Call, Fetch
+from ._object import DurableObject, ObjectT
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine
+    from collections.abc import Coroutine
 
     from pyobjects._ids import DurableObjectId
 
     from ._actor import Actor
     from ._namespace import DurableObjectNamespace
+    from ._rpc import AsyncRpcMethod, RpcMethod
 
-__all__ = ["DurableObjectStub"]
+__all__ = ["DurableObjectStub", "UntypedRpcMethod"]
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 @final
-class _RpcMethod:
-    """``stub.name``: calling it sends one RPC call."""
+class UntypedRpcMethod(Generic[ObjectT]):
+    """``stub.name``: calling it sends one RPC call, unchecked.
+
+    Type checkers let it be called only through an untyped stub (a bare
+    ``DurableObjectStub``, or one of ``Any``): through a
+    ``DurableObjectStub[Cart]`` the call is an error, so that every call on
+    a typed stub is checked; use :meth:`DurableObjectStub.call` there.
+    """
 
     __slots__ = ("_name", "_stub")
 
-    def __init__(self, stub: DurableObjectStub, name: str) -> None:
+    def __init__(self, stub: DurableObjectStub[ObjectT], name: str) -> None:
         self._stub = stub
         self._name = name
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, Any]:
+    def __call__(
+        self: UntypedRpcMethod[DurableObject[Any]], *args: Any, **kwargs: Any
+    ) -> Coroutine[Any, Any, Any]:
         return self._stub._call(self._name, args, kwargs)
 
     def __repr__(self) -> str:
@@ -43,7 +58,7 @@ class _RpcMethod:
 
 
 @final
-class DurableObjectStub:
+class DurableObjectStub(Generic[ObjectT]):
     """A handle on one Durable Object; ``await stub.method(...)`` calls it.
 
     Arguments and results are passed by value (copied through the storage
@@ -52,12 +67,16 @@ class DurableObjectStub:
     they were made. Creating a stub does nothing: the object is constructed
     on the first call. Built by ``namespace.get()``; the constructor is
     private. Mirrors ``DurableObjectStub`` in Workers.
+
+    The type parameter is the object's class: on a ``DurableObjectStub[Cart]``
+    type checkers check ``await stub.call(Cart.add_item, "sku", 2)`` against
+    the ``@rpc`` method ``Cart.add_item`` (see the typing guide).
     """
 
     id: DurableObjectId
 
     def __init__(
-        self, namespace: DurableObjectNamespace, object_id: DurableObjectId
+        self, namespace: DurableObjectNamespace[ObjectT], object_id: DurableObjectId
     ) -> None:
         self._namespace = namespace
         self.id = object_id
@@ -68,12 +87,67 @@ class DurableObjectStub:
         """The name the id was made from, or ``None``."""
         return self.id.name
 
-    def __getattr__(self, name: str) -> Callable[..., Coroutine[Any, Any, Any]]:
+    def __getattr__(self, name: str) -> UntypedRpcMethod[ObjectT]:
         if name.startswith("__"):
             raise AttributeError(name)
-        method = _RpcMethod(self, name)
+        method = UntypedRpcMethod(self, name)
         self.__dict__[name] = method  # later lookups skip __getattr__
         return method
+
+    @overload
+    def call(
+        self,
+        method: AsyncRpcMethod[ObjectT, _P, _R],
+        /,
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> Coroutine[Any, Any, _R]: ...
+    @overload
+    def call(
+        self, method: RpcMethod[ObjectT, _P, _R], /, *args: _P.args, **kwargs: _P.kwargs
+    ) -> Coroutine[Any, Any, _R]: ...
+    @overload
+    def call(
+        self: DurableObjectStub[DurableObject[Any]], /, *args: Any, **kwargs: Any
+    ) -> Coroutine[Any, Any, Any]: ...
+    def call(self, /, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, Any]:
+        """Call the ``@rpc`` method *method* of the object: typed RPC.
+
+        ``await stub.call(Cart.add_item, "sku", 2)`` does what
+        ``await stub.add_item("sku", 2)`` does, but a type checker checks
+        the arguments against ``Cart.add_item`` and gives the result its
+        return type; a sync method is awaited like an async one. Only
+        methods marked with :func:`pyobjects.rpc` are accepted, so private
+        names, ``ctx`` and the event handlers (``fetch``, ``alarm``, ...)
+        are type errors.
+
+        An object's own RPC method named ``call`` is still reached: through
+        a typed stub as ``stub.call(Cart.call, ...)``, and through an
+        untyped one by any first argument that is not a function.
+
+        Raises:
+            TypeError: If *method* is a function not marked with ``@rpc``, or
+                a method of another class than this stub's object.
+        """
+        if not args:
+            return self._call("call", args, kwargs)
+        method = args[0]
+        if type(method) is not FunctionType:
+            if inspect.ismethod(method):
+                raise TypeError(
+                    f"stub.call() takes a method through its class, like "
+                    f"stub.call({type(method.__self__).__name__}."
+                    f"{method.__name__}, ...), not a bound method"
+                )
+            # Not a method reference: the object's own RPC method "call".
+            return self._call("call", args, kwargs)
+        cls = self._namespace.object_class
+        cache = self._namespace._runtime._method_cache
+        key = ("typed", cls, method)
+        name: str | None = cache.get(key)
+        if name is None:
+            name = cache[key] = _typed_name(cls, method)
+        return self._call(name, args[1:], kwargs)
 
     def _bind(self) -> Actor:
         actor = self._actor
@@ -154,6 +228,25 @@ class DurableObjectStub:
 
     def __repr__(self) -> str:
         return f"<DurableObjectStub {self._namespace._binding_name} {self.id!r}>"
+
+
+def _typed_name(cls: type, method: FunctionType) -> str:
+    """The name of the ``@rpc`` method *method* of *cls*, checked."""
+    if getattr(method, "__pyobjects_rpc__", None) is None:
+        raise TypeError(
+            f"stub.call() takes a method marked with @pyobjects.rpc, and "
+            f"{method.__qualname__} is not; mark it, or call "
+            f"stub.{method.__name__}(...)"
+        )
+    name = method.__name__
+    # Defined by the object's class or a base of it; an override in the
+    # class is what the call reaches, as with stub.add_item(...).
+    if not any(vars(klass).get(name) is method for klass in cls.__mro__):
+        raise TypeError(
+            f"stub.call({method.__qualname__}): that is not a method of "
+            f"{cls.__name__}, the class of this stub's object"
+        )
+    return name
 
 
 # str and bytes go through copy_value, which checks the 32 MiB limit.

@@ -30,6 +30,7 @@ from typing import Final
 __all__ = [
     "ACTIVATE",
     "ALARMS",
+    "CLAIM_ALARMS",
     "DDL",
     "HOLDER",
     "LIST_IDS",
@@ -158,6 +159,24 @@ ALARMS: Final = (
     " ON o.namespace = a.namespace AND o.object_id = a.object_id"
     " WHERE o.owner IS NULL OR o.owner = $1 OR o.expires < clock_timestamp()"
     " ORDER BY a.time_ms, a.namespace, a.object_id"
+)
+
+# Claim due alarms ($2: now, epoch ms) of objects nobody holds, in the
+# namespaces $4 this owner ($1) runs: lock those lease rows (skipping rows
+# another claimer has locked), take the leases ($3: TTL in seconds).
+CLAIM_ALARMS: Final = (
+    "WITH due AS (SELECT a.namespace, a.object_id FROM {s}.alarms AS a"
+    " JOIN {s}.objects AS o ON o.namespace = a.namespace"
+    " AND o.object_id = a.object_id"
+    " WHERE a.time_ms <= $2 AND a.namespace = ANY($4::text[])"
+    " AND (o.owner IS NULL OR o.expires < clock_timestamp())"
+    " ORDER BY a.time_ms LIMIT 100 FOR UPDATE OF o SKIP LOCKED)"
+    " UPDATE {s}.objects AS o SET owner = $1, epoch = o.epoch + 1,"
+    " expires = clock_timestamp() + $3 * interval '1 second'"
+    " FROM due, {s}.alarms AS a"
+    " WHERE o.namespace = due.namespace AND o.object_id = due.object_id"
+    " AND a.namespace = due.namespace AND a.object_id = due.object_id"
+    " RETURNING o.namespace, o.object_id, a.time_ms, a.retry_count, a.retry_ms"
 )
 
 RETRY: Final = (

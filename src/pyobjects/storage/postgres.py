@@ -58,7 +58,6 @@ from pyobjects._errors import (
 )
 from pyobjects._inflight import operations
 
-from . import _pg_sql as q
 from ._base import (
     RESERVED_SCHEMA,
     AlarmEntry,
@@ -66,6 +65,22 @@ from ._base import (
     check_object_id,
 )
 from ._history import UNDO, bookmark, parse_bookmark, read_pages, read_wal_commits
+from ._pg_sql import (
+    ACTIVATE,
+    ALARMS,
+    CLAIM_ALARMS,
+    DDL,
+    HOLDER,
+    LIST_IDS,
+    LIST_NAMESPACES,
+    LOG,
+    PRUNE,
+    RELEASE,
+    RELEASE_ALL,
+    RENEW,
+    RETRY,
+    SHIP,
+)
 from ._sqlite_store import HOLDS_DATA, SQLiteStore, read_alarm
 from .sqlite import _Connection
 
@@ -240,6 +255,9 @@ class PostgresBackend:
         self._pending_restores: set[_Key] = set()  # (SQLiteStore's protocol)
         # Operations under way on PostgreSQL (tests wait for them to settle).
         self._busy = 0
+        # Where claimed due alarms go (see use_alarms()).
+        self._adopt: Callable[[Sequence[AlarmEntry]], None] | None = None
+        self._alarm_namespaces: list[str] = []
 
     # -- what the runtime uses -------------------------------------------------
 
@@ -274,11 +292,24 @@ class PostgresBackend:
         """
         await self._get_pool()
 
-    async def maintain(self) -> None:
-        """Renew this backend's leases and give back released ones, until cancelled.
+    def use_alarms(
+        self, adopt: Callable[[Sequence[AlarmEntry]], None], namespaces: Sequence[str]
+    ) -> None:
+        """Hand due alarms claimed by :meth:`maintain` to the runtime's scheduler.
 
-        A runtime runs this in the background. An object whose lease could
-        not be renewed (another owner took it) can no longer commit.
+        Only alarms of *namespaces* (those the runtime binds) are claimed.
+        """
+        self._adopt = adopt
+        self._alarm_namespaces = list(namespaces)
+
+    async def maintain(self) -> None:
+        """Renew leases, give released ones back, claim due alarms; until cancelled.
+
+        A runtime runs this in the background, every third of the lease TTL.
+        An object whose lease could not be renewed (another owner took it)
+        can no longer commit. A due alarm of an object nobody holds (its
+        holder stopped, or died and its lease ran out) is claimed with
+        ``FOR UPDATE SKIP LOCKED``, so that one runtime, not several, runs it.
         """
         while True:
             wake = self._wake = anyio.Event()
@@ -287,6 +318,7 @@ class PostgresBackend:
             try:
                 await self._release_pending()
                 await self._renew()
+                await self._claim_due_alarms()
             except Exception as exc:
                 logger.warning(
                     "cannot renew the PostgreSQL leases of %s: %s", self._owner, exc
@@ -295,7 +327,7 @@ class PostgresBackend:
     async def list_object_ids(self, namespace: str, /) -> list[str]:
         """Return the sorted ids of the namespace's objects with a key or an alarm."""
         check_namespace(namespace)
-        rows = await self._run(lambda c: c.fetch(self._q(q.LIST_IDS), namespace))
+        rows = await self._run(lambda c: c.fetch(self._q(LIST_IDS), namespace))
         return [str(row[0]) for row in rows]
 
     async def list_namespaces(self) -> list[str]:
@@ -303,12 +335,12 @@ class PostgresBackend:
 
         Read-only (for ``pyobjects inspect``); not part of the backend protocol.
         """
-        rows = await self._run(lambda c: c.fetch(self._q(q.LIST_NAMESPACES)))
+        rows = await self._run(lambda c: c.fetch(self._q(LIST_NAMESPACES)))
         return [str(row[0]) for row in rows]
 
     async def pending_alarms(self) -> list[AlarmEntry]:
         """Every pending alarm, except those of objects another owner holds now."""
-        rows = await self._run(lambda c: c.fetch(self._q(q.ALARMS), self._owner))
+        rows = await self._run(lambda c: c.fetch(self._q(ALARMS), self._owner))
         return [
             AlarmEntry(
                 namespace=row[0],
@@ -333,7 +365,7 @@ class PostgresBackend:
         """Remember a failed attempt at the alarm set for *scheduled_ms*."""
         await self._run(
             lambda c: c.execute(
-                self._q(q.RETRY),
+                self._q(RETRY),
                 namespace,
                 object_id,
                 scheduled_ms,
@@ -359,7 +391,7 @@ class PostgresBackend:
         if pool is not None:
             with contextlib.suppress(Exception), anyio.move_on_after(5):
                 async with pool.acquire() as conn:
-                    await conn.execute(self._q(q.RELEASE_ALL), self._owner)
+                    await conn.execute(self._q(RELEASE_ALL), self._owner)
             self._releases.clear()
             with anyio.move_on_after(5) as scope:
                 await pool.close()
@@ -414,7 +446,7 @@ class PostgresBackend:
                 # One creator at a time: concurrent CREATE ... IF NOT EXISTS
                 # of the same table can fail on a unique index.
                 await conn.execute("SELECT pg_advisory_xact_lock(7279461, 1)")
-                for statement in q.DDL:
+                for statement in DDL:
                     await conn.execute(self._q(statement))
         except BaseException:
             pool.terminate()
@@ -465,18 +497,45 @@ class PostgresBackend:
         if self._pool is None or self._read_only:
             return
         rows = await self._run(
-            lambda c: c.fetch(self._q(q.RENEW), self._owner, self._ttl)
+            lambda c: c.fetch(self._q(RENEW), self._owner, self._ttl)
         )
         held = {(str(r[0]), str(r[1])): int(r[2]) for r in rows}
         for key, obj in self._objects.items():
             if held.get(key) != obj.epoch and obj.lost is None:
                 obj.lost = "its lease was taken over by another owner"
 
+    async def _claim_due_alarms(self) -> None:
+        adopt = self._adopt
+        if adopt is None or not self._alarm_namespaces or self._read_only:
+            return
+        rows = await self._run(
+            lambda c: c.fetch(
+                self._q(CLAIM_ALARMS),
+                self._owner,
+                self._now_ms(),
+                self._ttl,
+                self._alarm_namespaces,
+            )
+        )
+        if rows:
+            adopt(
+                [
+                    AlarmEntry(
+                        namespace=row[0],
+                        object_id=row[1],
+                        time_ms=int(row[2]),
+                        retry_count=int(row[3]),
+                        retry_ms=None if row[4] is None else int(row[4]),
+                    )
+                    for row in rows
+                ]
+            )
+
     async def _release_pending(self) -> None:
         while self._releases and self._pool is not None:
             (namespace, object_id), epoch = self._releases[-1]
             await self._run(
-                _execute(self._q(q.RELEASE), namespace, object_id, self._owner, epoch)
+                _execute(self._q(RELEASE), namespace, object_id, self._owner, epoch)
             )
             self._releases.pop()
 
@@ -499,7 +558,7 @@ class PostgresBackend:
             return obj, False
         if self._read_only:
             row = await self._run(
-                lambda c: c.fetchrow(self._q(q.HOLDER), namespace, object_id)
+                lambda c: c.fetchrow(self._q(HOLDER), namespace, object_id)
             )
             epoch, head, restore = -1, 0 if row is None else int(row[2]), None
             if obj is not None:
@@ -509,12 +568,12 @@ class PostgresBackend:
         else:
             row = await self._run(
                 lambda c: c.fetchrow(
-                    self._q(q.ACTIVATE), namespace, object_id, self._owner, self._ttl
+                    self._q(ACTIVATE), namespace, object_id, self._owner, self._ttl
                 )
             )
             if row is None:
                 holder = await self._run(
-                    lambda c: c.fetchrow(self._q(q.HOLDER), namespace, object_id)
+                    lambda c: c.fetchrow(self._q(HOLDER), namespace, object_id)
                 )
                 raise LeaseHeldError(
                     namespace=namespace,
@@ -555,7 +614,7 @@ class PostgresBackend:
         """Write the local database as it was after commit *seq*."""
         namespace, object_id = obj.key
         rows = await self._run(
-            lambda c: c.fetch(self._q(q.LOG), namespace, object_id, seq)
+            lambda c: c.fetch(self._q(LOG), namespace, object_id, seq)
         )
         if not rows or int(rows[-1][0]) != seq:
             raise StorageError(
@@ -686,11 +745,11 @@ class PostgresBackend:
         )
 
         async def attempt(c: asyncpg.pool.PoolConnectionProxy[Any]) -> None:
-            if await c.fetchval(self._q(q.SHIP), *args) == 1:
+            if await c.fetchval(self._q(SHIP), *args) == 1:
                 return
             # Nothing matched: an earlier attempt whose answer was lost
             # landed already, or another owner took the object.
-            row = await c.fetchrow(self._q(q.HOLDER), namespace, object_id)
+            row = await c.fetchrow(self._q(HOLDER), namespace, object_id)
             if row is not None and (row[0], row[1], row[2]) == (owner, epoch, seq):
                 return
             obj.lost = "its lease was taken over by another owner"
@@ -718,9 +777,7 @@ class PostgresBackend:
         if keep is None or keep <= obj.snapshots[0][0]:
             return
         namespace, object_id = obj.key
-        await self._run(
-            lambda c: c.execute(self._q(q.PRUNE), namespace, object_id, keep)
-        )
+        await self._run(lambda c: c.execute(self._q(PRUNE), namespace, object_id, keep))
         obj.snapshots = [(s, t) for s, t in obj.snapshots if s >= keep]
 
     # -- the local copy (what SQLiteStore uses, see _sqlite_store.StoreBackend) --

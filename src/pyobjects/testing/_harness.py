@@ -39,7 +39,7 @@ T = TypeVar("T")
 MakeRuntime = Callable[..., Awaitable[Runtime]]
 
 
-def _check_stub(stub: object, helper: str) -> DurableObjectStub:
+def _check_stub(stub: object, helper: str) -> DurableObjectStub[Any]:
     if not isinstance(stub, DurableObjectStub):
         raise TypeError(
             f"{helper}() takes a DurableObjectStub as its first argument, "
@@ -56,7 +56,7 @@ def _check_stub(stub: object, helper: str) -> DurableObjectStub:
 
 
 async def run_in_durable_object(
-    stub: DurableObjectStub, fn: Callable[[Any, DurableObjectState], Awaitable[T]]
+    stub: DurableObjectStub[Any], fn: Callable[[Any, DurableObjectState], Awaitable[T]]
 ) -> T:
     """Run ``await fn(instance, ctx)`` inside the object, as one event.
 
@@ -74,7 +74,7 @@ async def run_in_durable_object(
     return await stub._bind().deliver(RunIn(fn))  # type: ignore[no-any-return]
 
 
-async def run_durable_object_alarm(stub: DurableObjectStub) -> bool:
+async def run_durable_object_alarm(stub: DurableObjectStub[Any]) -> bool:
     """Run the object's pending alarm now, if it has one.
 
     Deletes the alarm, calls ``alarm(AlarmInfo(retry_count=0, is_retry=False))``
@@ -100,7 +100,7 @@ async def run_durable_object_alarm(stub: DurableObjectStub) -> bool:
     return await run_in_durable_object(stub, fire)
 
 
-async def evict(stub: DurableObjectStub) -> None:
+async def evict(stub: DurableObjectStub[Any]) -> None:
     """Drop the object's live instance as the platform would after idling.
 
     Pending writes are committed first; storage and the alarm stay, and the
@@ -132,7 +132,7 @@ async def evict(stub: DurableObjectStub) -> None:
 
 
 def fail_next_commits(
-    stub: DurableObjectStub, count: int = 1, *, error: Exception | None = None
+    stub: DurableObjectStub[Any], count: int = 1, *, error: Exception | None = None
 ) -> None:
     """Make the object's next *count* commits fail, as a broken disk would.
 
@@ -228,7 +228,7 @@ async def crash_and_restart(runtime: Runtime) -> AsyncIterator[Runtime]:
 
 
 async def list_durable_object_ids(
-    namespace: DurableObjectNamespace,
+    namespace: DurableObjectNamespace[Any],
 ) -> list[DurableObjectId]:
     """Return the ids of the namespace's objects that hold stored data.
 
