@@ -35,9 +35,10 @@ import ast
 import importlib
 import inspect
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, final
 
 import anyio
 import pytest
@@ -53,7 +54,6 @@ from .postgres import drop_schema, new_schema, require_postgres
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-pytest_plugins = ("pytester",)
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = sorted(
@@ -197,9 +197,44 @@ def test_every_page_is_checked() -> None:
     assert sum(len(blocks(p)) for p in PAGES) > 50
 
 
-def run_page(page: Path, pytester: pytest.Pytester) -> None:
-    """Run *page*'s blocks in ``pytester.path``, then its test modules."""
-    pytester.syspathinsert()
+@final
+class _Outcomes:
+    """A plugin for the inner pytest run: count what passed, keep what failed."""
+
+    def __init__(self) -> None:
+        self.passed = 0
+        self.failed: list[str] = []
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.failed:
+            self.failed.append(f"{report.nodeid}\n{report.longreprtext}")
+        elif report.when == "call" and report.passed:
+            self.passed += 1
+
+
+def run_page(page: Path, directory: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run *page*'s blocks in *directory*, then its test modules.
+
+    No pytester here: it drops every module imported during a test, and a
+    second import of a C-extension library (uvicorn's httptools) breaks it.
+    Only the page's own modules are forgotten afterwards.
+    """
+    monkeypatch.chdir(directory)
+    monkeypatch.syspath_prepend(str(directory))
+    before = set(sys.modules)
+    local = [str(directory)]  # where the page's own modules come from
+    try:
+        _run_page(page, directory, monkeypatch, local)
+    finally:
+        for name in set(sys.modules) - before:
+            module_file = getattr(sys.modules[name], "__file__", None) or ""
+            if module_file.startswith(tuple(local)):
+                del sys.modules[name]
+
+
+def _run_page(
+    page: Path, directory: Path, monkeypatch: pytest.MonkeyPatch, local: list[str]
+) -> None:
     namespace: dict[str, Any] = {"__name__": "__main__"}
     tests: list[Block] = []
     for block in blocks(page):
@@ -209,7 +244,7 @@ def run_page(page: Path, pytester: pytest.Pytester) -> None:
             assert directive.partition(":")[2].strip(), f"{where}: skip needs a reason"
             continue
         if block.filename is not None:
-            (pytester.path / block.filename).write_text(block.source)
+            (directory / block.filename).write_text(block.source)
             if Path(block.filename).name.startswith("test_"):
                 tests.append(block)
                 continue
@@ -217,22 +252,36 @@ def run_page(page: Path, pytester: pytest.Pytester) -> None:
         if verb == "serve":
             serve(argument, block.source, namespace, where)
         elif verb == "inside":
-            inside = object_runner(argument, namespace, pytester.path)
+            inside = object_runner(argument, namespace, directory)
             run_block(block.source, namespace, where, inside=inside)
         elif verb == "postgres":
             postgres(block.source, namespace, where)
         elif verb == "path":
-            pytester.syspathinsert(ROOT / argument)
+            local.append(str(ROOT / argument))
+            monkeypatch.syspath_prepend(str(ROOT / argument))
             run_block(block.source, namespace, where)
         else:
             assert not directive, f"{where}: unknown directive {directive!r}"
             run_block(block.source, namespace, where)
     if tests:
-        (pytester.path / "pytest.ini").write_text(_INNER_INI)
-        result = pytester.runpytest_inprocess(*(t.filename or "" for t in tests))
-        assert result.ret == 0, result.stdout.str()
+        (directory / "pytest.ini").write_text(_INNER_INI)
+        outcomes = _Outcomes()
+        files = [str(directory / (t.filename or "")) for t in tests]
+        code = pytest.main(
+            [
+                "-q",
+                "--rootdir",
+                str(directory),
+                "-c",
+                str(directory / "pytest.ini"),
+                *files,
+            ],
+            plugins=[outcomes],
+        )
+        assert not outcomes.failed, "\n".join(outcomes.failed)
+        assert code == pytest.ExitCode.OK
         defined = sum(len(_TEST_FUNCTION.findall(t.source)) for t in tests)
-        assert result.parseoutcomes().get("passed", 0) >= defined
+        assert outcomes.passed >= defined
 
 
 _TEST_FUNCTION = re.compile(r"^(?:async )?def test_", re.MULTILINE)
@@ -241,8 +290,10 @@ _TEST_FUNCTION = re.compile(r"^(?:async )?def test_", re.MULTILINE)
 @pytest.mark.parametrize(
     "page", PAGES, ids=[p.relative_to(ROOT).as_posix() for p in PAGES]
 )
-def test_python_snippets_run(page: Path, pytester: pytest.Pytester) -> None:
-    run_page(page, pytester)
+def test_python_snippets_run(
+    page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_page(page, tmp_path, monkeypatch)
 
 
 # -- the conventions themselves ---------------------------------------------------
@@ -261,13 +312,16 @@ def test_top_level_await_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out == "ran\n"
 
 
-def page_of(pytester: pytest.Pytester, text: str) -> Path:
-    page = pytester.path / "page.md"
+def page_of(directory: Path, text: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    page = directory / "page.md"
     page.write_text(text)
     return page
 
 
-def test_files_and_test_modules(pytester: pytest.Pytester) -> None:
+def test_files_and_test_modules(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     text = """
 ```python
 # things.py
@@ -286,20 +340,24 @@ def test_answer():
     assert ANSWER == 42
 ```
 """
-    run_page(page_of(pytester, text), pytester)
+    run_page(page_of(tmp_path / "a", text), tmp_path / "a", monkeypatch)
     failing = text.replace("assert ANSWER == 42\n", "assert ANSWER == 41\n")
-    with pytest.raises(AssertionError, match="1 failed"):
-        run_page(page_of(pytester, failing), pytester)
+    with pytest.raises(AssertionError, match="test_answer"):
+        run_page(page_of(tmp_path / "b", failing), tmp_path / "b", monkeypatch)
+    assert "things" not in sys.modules  # the page's modules are forgotten
 
 
-def test_a_skip_needs_a_reason(pytester: pytest.Pytester) -> None:
+def test_a_skip_needs_a_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     text = "<!-- docs-test: skip: needs the internet -->\n```python\n1 / 0\n```\n"
-    run_page(page_of(pytester, text), pytester)
+    run_page(page_of(tmp_path, text), tmp_path, monkeypatch)
+    bare = text.replace(": needs the internet", "")
     with pytest.raises(AssertionError, match="skip needs a reason"):
-        run_page(page_of(pytester, text.replace(": needs the internet", "")), pytester)
+        run_page(page_of(tmp_path, bare), tmp_path, monkeypatch)
 
 
-def test_inside_runs_the_block_in_an_object(pytester: pytest.Pytester) -> None:
+def test_inside_runs_the_block_in_an_object(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     text = """
 ```python
 from pyobjects import DurableObject
@@ -319,4 +377,4 @@ ctx.storage.put("k", 1)
 assert await ctx.storage.get("k") == 1  # storage persists
 ```
 """
-    run_page(page_of(pytester, text), pytester)
+    run_page(page_of(tmp_path, text), tmp_path, monkeypatch)

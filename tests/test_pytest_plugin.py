@@ -193,50 +193,6 @@ def test_make_server_reports_a_failed_startup(make_server: MakeServer) -> None:
         make_server(Starlette(lifespan=broken))
 
 
-def test_teardown_stops_apps_and_servers(pytester: pytest.Pytester) -> None:
-    pytester.makeini(
-        """
-        [pytest]
-        addopts = -p no:asyncio -p no:cacheprovider
-        anyio_mode = auto
-        filterwarnings = error
-        """
-    )
-    pytester.makepyfile(
-        test_teardown=textwrap.dedent(
-            """
-            import socket
-            import httpx
-            import pytest
-            from pyobjects import RuntimeClosedError
-            from pyobjects.asgi import App
-            from tests.test_pytest_plugin import WORKER
-
-            seen = {}
-
-            @pytest.fixture(params=["asyncio", "trio"])
-            def anyio_backend(request):
-                return request.param
-
-            async def test_start(make_client, make_server):
-                seen["app"] = app = App(WORKER)
-                await make_client(app)
-                seen["url"] = url = make_server(WORKER)
-                assert httpx.get(url).status_code == 200
-
-            def test_stopped():
-                with pytest.raises(RuntimeClosedError):
-                    seen["app"].runtime
-                port = int(seen["url"].rsplit(":", 1)[1])
-                with pytest.raises(ConnectionRefusedError):
-                    socket.create_connection(("127.0.0.1", port), timeout=5)
-            """
-        )
-    )
-    result = pytester.runpytest_inprocess()
-    result.assert_outcomes(passed=3)  # test_start on asyncio and on trio
-
-
 # -- ContextHost: setup and teardown in different tasks --------------------------
 
 
@@ -291,7 +247,6 @@ async def test_context_errors_reach_the_caller() -> None:
 
 
 def test_fixtures_under_pytest_asyncio_auto_mode(pytester: pytest.Pytester) -> None:
-    pytest.importorskip("pytest_asyncio")
     pytester.makepyprojecttoml(
         """
         [tool.pytest.ini_options]
@@ -303,8 +258,13 @@ def test_fixtures_under_pytest_asyncio_auto_mode(pytester: pytest.Pytester) -> N
     pytester.makepyfile(
         test_app=textwrap.dedent(
             """
+            import socket
+
             import httpx
-            from pyobjects import DurableObject, Request, Response, Worker
+            import pytest
+            from pyobjects import DurableObject, Request, Response, RuntimeClosedError
+            from pyobjects import Worker
+            from pyobjects.asgi import App
 
             class Counter(DurableObject):
                 async def fetch(self, request: Request) -> Response:
@@ -356,8 +316,22 @@ def test_fixtures_under_pytest_asyncio_auto_mode(pytester: pytest.Pytester) -> N
                 url = make_server(WORKER)
                 async with httpx.AsyncClient(base_url=url) as client:
                     assert (await client.get("/")).text == "1"
+
+            seen = {}
+
+            async def test_start(make_client, make_server):
+                seen["app"] = app = App(WORKER)
+                await make_client(app)
+                seen["url"] = make_server(WORKER)
+
+            def test_teardown_stopped_them():
+                with pytest.raises(RuntimeClosedError):
+                    seen["app"].runtime
+                port = int(seen["url"].rsplit(":", 1)[1])
+                with pytest.raises(ConnectionRefusedError):
+                    socket.create_connection(("127.0.0.1", port), timeout=5)
             """
         )
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q")
-    result.assert_outcomes(passed=4)
+    result.assert_outcomes(passed=6)
