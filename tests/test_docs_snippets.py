@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, final
 import anyio
 import pytest
 
-from pyobjects import Runtime
+from pyobjects import Runtime, _registry
 from pyobjects.asgi import App
 from pyobjects.storage import SQLiteBackend
 from pyobjects.testing import run_in_durable_object
@@ -223,9 +223,15 @@ def run_page(page: Path, directory: Path, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.syspath_prepend(str(directory))
     before = set(sys.modules)
     local = [str(directory)]  # where the page's own modules come from
+    # register_type() is process-wide: forget what the page registered.
+    registered = dict(_registry.BY_TYPE), dict(_registry.BY_NAME)
     try:
         _run_page(page, directory, monkeypatch, local)
     finally:
+        _registry.BY_TYPE.clear()
+        _registry.BY_TYPE.update(registered[0])
+        _registry.BY_NAME.clear()
+        _registry.BY_NAME.update(registered[1])
         for name in set(sys.modules) - before:
             module_file = getattr(sys.modules[name], "__file__", None) or ""
             if module_file.startswith(tuple(local)):
@@ -378,3 +384,23 @@ assert await ctx.storage.get("k") == 1  # storage persists
 ```
 """
     run_page(page_of(tmp_path, text), tmp_path, monkeypatch)
+
+
+def test_types_a_page_registers_are_forgotten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = """
+```python
+import dataclasses
+
+import pyobjects
+
+
+@pyobjects.register_type(name="docs.Point")
+@dataclasses.dataclass
+class Point:
+    x: int
+```
+"""
+    run_page(page_of(tmp_path, text), tmp_path, monkeypatch)
+    assert "docs.Point" not in _registry.BY_NAME
