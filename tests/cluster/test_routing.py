@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
 import pytest
@@ -13,7 +13,7 @@ from pyobjects.storage import PostgresBackend
 from tests.postgres import drop_schema, new_schema, require_postgres
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
 
 @pytest.fixture
@@ -135,3 +135,68 @@ async def test_objects_spread_over_the_nodes(schema: tuple[str, str]) -> None:
         assert set(homes) == {"a", "b"}  # rendezvous hashing places them
         again = [(await b.env.C.get_by_name(f"o{i}").incr())["node"] for i in range(20)]
         assert again == homes
+
+
+class Room(DurableObject):
+    """Hibernatable sockets: every message is echoed with the node's name."""
+
+    built: ClassVar[list[str]] = []
+
+    def __init__(self, ctx: Any, env: Any) -> None:
+        super().__init__(ctx, env)
+        Room.built.append(env.NODE)
+
+    async def fetch(self, request: Request) -> Response:
+        pair = pyobjects.WebSocketPair()
+        client, server = pair[0], pair[1]
+        self.ctx.accept_websocket(server)
+        return Response(None, status=101, websocket=client)
+
+    async def webSocketMessage(self, ws: Any, message: Any) -> None:
+        count = (await self.ctx.storage.get("count") or 0) + 1
+        self.ctx.storage.put("count", count)
+        ws.send(f"{self.env.NODE}:{count}:{message}")
+
+
+async def test_a_websocket_on_any_node_reaches_the_object(
+    schema: tuple[str, str], serve: Callable[..., str]
+) -> None:
+    from websockets.asyncio.client import connect
+
+    from pyobjects.asgi import App
+
+    dsn, name = schema
+    Room.built = []
+
+    async def route(request: Request, env: Any) -> Response:
+        response: Response = await env.ROOM.get_by_name("r").fetch(request)
+        return response
+
+    urls = [
+        serve(
+            App(
+                pyobjects.Worker(
+                    route, bindings={"ROOM": Room}, vars={"NODE": node_name}
+                ),
+                storage=PostgresBackend(dsn, schema=name, lease_ttl=2),
+                node=Node(),
+                idle_timeout=0.3,
+            )
+        )
+        for node_name in ("a", "b")
+    ]
+    async with connect(urls[0].replace("http", "ws") + "/") as one:
+        await one.send("hello")
+        home = str(await one.recv()).split(":")[0]
+        async with connect(urls[1].replace("http", "ws") + "/") as two:
+            await two.send("there")
+            # Both sockets reach the one instance, on its node.
+            assert await two.recv() == f"{home}:2:there"
+            # Idle, the object hibernates on its node; the sockets stay open
+            # (across the nodes too) and the next message wakes it.
+            await anyio.sleep(1.0)
+            await one.send("again")
+            assert await one.recv() == f"{home}:3:again"
+            await two.send("bye")
+            assert await two.recv() == f"{home}:4:bye"
+    assert Room.built == [home, home]  # built, hibernated, built again

@@ -18,6 +18,7 @@ built-in or a pyobjects error.
 
 from __future__ import annotations
 
+import base64
 import builtins
 import contextlib
 import hashlib
@@ -37,6 +38,8 @@ from pyobjects._errors import (
 )
 from pyobjects._http import Headers, Request, Response
 from pyobjects._serialization import decode, encode
+from pyobjects._websocket import WebSocketClose, WebSocketPair
+from pyobjects._ws_bridge import Bridge, call
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
@@ -53,6 +56,11 @@ logger: logging.Logger = logging.getLogger("pyobjects")
 
 _PATH_CALL = "/__pyobjects/call"
 _PATH_FETCH = "/__pyobjects/fetch"
+_PATH_SOCKET = "/__pyobjects/socket"
+_REQUEST_HEADER = "x-pyobjects-request"
+# Messages between nodes: the edge node enforces the app's own limit on what
+# clients send; this is Cloudflare's (and the edge's default) 32 MiB.
+_MAX_SOCKET_MESSAGE = 32 * 1024 * 1024
 _MAX_REDIRECTS = 2
 _CONTENT_TYPE = b"application/x-pyobjects"
 
@@ -193,6 +201,13 @@ class Cluster:
         local: Callable[[], Awaitable[Response]],
     ) -> Response:
         """Deliver *request* to the object's ``fetch()``, here or on its node."""
+        if "websocket" in (request.headers.get("upgrade") or "").lower():
+            return typing.cast(
+                "Response",
+                await self._route(
+                    stub, local, lambda url: self._open_socket(url, stub, request)
+                ),
+            )
         body = await request.bytes()
 
         async def remote(url: str) -> Response:
@@ -350,6 +365,65 @@ class Cluster:
             raise _error_from(answer["error"])
         return answer["ok"]
 
+    async def _open_socket(
+        self, url: str, stub: DurableObjectStub[Any], request: Request
+    ) -> Response:
+        """Upgrade through the object's node: a WebSocket between the nodes.
+
+        The holder runs the object's ``fetch()`` and bridges the socket it
+        returns to this connection, as its ASGI edge would bridge a client;
+        here the connection stands in for the object's end, so the client's
+        connection is bridged to it. The object's socket lives on its node,
+        hibernation included.
+        """
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import InvalidHandshake
+
+        info = {
+            "ns": stub._namespace._storage_name,
+            "id": str(stub.id),
+            "name": stub.id.name,
+            "url": request.url,
+            "headers": list(request.headers.items()),
+        }
+        header = base64.urlsafe_b64encode(encode(info)).decode()
+        try:
+            conn = await connect(
+                "ws" + url.removeprefix("http") + _PATH_SOCKET,
+                additional_headers={_REQUEST_HEADER: header},
+                max_size=None,
+                open_timeout=5,
+                ping_interval=None,
+            )
+        except (OSError, InvalidHandshake, TimeoutError) as exc:
+            raise _Gone from exc
+        try:
+            first = await conn.recv()
+            answer = decode(first if isinstance(first, bytes) else first.encode())
+        except Exception:
+            await conn.close()
+            raise
+        if "ok" not in answer:
+            await conn.close()
+            if "gone" in answer:
+                raise _Gone
+            if "moved" in answer:
+                raise _Moved(str(answer["moved"]))
+            if "error" in answer:
+                raise _error_from(answer["error"])
+            denied = answer["deny"]
+            return Response(
+                denied["body"], status=denied["status"], headers=denied["headers"]
+            )
+        placeholder = WebSocketPair()[0]  # what Response() checks for
+        response = Response(
+            None, status=101, headers=answer["ok"]["headers"], websocket=placeholder
+        )
+        # Not a WebSocketPair end (which Response() insists on for user code),
+        # but it has all the edge's bridge uses of one.
+        response.websocket = _RemoteSocket(conn)
+        return response
+
     # -- the node endpoint ------------------------------------------------------
 
     async def _asgi(
@@ -358,6 +432,9 @@ class Cluster:
         receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
         send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
     ) -> None:
+        if scope["type"] == "websocket":
+            await self._serve_socket(scope, receive, send)
+            return
         if scope["type"] != "http":
             return
         path = scope.get("path")
@@ -384,12 +461,7 @@ class Cluster:
         await _reply(send, 200, encode(answer))
 
     async def _serve(self, path: str, request: dict[str, Any]) -> dict[str, Any]:
-        namespace = self._namespace(str(request["ns"]))
-        ids = namespace._ids
-        object_id = ids.from_string(str(request["id"]))
-        if request.get("name") is not None:
-            object_id = ids.from_name(str(request["name"]))
-        stub: Any = namespace.get(object_id)
+        stub: Any = self._stub(request)
         if path == _PATH_CALL:
             result = await stub._call_local(
                 str(request["method"]), tuple(request["args"]), dict(request["kwargs"])
@@ -410,6 +482,69 @@ class Cluster:
                 "body": await response.bytes(),
             }
         }
+
+    async def _serve_socket(
+        self,
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
+        send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+    ) -> None:
+        """Another node's client wants a WebSocket to an object held here."""
+        if (await receive())["type"] != "websocket.connect":
+            return
+        headers = dict(scope.get("headers") or [])
+        raw = headers.get(_REQUEST_HEADER.encode())
+        if scope.get("path") != _PATH_SOCKET or raw is None:
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        await send({"type": "websocket.accept"})
+        client: Any = None
+        answer: dict[str, Any]
+        try:
+            info = decode(base64.urlsafe_b64decode(raw))
+            if self._leaving or not self._runtime._running:
+                answer = {"gone": True}
+            else:
+                stub: Any = self._stub(info)
+                response: Response = await stub._fetch_local(
+                    Request(
+                        str(info["url"]),
+                        headers=Headers([tuple(h) for h in info["headers"]]),
+                    )
+                )
+                client = response.websocket
+                if client is None:
+                    answer = {
+                        "deny": {
+                            "status": response.status,
+                            "headers": list(response.headers.items()),
+                            "body": await response.bytes(),
+                        }
+                    }
+                else:
+                    await call(client.accept)
+                    answer = {"ok": {"headers": list(response.headers.items())}}
+        except LeaseHeldError as exc:
+            answer = {"moved": exc.owner}
+        except Exception as exc:
+            answer = {"error": _error_to(exc)}
+        await send({"type": "websocket.send", "bytes": encode(answer)})
+        if client is None:
+            await send({"type": "websocket.close", "code": 1000})
+            return
+        await Bridge(client, receive, send, _MAX_SOCKET_MESSAGE).run(None)
+
+    def _stub(self, info: dict[str, Any]) -> Any:
+        namespace = self._namespace(str(info["ns"]))
+        ids = namespace._ids
+        object_id = ids.from_string(str(info["id"]))
+        if info.get("name") is not None:
+            named = ids.from_name(
+                str(info["name"]), jurisdiction=object_id.jurisdiction
+            )
+            if named == object_id:
+                object_id = named
+        return namespace.get(object_id)
 
     def _namespace(self, storage_name: str) -> DurableObjectNamespace[Any]:
         for namespace in self._runtime._namespaces:
@@ -469,3 +604,50 @@ def _error_from(info: dict[str, Any]) -> BaseException:
             with contextlib.suppress(AttributeError, TypeError):
                 setattr(exc, attribute, True)
     return exc
+
+
+class _RemoteSocket:
+    """The object's end of a client's socket, held on another node.
+
+    Has what the ASGI edge's bridge needs of a ``WebSocketPair`` end
+    (``accept``, ``send``, ``receive``, ``close``, ``_disconnect``), over the
+    WebSocket to the object's node.
+    """
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    async def accept(self) -> None:
+        """Nothing to do: the holder accepted the object's end already."""
+
+    async def send(self, data: str | bytes) -> None:
+        await self._conn.send(data)
+
+    async def receive(self) -> str | bytes | WebSocketClose:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            message: str | bytes = await self._conn.recv()
+        except ConnectionClosed as exc:
+            received = exc.rcvd
+            if received is None:
+                return WebSocketClose(
+                    code=1006, reason="the object's node went away", was_clean=False
+                )
+            return WebSocketClose(
+                code=received.code, reason=received.reason, was_clean=True
+            )
+        return message
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        await self._conn.close(_wire_code(code), reason)
+
+    async def _disconnect(self) -> None:
+        await self._conn.close(1001, "the client went away")
+
+
+def _wire_code(code: int) -> int:
+    """A close code allowed on the wire (1005/1006/1015 never are)."""
+    if code in {1000, 1001, 1002, 1003} or 1007 <= code <= 1014 or 3000 <= code <= 4999:
+        return code
+    return 1000 if code == 1005 else 1011
