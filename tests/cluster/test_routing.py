@@ -200,3 +200,44 @@ async def test_a_websocket_on_any_node_reaches_the_object(
             await two.send("bye")
             assert await two.recv() == f"{home}:4:bye"
     assert Room.built == [home, home]  # built, hibernated, built again
+
+
+async def test_traces_follow_a_call_to_another_node(schema: tuple[str, str]) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+        InMemorySpanExporter,
+    )
+
+    dsn, name = schema
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    telemetry = pyobjects.OpenTelemetry(tracer_provider=provider)
+
+    def traced(node_name: str) -> Runtime:
+        return Runtime(
+            bindings={"C": Counter},
+            storage=PostgresBackend(dsn, schema=name, lease_ttl=2),
+            vars={"NODE": node_name},
+            node=Node(),
+            opentelemetry=telemetry,
+        )
+
+    async with traced("a") as a, traced("b") as b:
+        home = (await a.env.C.get_by_name("t").incr())["node"]
+        caller = b if home == "a" else a  # the node that forwards
+        spans.clear()
+        with provider.get_tracer("test").start_as_current_span("request") as outer:
+            assert (await caller.env.C.get_by_name("t").incr())["node"] == home
+    # (The forwarding node may first have tried to start the object itself,
+    # if it had not seen the other node yet: that attempt has a span too.)
+    (remote,) = [
+        s
+        for s in spans.get_finished_spans()
+        if s.name == "Counter/incr" and s.parent is not None and s.parent.is_remote
+    ]
+    # The span on the holder belongs to the caller's trace, under its span.
+    assert remote.context.trace_id == outer.get_span_context().trace_id
+    assert remote.parent is not None
+    assert remote.parent.span_id == outer.get_span_context().span_id

@@ -42,7 +42,13 @@ from pyobjects._websocket import WebSocketClose, WebSocketPair
 from pyobjects._ws_bridge import Bridge, call
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
+    from collections.abc import (
+        Awaitable,
+        Callable,
+        Coroutine,
+        Iterator,
+        MutableMapping,
+    )
 
     from pyobjects._node import Node
 
@@ -190,6 +196,7 @@ class Cluster:
                     "method": name,
                     "args": list(args),
                     "kwargs": kwargs,
+                    "trace": self._trace(),
                 },
             ),
         )
@@ -222,6 +229,7 @@ class Cluster:
                     "url": request.url,
                     "headers": list(request.headers.items()),
                     "body": body,
+                    "trace": self._trace(),
                 },
             )
             return Response(
@@ -385,6 +393,7 @@ class Cluster:
             "name": stub.id.name,
             "url": request.url,
             "headers": list(request.headers.items()),
+            "trace": self._trace(),
         }
         header = base64.urlsafe_b64encode(encode(info)).decode()
         try:
@@ -453,7 +462,8 @@ class Cluster:
             if self._leaving or not self._runtime._running:
                 answer = {"gone": True}
             else:
-                answer = await self._serve(path, request)
+                with self._traced(request):
+                    answer = await self._serve(path, request)
         except LeaseHeldError as exc:
             answer = {"moved": exc.owner}
         except Exception as exc:
@@ -506,12 +516,13 @@ class Cluster:
                 answer = {"gone": True}
             else:
                 stub: Any = self._stub(info)
-                response: Response = await stub._fetch_local(
-                    Request(
-                        str(info["url"]),
-                        headers=Headers([tuple(h) for h in info["headers"]]),
+                with self._traced(info):
+                    response: Response = await stub._fetch_local(
+                        Request(
+                            str(info["url"]),
+                            headers=Headers([tuple(h) for h in info["headers"]]),
+                        )
                     )
-                )
                 client = response.websocket
                 if client is None:
                     answer = {
@@ -533,6 +544,32 @@ class Cluster:
             await send({"type": "websocket.close", "code": 1000})
             return
         await Bridge(client, receive, send, _MAX_SOCKET_MESSAGE).run(None)
+
+    def _trace(self) -> dict[str, str] | None:
+        """The caller's trace context (W3C headers), when this runtime traces."""
+        if self._runtime._telemetry is None:
+            return None
+        from opentelemetry.propagate import inject
+
+        carrier: dict[str, str] = {}
+        inject(carrier)
+        return carrier or None
+
+    @contextlib.contextmanager
+    def _traced(self, message: dict[str, Any]) -> Iterator[None]:
+        """Run a forwarded event inside the caller's trace (when both trace)."""
+        carrier = message.get("trace")
+        if not carrier or self._runtime._telemetry is None:
+            yield
+            return
+        from opentelemetry import context
+        from opentelemetry.propagate import extract
+
+        token = context.attach(extract(dict(carrier)))
+        try:
+            yield
+        finally:
+            context.detach(token)
 
     def _stub(self, info: dict[str, Any]) -> Any:
         namespace = self._namespace(str(info["ns"]))
