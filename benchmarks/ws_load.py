@@ -31,8 +31,10 @@ from __future__ import annotations
 import argparse
 import asyncio  # noqa: TID251 - the load generator, not pyobjects: protocols on uvloop
 import base64
+import bisect
 import contextlib
 import datetime
+import gc
 import json
 import os
 import platform
@@ -65,6 +67,12 @@ def raise_fd_limit() -> int:
 # -- the server (child process) ------------------------------------------------
 
 
+# Server side: when each broadcast's loop started (perf_counter_ns) and how
+# long the object's loop over its sockets took (ms), in order; seq 0 first.
+LOOPS: list[tuple[int, float]] = []
+TRACKED: list[int] = []  # objects the garbage collector tracks, once connected
+
+
 def build_app() -> Any:
     from pyobjects import (
         DurableObject,
@@ -87,10 +95,13 @@ def build_app() -> Any:
                 return
             command, _, arg = message.partition(" ")
             if command == "broadcast":
+                started = time.perf_counter_ns()
                 text = f"b {arg} {time.time_ns()}"
                 for peer in self.ctx.get_websockets():
                     peer.send(text)
+                LOOPS.append((started, (time.perf_counter_ns() - started) / 1e6))
             elif command == "count":
+                TRACKED.append(len(gc.get_objects()))  # before the broadcasts
                 ws.send(f"count {len(self.ctx.get_websockets())}")
 
     async def fetch(request: Request, env: Any) -> Response:
@@ -100,14 +111,57 @@ def build_app() -> Any:
     return App(Worker(fetch, bindings={"ROOM": Room}))
 
 
-def serve(port: int) -> None:
+class GcPauses:
+    """Times the server's garbage collections (``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        self.started = 0
+        # (when it started, generation, pause in ms)
+        self.pauses: list[tuple[int, int, float]] = []
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.started = time.perf_counter_ns()
+        else:
+            pause = (time.perf_counter_ns() - self.started) / 1e6
+            self.pauses.append((self.started, info["generation"], pause))
+
+    def report(self) -> str:
+        """Count and longest pause per generation, and where full ones fell."""
+        counts = []
+        for gen in (0, 1, 2):
+            ms = [m for _, g, m in self.pauses if g == gen]
+            counts.append(f"gen{gen} {len(ms)}x (longest {max(ms, default=0):.0f} ms)")
+        starts = [at for at, _ in LOOPS]
+        where = []
+        for at, gen, ms in self.pauses:
+            if gen == 2 and starts and at >= starts[0]:
+                seq = bisect.bisect_right(starts, at) - 1
+                offset = (at - starts[seq]) / 1e6
+                where.append(f"{ms:.0f} ms at +{offset:.0f} ms after broadcast {seq}")
+        return (
+            ", ".join(counts)
+            + "; full collections from the warm-up broadcast on: "
+            + ("; ".join(where) or "none")
+        )
+
+
+def serve(port: int, *, freeze: bool) -> None:
     import uvicorn
 
+    pauses = GcPauses()
+    gc.callbacks.append(pauses)
     pin(-1)
     limit = raise_fd_limit()
-    print(f"server fd limit {limit}", flush=True)
+    import pyobjects
+
+    print(f"server fd limit {limit}, pyobjects from {pyobjects.__file__}", flush=True)
+    app = build_app()
+    if freeze:  # as pyobjects serve does before it serves
+        gc.collect()
+        gc.freeze()
     config = uvicorn.Config(
-        build_app(),
+        app,
         host="127.0.0.1",
         port=port,
         log_level="warning",
@@ -121,6 +175,11 @@ def serve(port: int) -> None:
     )
     with contextlib.suppress(KeyboardInterrupt):
         uvicorn.Server(config).run()
+    loops = ", ".join(f"{ms:.0f}" for _, ms in LOOPS[1:])  # not the warm-up
+    print(f"server: the object's send loops took {loops} ms", flush=True)
+    print(f"server garbage collections: {pauses.report()}", flush=True)
+    if TRACKED:
+        print(f"server: {TRACKED[0]} objects tracked by the collector", flush=True)
 
 
 # -- the load generator ----------------------------------------------------------
@@ -337,11 +396,16 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=10_000)
     parser.add_argument("--broadcasts", type=int, default=10)
     parser.add_argument("--json", metavar="PATH")
+    parser.add_argument(
+        "--no-gc-freeze",
+        action="store_true",
+        help="do not gc.freeze() the server after start-up (pyobjects serve does)",
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.port)
+        serve(args.port, freeze=not args.no_gc_freeze)
         return
     pin(0)
     limit = raise_fd_limit()
@@ -351,6 +415,7 @@ def main() -> None:
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, __file__, "--serve", "--port", str(port)]
+        + (["--no-gc-freeze"] if args.no_gc_freeze else [])
     )
     try:
         deadline = time.monotonic() + 15

@@ -125,6 +125,9 @@ async def serve_websocket(
         await _deny(send, response, can_deny=can_deny)
         return
     bridge = Bridge(client, receive, send, app.max_message_size, frames=app._frames)
+    # The handshake is done with: keep none of it alive while the connection
+    # lasts, for the garbage collector walks every live object (#16).
+    del message, headers, request, response
     await bridge.run(accept)
 
 
