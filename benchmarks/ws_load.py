@@ -375,6 +375,50 @@ async def run(port: int, wanted: int, broadcasts: int) -> dict[str, Any]:
     return summary
 
 
+# -- the kernel's share: plain socket writes ----------------------------------------
+
+
+def floor(clients: int, rounds: int = 5) -> None:
+    """Time ``socket.send()`` of one frame over loopback TCP connections.
+
+    The least any server can spend per client and broadcast on this machine:
+    one write system call per connection (on loopback the kernel also runs
+    the receiving side's TCP inside that call). Pinned to the server's CPU.
+    """
+    pin(-1)
+    limit = raise_fd_limit()
+    count = min(clients, (limit - 100) // 2)
+    listener = socket.create_server(("127.0.0.1", 0), backlog=4096)
+    pairs = []
+    for _ in range(count):
+        near = socket.create_connection(listener.getsockname())
+        far, _ = listener.accept()
+        for sock in (near, far):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        pairs.append((far, near))
+    payload = f"b 1 {time.time_ns()}".encode()
+    data = bytes([0x81, len(payload)]) + payload  # a server frame: unmasked
+    per_send = []
+    for _ in range(rounds):
+        started = time.perf_counter_ns()
+        for far, _ in pairs:
+            far.send(data)
+        per_send.append((time.perf_counter_ns() - started) / count / 1e3)
+        for _, near in pairs:
+            near.recv(4096)
+    for far, near in pairs:
+        far.close()
+        near.close()
+    listener.close()
+    middle = statistics.median(per_send)
+    print(
+        f"floor: socket.send() over {count} loopback connections: "
+        + ", ".join(f"{us:.1f}" for us in per_send)
+        + f" µs per send; the median is {middle * clients / 1e3:.0f} ms"
+        f" for {clients} clients"
+    )
+
+
 # -- main ------------------------------------------------------------------------
 
 
@@ -401,11 +445,19 @@ def main() -> None:
         action="store_true",
         help="do not gc.freeze() the server after start-up (pyobjects serve does)",
     )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="only time plain socket writes to as many loopback connections",
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve(args.port, freeze=not args.no_gc_freeze)
+        return
+    if args.floor:
+        floor(args.clients)
         return
     pin(0)
     limit = raise_fd_limit()
