@@ -67,9 +67,10 @@ def raise_fd_limit() -> int:
 # -- the server (child process) ------------------------------------------------
 
 
-# Server side: when each broadcast's loop started (perf_counter_ns) and how
-# long the object's loop over its sockets took (ms), in order; seq 0 first.
-LOOPS: list[tuple[int, float]] = []
+# Server side: when each broadcast's loop started (perf_counter_ns), how long
+# the object's loop over its sockets took (ms) and the CPU time the process
+# got meanwhile (ms; less when other processes share the CPU), seq 0 first.
+LOOPS: list[tuple[int, float, float]] = []
 TRACKED: list[int] = []  # objects the garbage collector tracks, once connected
 
 
@@ -95,11 +96,12 @@ def build_app() -> Any:
                 return
             command, _, arg = message.partition(" ")
             if command == "broadcast":
-                started = time.perf_counter_ns()
+                started, cpu = time.perf_counter_ns(), time.process_time_ns()
                 text = f"b {arg} {time.time_ns()}"
                 for peer in self.ctx.get_websockets():
                     peer.send(text)
-                LOOPS.append((started, (time.perf_counter_ns() - started) / 1e6))
+                wall = (time.perf_counter_ns() - started) / 1e6
+                LOOPS.append((started, wall, (time.process_time_ns() - cpu) / 1e6))
             elif command == "count":
                 TRACKED.append(len(gc.get_objects()))  # before the broadcasts
                 ws.send(f"count {len(self.ctx.get_websockets())}")
@@ -132,7 +134,7 @@ class GcPauses:
         for gen in (0, 1, 2):
             ms = [m for _, g, m in self.pauses if g == gen]
             counts.append(f"gen{gen} {len(ms)}x (longest {max(ms, default=0):.0f} ms)")
-        starts = [at for at, _ in LOOPS]
+        starts = [at for at, _, _ in LOOPS]
         where = []
         for at, gen, ms in self.pauses:
             if gen == 2 and starts and at >= starts[0]:
@@ -175,8 +177,10 @@ def serve(port: int, *, freeze: bool) -> None:
     )
     with contextlib.suppress(KeyboardInterrupt):
         uvicorn.Server(config).run()
-    loops = ", ".join(f"{ms:.0f}" for _, ms in LOOPS[1:])  # not the warm-up
+    loops = ", ".join(f"{ms:.0f}" for _, ms, _ in LOOPS[1:])  # not the warm-up
+    cpu = ", ".join(f"{ms:.0f}" for _, _, ms in LOOPS[1:])
     print(f"server: the object's send loops took {loops} ms", flush=True)
+    print(f"server: of which CPU time of the server {cpu} ms", flush=True)
     print(f"server garbage collections: {pauses.report()}", flush=True)
     if TRACKED:
         print(f"server: {TRACKED[0]} objects tracked by the collector", flush=True)
@@ -398,12 +402,13 @@ def floor(clients: int, rounds: int = 5) -> None:
         pairs.append((far, near))
     payload = f"b 1 {time.time_ns()}".encode()
     data = bytes([0x81, len(payload)]) + payload  # a server frame: unmasked
-    per_send = []
+    per_send, per_send_cpu = [], []
     for _ in range(rounds):
-        started = time.perf_counter_ns()
+        started, cpu = time.perf_counter_ns(), time.process_time_ns()
         for far, _ in pairs:
             far.send(data)
         per_send.append((time.perf_counter_ns() - started) / count / 1e3)
+        per_send_cpu.append((time.process_time_ns() - cpu) / count / 1e3)
         for _, near in pairs:
             near.recv(4096)
     for far, near in pairs:
@@ -414,8 +419,9 @@ def floor(clients: int, rounds: int = 5) -> None:
     print(
         f"floor: socket.send() over {count} loopback connections: "
         + ", ".join(f"{us:.1f}" for us in per_send)
-        + f" µs per send; the median is {middle * clients / 1e3:.0f} ms"
-        f" for {clients} clients"
+        + " µs per send (CPU time: "
+        + ", ".join(f"{us:.1f}" for us in per_send_cpu)
+        + f"); the median is {middle * clients / 1e3:.0f} ms for {clients} clients"
     )
 
 

@@ -8,6 +8,7 @@ working. tests/test_websocket_server.py runs its end-to-end tests both ways.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,7 +19,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import (
 )
 from websockets.frames import Frame, Opcode
 
-from pyobjects import WebSocketPair
+from pyobjects import Request, Response, WebSocketPair
 from pyobjects._ws_direct import FrameCache, encode_frame
 
 from .test_websocket_server import CLIENT, Serve, Served, join, recv, start
@@ -147,3 +148,18 @@ def test_wsproto_falls_back_to_asgi_sends(serve: Serve) -> None:
         ann.send("all hello")
         assert recv(ann) == recv(bob) == "hello"
     assert served.log.next_event()[:3] in {("close", "ann", 1000), ("close", "bob", 1000)}
+
+
+def test_an_open_connection_keeps_none_of_its_handshake_alive(serve: Serve) -> None:
+    # Every object alive is one more for each full garbage collection to walk.
+    _, url = start(serve)
+
+    def alive(kind: type) -> int:
+        gc.collect()
+        return sum(type(o) is kind for o in gc.get_objects())
+
+    with join(url, user="ann") as ann, join(url, user="bob") as bob:
+        ann.send("all hi")
+        assert recv(ann) == recv(bob) == "hi"
+        assert alive(Request) == 0
+        assert alive(Response) == 0
