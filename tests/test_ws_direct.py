@@ -8,9 +8,9 @@ working. tests/test_websocket_server.py runs its end-to-end tests both ways.
 
 from __future__ import annotations
 
+import asyncio  # noqa: TID251 - uvicorn's own types
 import gc
-from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
@@ -18,11 +18,16 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import (
     WebSocketsSansIOProtocol,
 )
 from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+from websockets.server import ServerProtocol
 
 from pyobjects import Request, Response, WebSocketPair
-from pyobjects._ws_direct import FrameCache, encode_frame
+from pyobjects._ws_direct import FrameCache, direct_writer, encode_frame
 
 from .test_websocket_server import CLIENT, Serve, Served, join, recv, start
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 65_535, 65_536, 70_000])
@@ -54,7 +59,7 @@ def test_the_frame_cache_encodes_one_message_once() -> None:
 # -- the socket end's sink --------------------------------------------------------
 
 
-async def test_a_sink_takes_messages_only_while_the_reader_waits_with_nothing_queued() -> (
+async def test_a_sink_writes_only_while_the_reader_waits_and_nothing_is_queued() -> (
     None
 ):
     client, server = WebSocketPair()
@@ -77,7 +82,8 @@ async def test_a_sink_takes_messages_only_while_the_reader_waits_with_nothing_qu
 
         async def read(count: int) -> None:
             for _ in range(count):
-                received.append(await client.receive())
+                item = await client.receive()
+                received.append(item)
 
         tg.start_soon(read, 4)
         await anyio.wait_all_tasks_blocked()
@@ -107,7 +113,7 @@ def _reset_client() -> Iterator[None]:
 
 
 @pytest.fixture
-def asgi_sends(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
+def asgi_sends(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """Every ``websocket.send`` that reached uvicorn's ASGI send."""
     sent: list[Any] = []
     original = WebSocketsSansIOProtocol.send
@@ -118,7 +124,7 @@ def asgi_sends(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
         await original(self, message)
 
     monkeypatch.setattr(WebSocketsSansIOProtocol, "send", send)
-    yield sent
+    return sent
 
 
 @pytest.mark.parametrize("compression", ["deflate", None], ids=["asgi", "direct"])
@@ -147,7 +153,10 @@ def test_wsproto_falls_back_to_asgi_sends(serve: Serve) -> None:
     with join(url, user="ann") as ann, join(url, user="bob") as bob:
         ann.send("all hello")
         assert recv(ann) == recv(bob) == "hello"
-    assert served.log.next_event()[:3] in {("close", "ann", 1000), ("close", "bob", 1000)}
+    assert served.log.next_event()[:3] in {
+        ("close", "ann", 1000),
+        ("close", "bob", 1000),
+    }
 
 
 def test_an_open_connection_keeps_none_of_its_handshake_alive(serve: Serve) -> None:
@@ -163,3 +172,95 @@ def test_an_open_connection_keeps_none_of_its_handshake_alive(serve: Serve) -> N
         assert recv(ann) == recv(bob) == "hi"
         assert alive(Request) == 0
         assert alive(Response) == 0
+
+
+# -- the uvicorn hook and its guards -------------------------------------------------
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closing = False
+        self.fail = False
+
+    def write(self, data: bytes) -> None:
+        if self.fail:
+            raise RuntimeError("the transport broke")
+        self.written.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+def uvicorn_connection() -> tuple[WebSocketsSansIOProtocol, FakeTransport]:
+    """The attributes of an accepted uvicorn connection, without a server."""
+    protocol = object.__new__(WebSocketsSansIOProtocol)
+    transport = FakeTransport()
+    protocol.conn = ServerProtocol(state=State.OPEN)
+    protocol.transport = transport  # type: ignore[assignment]
+    protocol.writable = asyncio.Event()
+    protocol.writable.set()
+    protocol.close_sent = False
+    protocol.disconnected = False
+    return protocol, transport
+
+
+def test_the_hook_writes_one_encoded_frame_per_message() -> None:
+    protocol, transport = uvicorn_connection()
+    write = direct_writer(protocol.send, FrameCache())
+    assert write is not None
+    assert write("hi") is True
+    assert write(b"\x01") is True
+    assert transport.written == [encode_frame("hi"), encode_frame(b"\x01")]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "paused",
+        "close_sent",
+        "disconnected",
+        "closing",
+        "conn_closing",
+        "fragment",
+        "write_fails",
+    ],
+)
+def test_the_hook_declines_what_the_asgi_send_must_handle(change: str) -> None:
+    protocol, transport = uvicorn_connection()
+    write = direct_writer(protocol.send, FrameCache())
+    assert write is not None
+    if change == "paused":
+        protocol.writable.clear()
+    elif change == "close_sent":
+        protocol.close_sent = True
+    elif change == "disconnected":
+        protocol.disconnected = True
+    elif change == "closing":
+        transport.closing = True
+    elif change == "conn_closing":
+        protocol.conn.send_close(1000)
+    elif change == "fragment":
+        protocol.conn.send_text(b"part", fin=False)
+    else:
+        transport.fail = True
+    assert write("hi") is False
+    assert encode_frame("hi") not in transport.written
+
+
+def test_the_hook_is_only_for_uvicorn_sansio_without_extensions() -> None:
+    cache = FrameCache()
+
+    async def plain_send(message: Any) -> None:
+        """Any other server's ASGI send."""
+
+    assert direct_writer(plain_send, cache) is None
+    protocol, _ = uvicorn_connection()
+    protocol.conn.extensions = [object()]  # type: ignore[list-item]
+    assert direct_writer(protocol.send, cache) is None  # permessage-deflate
+    protocol, _ = uvicorn_connection()
+    protocol.conn = ServerProtocol(state=State.CONNECTING)
+    assert direct_writer(protocol.send, cache) is None  # not accepted
+    protocol, _ = uvicorn_connection()
+    del protocol.disconnected  # a uvicorn that changed its attributes
+    assert direct_writer(protocol.send, cache) is None

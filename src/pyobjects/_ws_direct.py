@@ -97,9 +97,15 @@ def direct_writer(send: Any, cache: FrameCache) -> DirectWriter | None:
     writable = getattr(protocol, "writable", None)
     if conn is None or transport is None or writable is None:
         return None
-    if getattr(conn, "extensions", None) != [] or getattr(conn, "state", None) is not (
-        State.OPEN
+    if not (
+        hasattr(protocol, "close_sent")
+        and hasattr(protocol, "disconnected")
+        and hasattr(conn, "expect_continuation_frame")
     ):
+        return None
+    if getattr(conn, "extensions", None) != []:
+        return None  # negotiated extensions (or an unknown shape)
+    if getattr(conn, "state", None) is not State.OPEN:
         return None
     is_set: Callable[[], bool] = writable.is_set
     is_closing: Callable[[], bool] = transport.is_closing
@@ -119,7 +125,10 @@ def direct_writer(send: Any, cache: FrameCache) -> DirectWriter | None:
             or is_closing()
         ):
             return False
-        write(frame(message))
+        try:
+            write(frame(message))
+        except Exception:  # nothing written: let the ASGI send deal with it
+            return False
         return True
 
     return write_frame
