@@ -299,8 +299,10 @@ class Actor(StorageOwner):
             try:
                 gate = self.output_gate
                 # gate.pending, inlined: this runs once per event
-                if gate.durable_seq < gate.write_seq or self.broken is not None:
+                if gate.durable_seq < gate.write_seq and not gate.commit_now():
                     await self.wait_durable()
+                elif self.broken is not None:
+                    raise self.reset_error()
             finally:
                 self.end()
             return result

@@ -32,10 +32,11 @@ import anyio.lowlevel
 from pyobjects._errors import DurableObjectResetError, OverloadedError
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine, Generator
+    from collections.abc import Callable, Coroutine, Generator
 
     from pyobjects._clock import Clock
     from pyobjects.storage._api import Storage
+    from pyobjects.storage._layers import _Layer
     from pyobjects.storage._base import ObjectStore, WriteBatch
 
     from ._timers import Timers
@@ -235,6 +236,8 @@ class OutputGate:
         "_owner",
         "_queue",
         "_scope",
+        "_store",
+        "_sync_commit",
         "broken",
         "commit_ns",
         "durable_seq",
@@ -243,7 +246,6 @@ class OutputGate:
         "flushing",
         "flushing_seq",
         "storage",
-        "store",
         "write_seq",
     )
 
@@ -253,9 +255,9 @@ class OutputGate:
         self._owner = owner
         self._queue = queue
         self.storage: Storage = storage
-        # The store commits go to; pyobjects.testing.fail_next_commits() puts a
-        # failing wrapper here (only here: reads use the storage's own store).
-        self.store: ObjectStore = store
+        self._store = store
+        self._sync_commit: Callable[[Any, WriteBatch], None] | None = None
+        self.store = store
         self.write_seq: int = 0
         self.durable_seq: int = 0
         self.broken: bool = False
@@ -266,6 +268,23 @@ class OutputGate:
         self.commit_ns: int = 0
         self._event: anyio.Event | None = None
         self._scope: anyio.CancelScope | None = None
+
+    @property
+    def store(self) -> ObjectStore:
+        """The store commits go to.
+
+        pyobjects.testing.fail_next_commits() puts a failing wrapper here
+        (only here: reads use the storage's own store).
+        """
+        return self._store
+
+    @store.setter
+    def store(self, store: ObjectStore) -> None:
+        self._store = store
+        # A built-in local store also offers its commit as a plain function:
+        # looked up on the type, so that a wrapper delegating attributes to
+        # the store it wraps (``__getattr__``) keeps its own commit.
+        self._sync_commit = getattr(type(store), "_commit_sync", None)
 
     @property
     def pending(self) -> bool:
@@ -336,12 +355,33 @@ class OutputGate:
                     continue
             await self.flush()
 
+    def commit_now(self) -> bool:
+        """Commit the pending writes inline, if that needs no waiting.
+
+        The hot path of an event that wrote: a store whose commit is a plain
+        function (the built-in local ones), no commit in flight, and no
+        reason to wait for group commit. Returns False when the caller must
+        ``await wait_durable()`` instead; True when the writes made so far
+        are durable, or the gate broke (the caller checks for that).
+        """
+        sync = self._sync_commit
+        if sync is None or self.flushing:
+            return False
+        if self.commit_ns > GROUP_COMMIT_NS and self._queue.events_in_flight > 1:
+            return False  # see wait_durable
+        self._flush_now(sync)
+        return True
+
     async def flush(self) -> None:
         """Commit the pending writes as one batch (all or nothing)."""
         while self.flushing and not self.broken:
             # A (suspending) commit is under way: batches commit one at a
             # time, in order, so this one waits for it.
             await self._wait(self.flushing_seq)
+        sync = self._sync_commit
+        if sync is not None:
+            self._flush_now(sync)
+            return
         self.flush_scheduled = False
         if self.broken:
             return
@@ -355,30 +395,58 @@ class OutputGate:
         self.flushing_seq = seq
         started = perf_counter_ns()
         try:
-            commit = self.store.commit(batch)
+            commit = self._store.commit(batch)
             try:
-                # Local backends finish here, without suspending: the hot path.
+                # A store may finish here without suspending after all.
                 first = commit.send(None)
             except StopIteration:
                 pass
             else:
                 await self._commit_slowly(commit, first)
         except Exception as exc:
-            error = DurableObjectResetError(
-                f"Durable Object storage commit failed, so the object was reset: {exc}"
-            )
-            error.__cause__ = exc
-            self._owner.commit_failed(error)
+            self._commit_failed(exc)
             return
         finally:
             self.flushing = False
         if self._was_broken():
             return  # reset while the commit was in flight: nothing to deliver
-        elapsed = perf_counter_ns() - started
+        self._done(seq, batch, layer, perf_counter_ns() - started)
+
+    def _flush_now(self, sync: Callable[[Any, WriteBatch], None]) -> None:
+        """:meth:`flush` for a store whose commit is a plain function."""
+        self.flush_scheduled = False
+        if self.broken:
+            return
+        seq = self.write_seq
+        taken = self.storage._take_batch()
+        if taken is None:
+            self._confirmed(seq)
+            return
+        batch, layer = taken
+        self.flushing = True
+        self.flushing_seq = seq
+        started = perf_counter_ns()
+        try:
+            sync(self._store, batch)
+        except Exception as exc:
+            self._commit_failed(exc)
+            return
+        finally:
+            self.flushing = False
+        self._done(seq, batch, layer, perf_counter_ns() - started)
+
+    def _done(self, seq: int, batch: WriteBatch, layer: _Layer, elapsed: int) -> None:
         self.commit_ns = (self.commit_ns * 3 + elapsed) >> 2
         self.storage._batch_done(layer, batch)
         self._confirmed(seq)
         self._owner.committed(batch, elapsed)
+
+    def _commit_failed(self, exc: Exception) -> None:
+        error = DurableObjectResetError(
+            f"Durable Object storage commit failed, so the object was reset: {exc}"
+        )
+        error.__cause__ = exc
+        self._owner.commit_failed(error)
 
     async def _commit_slowly(
         self, commit: Coroutine[Any, Any, None], first: Any

@@ -229,6 +229,10 @@ class SQLiteStore:
         return None if row is None else str(row[0])
 
     async def commit(self, batch: WriteBatch, /) -> None:
+        self._commit_sync(batch)
+
+    def _commit_sync(self, batch: WriteBatch, /) -> None:
+        """:meth:`commit` as a plain function (the output gate's fast path)."""
         puts, deletes = _encode_writes(batch.writes)
         alarm_changed, alarm, name = batch.alarm_changed, batch.alarm, batch.name
         if alarm_changed or name is not None:

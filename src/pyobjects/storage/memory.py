@@ -191,6 +191,10 @@ class _MemoryStore:
         return None if state is None else state.name
 
     async def commit(self, batch: WriteBatch, /) -> None:
+        self._commit_sync(batch)
+
+    def _commit_sync(self, batch: WriteBatch, /) -> None:
+        """:meth:`commit` as a plain function (the output gate's fast path)."""
         # Validate everything first: nothing below can fail half-way.
         check_batch(batch)
         backend = self._backend
