@@ -35,6 +35,7 @@ from ._front import StorageOwner
 from ._layers import _DONE_NONE, _MISS, _Done, _Layer, drive, in_transaction
 from ._limits import (
     CACHE_BYTES,
+    MAX_KEY_BYTES,
     alarm_ms,
     check_batch_size,
     check_key,
@@ -143,12 +144,21 @@ class Storage(SqlFacets):
 
     def _lookup(self, key: str) -> bytes | None:
         """Return the value known in memory, None if absent, or _MISS."""
-        for layer in reversed(self._uncommitted()):  # newest first
+        layers = self._layers
+        if len(layers) == 1 and not self._inflight:  # the common case
+            layer = layers[0]
             value = layer.writes.get(key, _MISS)
             if value is not _MISS:
                 return value  # type: ignore[no-any-return]
             if layer.delete_all:
                 return None
+        else:
+            for layer in reversed(self._uncommitted()):  # newest first
+                value = layer.writes.get(key, _MISS)
+                if value is not _MISS:
+                    return value  # type: ignore[no-any-return]
+                if layer.delete_all:
+                    return None
         cache = self._cache
         value = cache.get(key, _MISS)
         if value is not _MISS:
@@ -199,7 +209,8 @@ class Storage(SqlFacets):
         """
         self._owner.check_usable()
         if type(key) is str:
-            check_key(key)
+            if len(key) > MAX_KEY_BYTES or not key.isascii():
+                check_key(key)  # ASCII keys this short are valid
             data = self._lookup(key)
             if data is _MISS:
                 data = (await self._fetch([key])).get(key)
@@ -356,9 +367,15 @@ class Storage(SqlFacets):
             return _DONE_NONE
         if value is _MISS:
             raise TypeError("put() missing the value to store")
-        check_key(key)
+        if type(key) is not str or len(key) > MAX_KEY_BYTES or not key.isascii():
+            check_key(key)  # ASCII keys this short are valid
         data = encode_value(value)
-        self._record().writes[key] = data
+        layers = self._layers
+        if len(layers) == 1:  # no transaction open: _record(), inlined
+            self._owner.on_write()
+            layers[0].writes[key] = data
+        else:
+            self._record().writes[key] = data
         return _DONE_NONE
 
     @overload
