@@ -418,22 +418,26 @@ class OutputGate:
         if self.broken:
             return
         seq = self.write_seq
-        taken = self.storage._take_batch()
-        if taken is None:
-            self._confirmed(seq)
-            return
-        batch, layer = taken
         self.flushing = True
         self.flushing_seq = seq
         started = perf_counter_ns()
         try:
-            sync(self._store, batch)
+            batch = self.storage._commit_pending(sync, self._store)
         except Exception as exc:
             self._commit_failed(exc)
             return
         finally:
             self.flushing = False
-        self._done(seq, batch, layer, perf_counter_ns() - started)
+        if batch is not None:
+            elapsed = perf_counter_ns() - started
+            self.commit_ns = (self.commit_ns * 3 + elapsed) >> 2
+            self._owner.committed(batch, elapsed)
+        if seq > self.durable_seq:  # _confirmed(seq), inlined
+            self.durable_seq = seq
+        event = self._event
+        if event is not None:
+            self._event = None
+            event.set()
 
     def _done(self, seq: int, batch: WriteBatch, layer: _Layer, elapsed: int) -> None:
         self.commit_ns = (self.commit_ns * 3 + elapsed) >> 2

@@ -707,6 +707,45 @@ class Storage(SqlFacets):
         )
         return batch, pending
 
+    def _commit_pending(
+        self, commit: Callable[[Any, WriteBatch], None], store: object
+    ) -> WriteBatch | None:
+        """Commit the pending layer with *commit* (a plain function), inline.
+
+        :meth:`_take_batch`, the commit and :meth:`_batch_done` in one: the
+        commit cannot suspend, so nothing reads the layers meanwhile and the
+        pending layer is emptied in place instead of moving to in-flight.
+        Returns the batch, or None if there was nothing to commit. If the
+        commit raises, the layer is left as it was (the object resets).
+        """
+        pending = self._layers[0]
+        writes = pending.writes
+        delete_all = pending.delete_all
+        alarm_changed = pending.alarm_changed
+        if not writes and not delete_all and not alarm_changed and not pending.sql_dirty:
+            return None
+        sql = self._sql
+        if sql is not None and sql._open:
+            sql._settle()  # an unfinished statement would block the checkpoints
+        batch = WriteBatch(
+            delete_all, writes, alarm_changed, pending.alarm, self._pending_name
+        )
+        commit(store, batch)
+        pending.writes = {}
+        if delete_all or alarm_changed or pending.sql_dirty:
+            pending.delete_all = pending.alarm_changed = pending.sql_dirty = False
+            pending.alarm = None
+            if delete_all:
+                self._cache.clear()
+                self._cache_bytes = 0
+            if alarm_changed:
+                self._alarm = batch.alarm
+        if batch.name is not None:
+            self._pending_name = None
+        for k, v in writes.items():
+            self._remember(k, v)
+        return batch
+
     def _batch_done(self, layer: _Layer, batch: WriteBatch) -> None:
         """A batch is durable: move its values into the clean cache."""
         self._inflight.remove(layer)

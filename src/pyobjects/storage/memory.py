@@ -191,14 +191,20 @@ class _MemoryStore:
         return None if state is None else state.name
 
     async def commit(self, batch: WriteBatch, /) -> None:
+        # Validate everything first: nothing below can fail half-way.
+        check_batch(batch)
         self._commit_sync(batch)
 
     def _commit_sync(self, batch: WriteBatch, /) -> None:
-        """:meth:`commit` as a plain function (the output gate's fast path)."""
-        # Validate everything first: nothing below can fail half-way.
-        check_batch(batch)
+        """:meth:`commit` as a plain function, for the storage front end.
+
+        The output gate's fast path; its batches are valid by construction
+        (the front end checked every key, value and alarm time at the call).
+        """
         backend = self._backend
-        objects = backend._namespaces.setdefault(self._namespace, {})
+        objects = backend._namespaces.get(self._namespace)
+        if objects is None:
+            objects = backend._namespaces[self._namespace] = {}
         state = objects.get(self._object_id)
         if state is None:
             state = objects[self._object_id] = _ObjectState()
