@@ -434,7 +434,7 @@ def decode(data: bytes) -> Any:
     Raises:
         ValueError: If *data* was not made by `encode`.
     """
-    return _unpack(data, _ext_hook)
+    return unpackb(data, strict_map_key=False, ext_hook=_ext_hook, list_hook=_list_hook)
 
 
 def copy_value(value: Any, passthrough: tuple[type, ...] = ()) -> Any:

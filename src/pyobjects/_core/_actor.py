@@ -304,7 +304,12 @@ class Actor(StorageOwner):
                 elif self.broken is not None:
                     raise self.reset_error()
             finally:
-                self.end()
+                # self.end(), inlined: this runs once per event
+                self.active -= 1
+                if self.active == 0 and self.broken is None:
+                    if gate.flush_scheduled:
+                        gate.schedule_flush()  # nobody is left to commit these
+                    runtime._idle.became_idle(self)
             return result
         finally:
             commits.events_in_flight -= 1
@@ -459,8 +464,12 @@ class Actor(StorageOwner):
     def on_write(self) -> None:
         """Number the write and make sure a commit is coming."""
         gate = self.output_gate
-        if gate.wrote() and not self.stepping:
-            gate.schedule_flush()  # written outside an event step: commit soon
+        # gate.wrote(), inlined: this runs once per write
+        gate.write_seq += 1
+        if not gate.flush_scheduled:
+            gate.flush_scheduled = True
+            if not self.stepping:
+                gate.schedule_flush()  # written outside an event step: commit soon
 
     def hold_input(self) -> None:
         """Close the input gate (storage wait or transaction)."""

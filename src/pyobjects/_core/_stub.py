@@ -167,15 +167,17 @@ class DurableObjectStub(Generic[ObjectT]):
     async def _call(
         self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        runtime = self._namespace._runtime
-        passthrough = runtime._passthrough
-        args, kwargs = copy_args(args, kwargs, passthrough)
+        passthrough = self._namespace._runtime._passthrough
+        if args or kwargs:
+            args, kwargs = copy_args(args, kwargs, passthrough)
         caller = current_owner.get()
         if caller is not None:
             mark = caller.output_mark()
             if mark:
                 await caller.wait_output(mark)  # output gate: the call leaves
-        actor = self._bind()
+        actor = self._actor
+        if actor is None or actor.broken is not None or actor.evicted:
+            actor = self._bind()
         result = await actor.deliver(Call(name, args, kwargs))
         if type(result) in _IMMUTABLE:
             return result

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast, final, overload
 import anyio
 
 from pyobjects._aliases import camel_aliases
-from pyobjects._errors import StorageError, TransactionError
-from pyobjects._serialization import decode
+from pyobjects._errors import StorageError, StorageLimitError, TransactionError
+from pyobjects._serialization import MAX_VALUE_BYTES, decode, encode
 
 from ._api_sql import SqlFacets
 from ._base import ListQuery, WriteBatch
@@ -54,6 +54,8 @@ if TYPE_CHECKING:
     from ._sql import SqlStorage
 
 __all__ = ["Storage", "StorageOwner"]
+
+_new_tuple = tuple.__new__
 
 T = TypeVar("T")
 
@@ -207,7 +209,9 @@ class Storage(SqlFacets):
         order (at most 128 keys). Every call returns a fresh copy. Reads see
         this object's own writes, committed or not.
         """
-        self._owner.check_usable()
+        owner = self._owner
+        if owner.broken is not None:
+            owner.check_usable()
         if type(key) is str:
             if len(key) > MAX_KEY_BYTES or not key.isascii():
                 check_key(key)  # ASCII keys this short are valid
@@ -353,7 +357,9 @@ class Storage(SqlFacets):
                 (nothing of the call is written).
             SerializationError: A value the codec cannot store.
         """
-        self._owner.check_usable()
+        owner = self._owner
+        if owner.broken is not None:
+            owner.check_usable()
         if type(key) is not str and isinstance(key, Mapping):
             if value is not _MISS:
                 raise TypeError(
@@ -369,10 +375,12 @@ class Storage(SqlFacets):
             raise TypeError("put() missing the value to store")
         if type(key) is not str or len(key) > MAX_KEY_BYTES or not key.isascii():
             check_key(key)  # ASCII keys this short are valid
-        data = encode_value(value)
+        data = encode(value)  # encode_value(), inlined
+        if len(data) > MAX_VALUE_BYTES:
+            raise StorageLimitError("value", limit=MAX_VALUE_BYTES, size=len(data))
         layers = self._layers
         if len(layers) == 1:  # no transaction open: _record(), inlined
-            self._owner.on_write()
+            owner.on_write()
             layers[0].writes[key] = data
         else:
             self._record().writes[key] = data
@@ -727,8 +735,10 @@ class Storage(SqlFacets):
         sql = self._sql
         if sql is not None and sql._open:
             sql._settle()  # an unfinished statement would block the checkpoints
-        batch = WriteBatch(
-            delete_all, writes, alarm_changed, pending.alarm, self._pending_name
+        # WriteBatch(...) without the namedtuple's Python-level __new__
+        batch: WriteBatch = _new_tuple(
+            WriteBatch,
+            (delete_all, writes, alarm_changed, pending.alarm, self._pending_name),
         )
         commit(store, batch)
         pending.writes = {}

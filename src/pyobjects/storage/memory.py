@@ -150,6 +150,9 @@ class MemoryBackend:
         """Do nothing: the data stays in memory and the backend stays usable."""
 
 
+_dict_set = dict.__setitem__
+
+
 @typing.final
 class _MemoryStore:
     __slots__ = ("_backend", "_namespace", "_object_id")
@@ -224,6 +227,8 @@ class _MemoryStore:
         for key, value in batch.writes.items():
             if value is None:
                 data.pop(key, None)
+            elif key in data:
+                _dict_set(data, key, value)  # the key order stays: skip SortedDict's
             else:
                 data[key] = value
         if batch.alarm_changed:
