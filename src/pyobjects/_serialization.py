@@ -422,8 +422,10 @@ def encode(value: object) -> bytes:
             names it and where it is), a subclass of a supported type, a
             reference cycle, or nests too deep.
     """
-    cls = type(value)
-    if (cls is int and _MIN_PACKED <= value <= _MAX_PACKED) or cls in _PLAIN_SCALARS:
+    if type(value) is int:
+        if _MIN_PACKED <= value <= _MAX_PACKED:
+            return _pack_scalar(value)
+    elif type(value) in _PLAIN_SCALARS:
         return _pack_scalar(value)
     return _pack(value, _default)
 

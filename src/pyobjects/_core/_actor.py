@@ -453,7 +453,8 @@ class Actor(StorageOwner):
         self.stepping += 1  # its writes commit with the first event's output
         try:
             self.instance = self.namespace.object_class(self.ctx, self.runtime.env)
-            logger.debug("constructed %s", self._label())
+            if logger.isEnabledFor(logging.DEBUG):  # the label costs a few µs
+                logger.debug("constructed %s", self._label())
         finally:
             self.stepping -= 1
             self.constructing = False
@@ -662,7 +663,8 @@ class Actor(StorageOwner):
         """Drop this (quiescent) instance; storage stays for the next one."""
         self.evicted = True
         self.counters.evictions += 1
-        logger.debug("evicted %s", self._label())
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("evicted %s", self._label())
         self.runtime._forget(self)
         self.store.close()
         self.instance = None

@@ -36,8 +36,8 @@ if TYPE_CHECKING:
 
     from pyobjects._clock import Clock
     from pyobjects.storage._api import Storage
-    from pyobjects.storage._layers import _Layer
     from pyobjects.storage._base import ObjectStore, WriteBatch
+    from pyobjects.storage._layers import _Layer
 
     from ._timers import Timers
 

@@ -730,7 +730,12 @@ class Storage(SqlFacets):
         writes = pending.writes
         delete_all = pending.delete_all
         alarm_changed = pending.alarm_changed
-        if not writes and not delete_all and not alarm_changed and not pending.sql_dirty:
+        if (
+            not writes
+            and not delete_all
+            and not alarm_changed
+            and not pending.sql_dirty
+        ):
             return None
         sql = self._sql
         if sql is not None and sql._open:

@@ -157,6 +157,10 @@ _dict_set = dict.__setitem__
 class _MemoryStore:
     __slots__ = ("_backend", "_namespace", "_object_id")
 
+    # Never restored (no point-in-time recovery here). A class attribute, so
+    # that the runtime's look-up after open() finds it instead of raising.
+    restored_alarm: typing.ClassVar[bool] = False
+
     def __init__(self, backend: MemoryBackend, namespace: str, object_id: str) -> None:
         self._backend = backend
         self._namespace = namespace
