@@ -147,7 +147,7 @@ def fmt(value: float, unit: str) -> str:
     """Format a value with its unit for the table."""
     if unit == "x":
         return f"{value:.2f}x"
-    if unit in {"us", "MiB"} and value < 100:
+    if unit in {"us", "ms", "MiB"} and value < 100:
         return f"{value:,.2f} {unit}"
     return f"{value:,.0f} {unit}".rstrip()
 
@@ -864,9 +864,17 @@ def detail(value: object) -> str:
 
 
 def print_report(
-    info: dict[str, Any], results: list[Result], ratio: list[Result]
+    info: dict[str, Any],
+    results: list[Result],
+    ratio: list[Result],
+    *,
+    extra: dict[str, str] | None = None,
 ) -> None:
-    """Print the machine, the results table, the ratios and the details."""
+    """Print the machine, the results table, the ratios and the details.
+
+    *extra* adds lines to the machine's (name, text), as another script's
+    server.
+    """
     print("pyobjects benchmarks")
     for name in ("date", "python", "platform", "cpu", "cpu_count", "pyobjects"):
         print(f"  {name:<10} {info[name]}")
@@ -874,6 +882,8 @@ def print_report(
         f"  {'run':<10} {info['mode']}, anyio {info['anyio']} on {info['backend']},"
         f" sqlite {info['sqlite']}, files in {info['tmpdir']}"
     )
+    for name, text in (extra or {}).items():
+        print(f"  {name:<10} {text}")
     print()
     rows = [*results, *ratio]
     width = max((len(r.label) for r in rows), default=10)

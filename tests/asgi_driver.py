@@ -74,6 +74,7 @@ def http_scope(
     raw_path: bytes | None = None,
     server: tuple[str, int] | None = ("127.0.0.1", 8787),
     kind: str = "http",
+    root_path: str = "",
 ) -> dict[str, Any]:
     scope: dict[str, Any] = {
         "type": kind,
@@ -86,7 +87,7 @@ def http_scope(
         "headers": [(k.lower().encode(), v.encode("latin-1")) for k, v in headers],
         "server": server,
         "client": ("127.0.0.1", 50000),
-        "root_path": "",
+        "root_path": root_path,
     }
     if raw_path is not None:
         scope["raw_path"] = raw_path

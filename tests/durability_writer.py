@@ -1,18 +1,23 @@
-"""Writer process for test_durability: acknowledges each write on stdout.
+"""Writer process for the crash tests: acknowledges each write on stdout.
 
-Run as ``python durability_writer.py DIR RUN``; it writes until killed.
+Run as ``python durability_writer.py DIR RUN`` (a SQLiteBackend in DIR) or
+``python durability_writer.py --postgres DSN SCHEMA RUN`` (a PostgresBackend
+on that schema); it writes until killed.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
 
 from pyobjects import DurableObject, Runtime
-from pyobjects.storage import SQLiteBackend, Transaction
+from pyobjects.storage import PostgresBackend, SQLiteBackend, Transaction
+
+if TYPE_CHECKING:
+    from pyobjects.storage import StorageBackend
 
 
 class Ledger(DurableObject):
@@ -41,10 +46,8 @@ class Ledger(DurableObject):
         await self.ctx.storage.transaction(closure)
 
 
-async def main(directory: str, run: int) -> None:
-    async with Runtime(
-        bindings={"LEDGER": Ledger}, storage=SQLiteBackend(directory)
-    ) as rt:
+async def main(storage: StorageBackend, run: int) -> None:
+    async with Runtime(bindings={"LEDGER": Ledger}, storage=storage) as rt:
         ns = rt.env.LEDGER
         out = sys.stdout
 
@@ -68,4 +71,15 @@ async def main(directory: str, run: int) -> None:
 
 
 if __name__ == "__main__":
-    anyio.run(main, sys.argv[1], int(sys.argv[2]))
+    if sys.argv[1] == "--postgres":
+        _, _, dsn, schema, run = sys.argv
+        # A small pool: several writers share the test server. No history
+        # kept: every snapshot prunes the log before it, so kills land there
+        # too.
+        backend: StorageBackend = PostgresBackend(
+            dsn, schema=schema, pool_size=4, pitr_retention=0
+        )
+    else:
+        _, directory, run = sys.argv
+        backend = SQLiteBackend(directory)
+    anyio.run(main, backend, int(run))

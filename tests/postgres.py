@@ -34,7 +34,66 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start_private() -> str | None:
+class PrivateServer:
+    """A PostgreSQL server of the tests' own, in a temporary directory.
+
+    Unlike a shared server, it may be stopped and started again (the data
+    and the port stay), which the restart tests need. :meth:`close` stops it
+    for good and removes its directory.
+    """
+
+    def __init__(
+        self, directory: str, port: int, prefix: list[str], pg_ctl: str
+    ) -> None:
+        self.directory = directory
+        self.port = port
+        self._prefix = prefix
+        self._pg_ctl = pg_ctl
+        self.dsn = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        self.running = False
+
+    def _ctl(self, *args: str) -> None:
+        subprocess.run(
+            [
+                *self._prefix,
+                self._pg_ctl,
+                "-D",
+                os.path.join(self.directory, "data"),
+                *args,
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+
+    def start(self) -> None:
+        """Start the server and wait until it accepts connections."""
+        self._ctl(
+            "-w",
+            "-l",
+            os.path.join(self.directory, "log"),
+            "-o",
+            f"-h 127.0.0.1 -p {self.port} -k {self.directory} -F",
+            "start",
+        )
+        self.running = True
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server (``fast``: clients get an error; ``immediate``: a crash)."""
+        self._ctl("-w", "-m", mode, "stop")
+        self.running = False
+
+    def close(self) -> None:
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
+            self.stop("immediate")
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def private_server() -> PrivateServer | None:
+    """Start a new private server, or ``None`` without the server binaries.
+
+    The caller closes it (:meth:`PrivateServer.close`).
+    """
     initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
     if initdb is None or pg_ctl is None:
         return None
@@ -53,44 +112,49 @@ def _start_private() -> str | None:
     directory = tempfile.mkdtemp(prefix="pyobjects-pg-server-")
     if prefix:
         shutil.chown(directory, "postgres")
-    data = os.path.join(directory, "data")
-    port = _free_port()
+    server = PrivateServer(directory, _free_port(), prefix, pg_ctl)
     try:
-        subprocess.run(
-            [*prefix, initdb, "-D", data, "-A", "trust", "-U", "postgres"],
-            check=True,
-            capture_output=True,
-        )
         subprocess.run(
             [
                 *prefix,
-                pg_ctl,
+                initdb,
                 "-D",
-                data,
-                "-w",
-                "-l",
-                os.path.join(directory, "log"),
-                "-o",
-                f"-h 127.0.0.1 -p {port} -k {directory} -F",
-                "start",
+                os.path.join(directory, "data"),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
             ],
             check=True,
             capture_output=True,
         )
-    except (subprocess.CalledProcessError, OSError):
-        shutil.rmtree(directory, ignore_errors=True)
+        server.start()
+    except (subprocess.SubprocessError, OSError):
+        server.close()
         return None
+    return server
 
-    def stop() -> None:
-        subprocess.run(
-            [*prefix, pg_ctl, "-D", data, "-m", "immediate", "stop"],
-            capture_output=True,
-            check=False,
+
+def require_private_server() -> PrivateServer:
+    """A new private server (the caller closes it), or skip/fail as above."""
+    server = private_server()
+    if server is None:
+        reason = (
+            "no PostgreSQL server binaries (initdb, pg_ctl) to start a private "
+            "server that this test may stop and start"
         )
-        shutil.rmtree(directory, ignore_errors=True)
+        if os.environ.get("PYOBJECTS_REQUIRE_POSTGRES") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return server
 
-    atexit.register(stop)
-    return f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+def _start_private() -> str | None:
+    server = private_server()
+    if server is None:
+        return None
+    atexit.register(server.close)
+    return server.dsn
 
 
 def postgres_dsn() -> str | None:

@@ -396,9 +396,48 @@ async def test_mounted_in_starlette_with_the_host_lifespan() -> None:
     assert first.text == "1"
     assert second.status_code == 201
     assert second.text == "posted"
-    # The worker sees the URL the client asked for, mount prefix included.
-    assert second.headers["x-url"] == "http://t/do/echo?q=1"
+    # The worker sees URLs below the mount point, and the prefix in a header.
+    assert second.headers["x-url"] == "http://t/echo?q=1"
+    assert second.headers["x-got-x-forwarded-prefix"] == "/do"
     assert total.text == "total 1"
+
+
+@pytest.mark.parametrize(
+    ("root_path", "path", "raw_path", "url"),
+    [
+        # Starlette's Mount: path and raw_path both keep the prefix.
+        ("/do", "/do/a b", b"/do/a%20b", "http://h/a%20b"),
+        ("/do/", "/do", b"/do", "http://h/"),
+        # uvicorn --root-path behind a proxy that stripped the prefix.
+        ("/api", "/api/x", b"/x", "http://h/x"),
+        # The prefix escaped differently in the raw path: the decoded path.
+        ("/é", "/é/x", b"/%c3%a9/x", "http://h/x"),
+        # A path outside the prefix is left whole.
+        ("/do", "/other", b"/other", "http://h/other"),
+    ],
+)
+async def test_the_worker_sees_paths_below_the_root_path(
+    root_path: str, path: str, raw_path: bytes, url: str
+) -> None:
+    app = make_app()
+    async with lifespan(app):
+        scope_headers = [("host", "h"), ("x-forwarded-prefix", "/spoofed")]
+        result = await http(
+            app,
+            path=path,
+            raw_path=raw_path,
+            headers=scope_headers,
+            root_path=root_path,
+        )
+    assert result.header("x-url") == url
+    assert result.header("x-got-x-forwarded-prefix") == root_path.rstrip("/")
+
+
+async def test_without_a_root_path_headers_pass_through() -> None:
+    app = make_app()
+    async with lifespan(app):
+        result = await http(app, headers=[("host", "h"), ("x-forwarded-prefix", "/p")])
+    assert result.header("x-got-x-forwarded-prefix") == "/p"
 
 
 async def test_mounted_without_starting_the_runtime_is_503() -> None:

@@ -30,6 +30,7 @@ VALUE_MODULES = {
     "pyobjects._http",
     "pyobjects._ids",
     "pyobjects._owner",
+    "pyobjects._registry",
     "pyobjects._serialization",
     "pyobjects._statistics",
     "pyobjects._telemetry_options",

@@ -57,6 +57,7 @@ from ._fetch import fetch as fetch
 from ._http import Headers as Headers, Request as Request, Response as Response
 from ._ids import DurableObjectId as DurableObjectId
 from ._prometheus import PrometheusCollector as PrometheusCollector
+from ._registry import register_type as register_type
 from ._statistics import (
     NamespaceStatistics as NamespaceStatistics,
     RuntimeStatistics as RuntimeStatistics,
@@ -129,6 +130,7 @@ __all__ = (
     "WorkerEntrypoint",
     "connect_websocket",
     "fetch",
+    "register_type",
     "rpc",
 )
 

@@ -66,10 +66,12 @@ TOO_LARGE = _TooLarge()
 
 
 def request_parts(scope: Scope) -> tuple[str, Headers]:
-    """Return the absolute URL and the headers the client sent.
+    """Return the absolute URL and the headers the worker sees.
 
-    The URL is the one the client asked for (a mounted app sees its mount
-    prefix too): ``ws``/``wss`` become ``http``/``https`` as in Workers.
+    ``ws``/``wss`` become ``http``/``https`` as in Workers. An app mounted
+    under a prefix (the ASGI ``root_path``: Starlette's ``Mount``, uvicorn's
+    ``--root-path``) sees URLs relative to its mount point, and the prefix in
+    an ``X-Forwarded-Prefix`` header, as behind a proxy that strips one.
 
     Raises:
         BadRequestError: For a malformed ``Host`` or header.
@@ -95,9 +97,30 @@ def request_parts(scope: Scope) -> tuple[str, Headers]:
         path = quote(str(scope.get("path") or "/"), safe=_PATH_SAFE)
     if not path.startswith("/"):
         raise BadRequestError(f"invalid request target: {path!r}")
+    root = str(scope.get("root_path") or "").rstrip("/")
+    if root:
+        path = _below(root, path, str(scope.get("path") or "/"))
+        headers.set("x-forwarded-prefix", root)
     query = bytes(scope.get("query_string") or b"").decode("latin-1")
     url = f"{scheme}://{host}{path}"
     return (f"{url}?{query}" if query else url), headers
+
+
+def _below(root: str, raw: str, decoded: str) -> str:
+    """Return the raw path *raw* without the mount prefix *root*.
+
+    The raw path keeps the client's escapes, so it is cut where the escaped
+    prefix ends. When the raw path does not start with the prefix (a server
+    that adds ``root_path`` to ``path`` only, as uvicorn's ``--root-path``
+    does behind a proxy that stripped it, or a prefix escaped differently),
+    the decoded ``path`` is used instead.
+    """
+    prefix = quote(root, safe=_PATH_SAFE)
+    if raw == prefix or raw.startswith(prefix + "/"):
+        return raw[len(prefix) :] or "/"
+    if decoded == root or decoded.startswith(root + "/"):
+        return quote(decoded[len(root) :] or "/", safe=_PATH_SAFE)
+    return raw  # not below the prefix at all: leave it whole
 
 
 def trusted_headers(raw: Iterable[tuple[bytes, bytes]]) -> Headers:

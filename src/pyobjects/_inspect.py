@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ._serialization import decode
+from ._serialization import decode_stored
 from .storage._base import USER_OBJECTS_WHERE, ListQuery
 
 if TYPE_CHECKING:
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AmbiguousObjectError",
     "ObjectSummary",
+    "StoredType",
     "TableSummary",
     "Undecodable",
     "dump_object",
@@ -68,6 +69,22 @@ class ObjectSummary:
     keys: int
     size: int  # bytes of keys (UTF-8) plus encoded values
     alarm: int | None  # epoch milliseconds
+
+
+@dataclass(frozen=True, slots=True)
+class StoredType:
+    """A stored value of a class registered with ``register_type``, as stored.
+
+    The inspector shows the stored name, version and state (a dict of
+    fields, an enum member's value) without importing or calling the class.
+    """
+
+    name: str
+    version: int
+    state: Any
+
+    def __repr__(self) -> str:
+        return f"<{self.name} v{self.version}: {self.state!r}>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +209,7 @@ async def dump_object(
     decoded: list[tuple[str, Any]] = []
     for key, data in items:
         try:
-            value = decode(data)
+            value = decode_stored(data, StoredType)
         except Exception as exc:  # any codec failure: show it, keep going
             value = Undecodable(len(data), f"{type(exc).__name__}: {exc}")
         decoded.append((key, value))
@@ -360,4 +377,10 @@ def jsonable(value: Any) -> Any:
         return {"$bytes": base64.b64encode(bytes(value)).decode("ascii")}
     if isinstance(value, (datetime.datetime, datetime.date)):
         return {"$datetime": value.isoformat()}
+    if isinstance(value, StoredType):
+        return {
+            "$type": value.name,
+            "$version": value.version,
+            "$state": jsonable(value.state),
+        }
     return {"$repr": repr(value)}

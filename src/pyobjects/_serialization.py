@@ -22,14 +22,19 @@ Format (stored on disk, so the codes must never be renumbered):
 - ext 6: ``datetime.date``. ext 7: ``decimal.Decimal`` as ``str(d)``, which
   is exact (sign, digits, exponent, NaN payload). ext 8: ``uuid.UUID``, 16
   bytes.
+- ext 9: a value of a class registered with `register_type` (see
+  `pyobjects._registry`): an ext holding the registered name, as the first
+  element of an array ``[ext, version, state]``; the state is a map of field
+  values (an enum member's value, a pydantic root model's root).
 - ext 64: a reference to an object passed through a copy by identity (see
   `copy_value`); only ever inside one copy, never stored.
 
 Subclasses of the supported types (``IntEnum``/``StrEnum`` members, named
 tuples, ``OrderedDict``, ``defaultdict``, ...) raise `SerializationError`
-instead of silently coming back as the base type; the message says how to
-convert them. Known gap: msgpack packs ``bytearray`` and ``memoryview``
-before the codec sees them, so they come back as ``bytes``.
+instead of silently coming back as the base type, unless their class is
+registered; the message says how to register or convert them. Known gap:
+msgpack packs ``bytearray`` and ``memoryview`` before the codec sees them,
+so they come back as ``bytes``.
 """
 
 from __future__ import annotations
@@ -38,13 +43,20 @@ import struct
 from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from decimal import Decimal
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Final, final
+from typing import TYPE_CHECKING, Any, Final
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
 from msgpack import ExtType, Packer, unpackb
 
 from ._errors import MessageTooLargeError, SerializationError
+from ._registry import (
+    BY_NAME,
+    BY_TYPE,
+    EXT_TYPE,
+    Tag as _Tag,  # what an array tagged as a tuple, set, ... decodes into
+    describe_unregistered,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -82,16 +94,6 @@ _BUFFER_SIZE: Final = 1024
 # same type, so a copy can hand them back as they are.
 _SCALARS: Final = frozenset({type(None), bool, int, float, bytes})
 _CONTAINERS: Final = frozenset({list, tuple, dict, set, frozenset})
-
-
-@final
-class _Tag:
-    """What an array tagged as a tuple, set or frozenset decodes into."""
-
-    __slots__ = ("build",)
-
-    def __init__(self, build: Callable[[list[Any]], Any]) -> None:
-        self.build = build
 
 
 _TUPLE_TAG: Final = ExtType(_EXT_TUPLE, b"")
@@ -194,7 +196,8 @@ _HINTS: Final[dict[type, str]] = {
 }
 _SUPPORTED: Final = (
     "None, bool, int, float, str, bytes, list, tuple, dict, set, frozenset, "
-    "datetime.datetime, datetime.date, decimal.Decimal and uuid.UUID"
+    "datetime.datetime, datetime.date, decimal.Decimal and uuid.UUID, and "
+    "classes registered with pyobjects.register_type"
 )
 
 
@@ -206,17 +209,24 @@ def _type_name(cls: type) -> str:
 
 def _reject(value: object) -> _Rejected:
     """Explain why *value*, which msgpack could not pack, is refused."""
+    unregistered = describe_unregistered(type(value))
     for base in _BASES:
         if isinstance(value, base):
             if isinstance(value, Enum):
                 hint = "x.value"
             else:
                 hint = _HINTS.get(base, f"{base.__name__}(x)")
-            reason = (
-                f"it is a subclass of {_type_name(base)}, which would come back "
-                f"as a plain {_type_name(base)}; convert it first, e.g. {hint}"
-            )
+            if unregistered is not None:
+                reason = f"{unregistered}, or convert it first, e.g. {hint}"
+            else:
+                reason = (
+                    f"it is a subclass of {_type_name(base)}, which would come "
+                    f"back as a plain {_type_name(base)}; convert it first, "
+                    f"e.g. {hint}"
+                )
             return _Rejected(value, reason)
+    if unregistered is not None:
+        return _Rejected(value, unregistered)
     return _Rejected(value, f"supported types are {_SUPPORTED}")
 
 
@@ -224,7 +234,10 @@ def _default(value: object) -> object:
     """Lower a value msgpack does not pack natively (msgpack's ``default`` hook)."""
     encoder = _ENCODERS.get(type(value))
     if encoder is None:
-        raise _reject(value)
+        registered = BY_TYPE.get(type(value))
+        if registered is None:
+            raise _reject(value)
+        return registered.lower(value)
     return encoder(value)
 
 
@@ -236,8 +249,16 @@ def _default(value: object) -> object:
 _Trail = tuple["_Trail", str, object] | None
 
 
+def _expands(node: object) -> bool:
+    """Whether the error searches look inside *node*."""
+    return type(node) in _CONTAINERS or type(node) in BY_TYPE
+
+
 def _children(node: Any, trail: _Trail) -> list[tuple[object, _Trail]]:
     """List the items of a container with their trails, in packing order."""
+    registered = BY_TYPE.get(type(node))
+    if registered is not None:
+        return [(item, (trail, "field", f)) for f, item in registered.children(node)]
     if type(node) is list or type(node) is tuple:
         return [(item, (trail, "index", i)) for i, item in enumerate(node)]
     if type(node) is dict:
@@ -255,6 +276,7 @@ _STEP_FORMATS: Final = {
     "key": "<key #{}>",
     "value": "[{!r}]",
     "item": "<item #{}>",
+    "field": ".{}",
 }
 
 
@@ -275,7 +297,7 @@ def _locate(root: object, target: object) -> str:
         node, trail = stack.pop()
         if node is target:
             return _path(trail)
-        if type(node) in _CONTAINERS and id(node) not in seen:
+        if _expands(node) and id(node) not in seen:
             seen.add(id(node))
             stack.extend(reversed(_children(node, trail)))
     return ""
@@ -296,7 +318,7 @@ def _find_cycle(root: object) -> str | None:
         if leaving:
             active.discard(id(node))
             done.add(id(node))
-        elif type(node) in _CONTAINERS and id(node) not in done:
+        elif _expands(node) and id(node) not in done:
             if id(node) in active:
                 return _path(trail)
             if depth > _MAX_DEPTH:
@@ -370,6 +392,20 @@ def _decode_datetime(data: bytes) -> datetime:
     return datetime(year, month, day, hour, minute, second, micros, tz, fold=fold)
 
 
+def _registered_tag(data: bytes) -> _Tag:
+    name = data.decode()
+    registered = BY_NAME.get(name)
+    if registered is None:
+        msg = (
+            f"Cannot deserialize a value of registered type {name!r}: no class "
+            "is registered under that name in this process; import the module "
+            "that registers it, or, if the class was renamed or moved, register "
+            f"it with pyobjects.register_type(cls, name={name!r})"
+        )
+        raise SerializationError(msg)
+    return registered.decode_tag
+
+
 _DECODERS: Final[dict[int, Callable[[bytes], object]]] = {
     _EXT_TUPLE: lambda _: _AS_TUPLE,
     _EXT_SET: lambda _: _AS_SET,
@@ -379,6 +415,7 @@ _DECODERS: Final[dict[int, Callable[[bytes], object]]] = {
     _EXT_DATE: lambda data: date(*_DATE.unpack(data)),
     _EXT_DECIMAL: lambda data: Decimal(data.decode("ascii")),
     _EXT_UUID: lambda data: UUID(bytes=data),
+    EXT_TYPE: _registered_tag,
 }
 
 
@@ -435,8 +472,36 @@ def decode(data: bytes) -> Any:
 
     Raises:
         ValueError: If *data* was not made by `encode`.
+        SerializationError: If it holds a value of a registered type that
+            this process does not register, or cannot build or migrate.
     """
     return unpackb(data, strict_map_key=False, ext_hook=_ext_hook, list_hook=_list_hook)
+
+
+def decode_stored(data: bytes, build: Callable[[str, int, Any], object]) -> Any:
+    """Decode like `decode`, registered values as ``build(name, version, state)``.
+
+    For inspecting stored data in a process that need not know the classes
+    (``pyobjects inspect``): nothing is migrated and no class is called.
+
+    Raises:
+        ValueError: If *data* was not made by `encode`.
+    """
+
+    def restore(name: str) -> _Tag:
+        def build_items(items: list[Any]) -> object:
+            if len(items) != 2 or type(items[0]) is not int:
+                raise ValueError(f"malformed value of registered type {name!r}")
+            return build(name, items[0], items[1])
+
+        return _Tag(build_items)
+
+    def ext_hook(code: int, data: bytes) -> object:
+        if code == EXT_TYPE:
+            return restore(data.decode())
+        return _ext_hook(code, data)
+
+    return _unpack(data, ext_hook)
 
 
 def copy_value(value: Any, passthrough: tuple[type, ...] = ()) -> Any:

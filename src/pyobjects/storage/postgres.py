@@ -148,9 +148,28 @@ def _transient(exc: BaseException) -> bool:
     ):
         return True
     name = type(exc).__name__
+    if name == "InternalClientError":
+        # A pooled connection the server broke off while it was idle (its
+        # unsolicited error, 57P01 on pg_terminate_backend() or a shutdown,
+        # left the protocol waiting for an end that never comes): asyncpg
+        # refuses the next statement before sending anything.
+        return str(exc).startswith(("cannot switch to state", "not connected"))
     return name in {"ConnectionDoesNotExistError", "ConnectionFailureError"} or (
         name == "InterfaceError" and "connection" in str(exc).lower()
     )
+
+
+async def _keep_session(conn: object) -> None:
+    """Give a connection back to the pool as it is (asyncpg's ``reset``).
+
+    asyncpg's default reset sends ``pg_advisory_unlock_all(); CLOSE ALL;
+    UNLISTEN *; RESET ALL`` on every release: one more round trip per
+    operation, per commit here (about 0.1 ms of a 0.4 ms commit). This
+    backend never leaves session state behind (no ``SET``, ``LISTEN``,
+    session advisory locks or cursors; its advisory lock is per transaction),
+    and asyncpg still rolls back an open transaction before calling this.
+    """
+    del conn
 
 
 @dataclass(slots=True, eq=False)
@@ -429,7 +448,11 @@ class PostgresBackend:
         for attempt in range(self._retries + 1):
             try:
                 pool = await asyncpg.create_pool(
-                    self._dsn, min_size=1, max_size=self._pool_size, timeout=10
+                    self._dsn,
+                    min_size=1,
+                    max_size=self._pool_size,
+                    timeout=10,
+                    reset=_keep_session,
                 )
                 break
             except Exception as exc:

@@ -1,9 +1,11 @@
 """Test helpers for pyobjects: virtual time, reaching inside objects, conformance.
 
 Not imported by ``import pyobjects``; import it from tests. Mirrors
-``cloudflare:test`` (``runInDurableObject``, ``listDurableObjectIds``, ...).
+``cloudflare:test`` (``runInDurableObject``, ``listDurableObjectIds``,
+``SELF.fetch``, ...).
 """
 
+from ._clients import MakeClient as MakeClient, MakeServer as MakeServer
 from ._clock import ManualClock as ManualClock
 from ._conformance import check_storage_backend as check_storage_backend
 from ._harness import (
@@ -17,7 +19,9 @@ from ._harness import (
 )
 
 __all__ = (
+    "MakeClient",
     "MakeRuntime",
+    "MakeServer",
     "ManualClock",
     "check_storage_backend",
     "crash_and_restart",
