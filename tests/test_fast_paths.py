@@ -2,25 +2,29 @@
 
 A store whose commit is a plain function is committed inline; the pending
 layer is emptied in place; short ASCII keys skip measuring; scalars encode
-through a shared packer. Each test here fails if its short path differs from
+through a shared packer; namespace names and object ids are checked without
+a regular expression. Each test here fails if its short path differs from
 the long one.
 """
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 import msgpack
 import pytest
+from hypothesis import given, strategies as st
 
 from pyobjects import DurableObject, DurableObjectResetError, Runtime
 from pyobjects._serialization import decode, encode
 from pyobjects.storage import MemoryBackend, SQLiteBackend
-from pyobjects.storage._base import WriteBatch
+from pyobjects.storage._base import WriteBatch, check_namespace, check_object_id
 
 from .helpers import ControlledBackend
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
     from pyobjects.storage import StorageBackend
@@ -215,3 +219,34 @@ def test_a_subclass_of_int_is_still_refused() -> None:
 
     with pytest.raises(Exception, match="subclass"):
         encode(Flag(1))
+
+
+_NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+_OBJECT_ID = re.compile(r"[0-9a-f]{64}")
+_NEAR_NAMES = st.text(alphabet="aZ09_.-/é \n", max_size=130)
+_NEAR_IDS = st.text(alphabet="0123456789abcdefA \n", min_size=62, max_size=66)
+
+
+def _accepts(check: Callable[[object], None], value: object) -> bool:
+    try:
+        check(value)
+    except ValueError:
+        return False
+    return True
+
+
+@given(st.one_of(_NEAR_NAMES, st.sampled_from([".", "..", "a" * 128, "a" * 129])))
+def test_namespace_names_are_checked_as_the_pattern_says(name: str) -> None:
+    expected = _NAMESPACE.fullmatch(name) is not None and name not in {".", ".."}
+    assert _accepts(check_namespace, name) is expected
+
+
+@given(st.one_of(_NEAR_IDS, st.sampled_from(["ab" * 32, "AB" * 32, "ab" * 32 + "\n"])))
+def test_object_ids_are_checked_as_the_pattern_says(object_id: str) -> None:
+    expected = _OBJECT_ID.fullmatch(object_id) is not None
+    assert _accepts(check_object_id, object_id) is expected
+
+
+def test_names_and_ids_that_are_not_str_are_refused() -> None:
+    assert not _accepts(check_namespace, b"ns")
+    assert not _accepts(check_object_id, 12)

@@ -218,7 +218,9 @@ class Actor(StorageOwner):
         self.stepping: int = 0
         self.idle_since: int = 0
         self.idle_queued_at: int = 0
-        self.reset_scopes: set[anyio.CancelScope] = set()
+        # Cancel scopes a reset cancels (see _guarded), made at the first one:
+        # an object less per instance for the cyclic garbage collector.
+        self.reset_scopes: set[anyio.CancelScope] | None = None
         # Open plain (non-hibernatable) WebSockets accepted by this instance:
         # they keep it from being evicted.
         self.sockets: set[Any] | None = None
@@ -335,12 +337,13 @@ class Actor(StorageOwner):
             timer = runtime._timers.call_at(
                 runtime.clock.now_ms() + event.timeout_ms, expire
             )
-        self.reset_scopes.add(scope)
+        scopes = self._reset_scopes()
+        scopes.add(scope)
         try:
             with scope:
                 yield
         finally:
-            self.reset_scopes.discard(scope)
+            scopes.discard(scope)
             if timer is not None:
                 timer.cancel()
         if scope.cancelled_caught:
@@ -348,6 +351,12 @@ class Actor(StorageOwner):
                 raise timed_out[0]
             if self.broken is not None:
                 raise self.reset_error()
+
+    def _reset_scopes(self) -> set[anyio.CancelScope]:
+        scopes = self.reset_scopes
+        if scopes is None:
+            scopes = self.reset_scopes = set()
+        return scopes
 
     async def _scoped(
         self, event: Event, coro: Coroutine[Any, Any, Any], key: Any, seen: int
@@ -640,7 +649,7 @@ class Actor(StorageOwner):
         self.storage._discard()
         self.input_gate.fail_all()
         self.output_gate.fail()
-        for scope in list(self.reset_scopes):
+        for scope in list(self.reset_scopes or ()):
             scope.cancel()
         self.store.close()
         self._drop_websockets()
@@ -705,7 +714,8 @@ class Actor(StorageOwner):
         _bcw_depth.set(depth)
         current_owner.set(self)
         scope = anyio.CancelScope()
-        self.reset_scopes.add(scope)
+        scopes = self._reset_scopes()
+        scopes.add(scope)
         runtime = self.runtime
         timer = runtime._timers.call_at(
             runtime.clock.now_ms() + runtime._bcw_timeout_ms, self._bcw_timed_out
@@ -723,7 +733,7 @@ class Actor(StorageOwner):
                 handle._set(result, None)
         finally:
             timer.cancel()
-            self.reset_scopes.discard(scope)
+            scopes.discard(scope)
             self.input_gate.open()
             self.end()
 

@@ -105,8 +105,13 @@ class Storage(SqlFacets):
         self._store = store
         self._owner = owner
         self._layers: list[_Layer] = [_Layer()]
-        self._inflight: list[_Layer] = []
-        self._cache: OrderedDict[str, bytes | None] = OrderedDict()
+        # Batches being committed: a list from the first commit that suspends
+        # (an empty tuple until then is one object less per instance for the
+        # cyclic garbage collector to scan).
+        self._inflight: list[_Layer] | tuple[()] = ()
+        # The clean cache, made at the first value remembered (one object less
+        # per instance until then, for the cyclic garbage collector).
+        self._cache: OrderedDict[str, bytes | None] | None = None
         self._cache_bytes = 0
         self._pending_name = name
         self._txn_done: anyio.Event | None = None
@@ -162,6 +167,8 @@ class Storage(SqlFacets):
                 if layer.delete_all:
                     return None
         cache = self._cache
+        if cache is None:
+            return _MISS  # type: ignore[no-any-return]
         value = cache.get(key, _MISS)
         if value is not _MISS:
             cache.move_to_end(key)
@@ -169,6 +176,8 @@ class Storage(SqlFacets):
 
     def _remember(self, key: str, value: bytes | None) -> None:
         cache = self._cache
+        if cache is None:
+            cache = self._cache = OrderedDict()
         old = cache.pop(key, None)
         if old is not None:
             self._cache_bytes -= len(old)
@@ -705,7 +714,11 @@ class Storage(SqlFacets):
             # An unfinished statement would block the checkpoints after it.
             self._sql._settle()
         self._layers[0] = _Layer()
-        self._inflight.append(pending)
+        inflight = self._inflight
+        if isinstance(inflight, list):
+            inflight.append(pending)
+        else:
+            self._inflight = [pending]
         batch = WriteBatch(
             pending.delete_all,
             pending.writes,
@@ -751,7 +764,7 @@ class Storage(SqlFacets):
             pending.delete_all = pending.alarm_changed = pending.sql_dirty = False
             pending.alarm = None
             if delete_all:
-                self._cache.clear()
+                self._cache = None
                 self._cache_bytes = 0
             if alarm_changed:
                 self._alarm = batch.alarm
@@ -763,11 +776,11 @@ class Storage(SqlFacets):
 
     def _batch_done(self, layer: _Layer, batch: WriteBatch) -> None:
         """A batch is durable: move its values into the clean cache."""
-        self._inflight.remove(layer)
+        cast("builtins.list[_Layer]", self._inflight).remove(layer)
         if batch.name is not None:
             self._pending_name = None
         if layer.delete_all:
-            self._cache.clear()
+            self._cache = None
             self._cache_bytes = 0
         for k, v in layer.writes.items():
             self._remember(k, v)
@@ -788,8 +801,8 @@ class Storage(SqlFacets):
                 if sql._conn.in_transaction:
                     sql._conn.execute("ROLLBACK")
         self._layers = [_Layer()]
-        self._inflight = []
-        self._cache.clear()
+        self._inflight = ()
+        self._cache = None
         self._cache_bytes = 0
         self._alarm = _MISS
 
