@@ -36,6 +36,7 @@ VALUE_MODULES = {
     "pyobjects._telemetry_options",
     "pyobjects._version",
     "pyobjects._websocket",
+    "pyobjects._ws_bridge",
 }
 
 

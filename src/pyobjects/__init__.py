@@ -37,6 +37,7 @@ from ._errors import (
     LeaseHeldError as LeaseHeldError,
     LeaseLostError as LeaseLostError,
     MessageTooLargeError as MessageTooLargeError,
+    NodeUnreachableError as NodeUnreachableError,
     OverloadedError as OverloadedError,
     PyObjectsError as PyObjectsError,
     RuntimeClosedError as RuntimeClosedError,
@@ -56,6 +57,7 @@ from ._errors import (
 from ._fetch import fetch as fetch
 from ._http import Headers as Headers, Request as Request, Response as Response
 from ._ids import DurableObjectId as DurableObjectId
+from ._node import Node as Node
 from ._prometheus import PrometheusCollector as PrometheusCollector
 from ._registry import register_type as register_type
 from ._statistics import (
@@ -98,6 +100,8 @@ __all__ = (
     "LeaseLostError",
     "MessageTooLargeError",
     "NamespaceStatistics",
+    "Node",
+    "NodeUnreachableError",
     "OpenTelemetry",
     "OverloadedError",
     "PrometheusCollector",

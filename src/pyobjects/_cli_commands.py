@@ -32,6 +32,7 @@ from ._inspect import (
     summary_json,
 )
 from ._logs import serve_log_config
+from ._node import Node
 from ._prometheus import PrometheusCollector
 from ._worker import Worker
 from ._wrangler import CONFIG_NAMES, find_config, main_folder, read_config
@@ -258,7 +259,9 @@ class _Stopped(Exception):
     """SIGTERM, seen after uvicorn's graceful shutdown."""
 
 
-def _postgres_backend(dsn: str, schema: str, *, read_only: bool = False) -> Any:
+def _postgres_backend(
+    dsn: str, schema: str, *, read_only: bool = False, lease_ttl: float = 10.0
+) -> Any:
     """A PostgresBackend (a read-only one for inspect), or a clear usage error."""
     try:
         import asyncpg  # noqa: F401 - optional: the postgres extra
@@ -269,7 +272,7 @@ def _postgres_backend(dsn: str, schema: str, *, read_only: bool = False) -> Any:
     try:
         if read_only:
             return read_only_postgres(dsn, schema=schema)
-        return PostgresBackend(dsn, schema=schema)
+        return PostgresBackend(dsn, schema=schema, lease_ttl=lease_ttl)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--schema") from None
 
@@ -330,6 +333,24 @@ def _stop_on_sigterm(signum: int, frame: object) -> NoReturn:
     help="The PostgreSQL schema of --postgres.",
 )
 @click.option(
+    "--node-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="With --postgres: where other nodes reach this one.  [default: --port + 1000]",
+)
+@click.option(
+    "--node-host",
+    default=None,
+    help="With --postgres: the interface of --node-port.  [default: --host]",
+)
+@click.option(
+    "--lease-ttl",
+    type=click.FloatRange(0.5, 86400),
+    default=10.0,
+    show_default=True,
+    help="With --postgres: seconds an object's lease lasts without renewal.",
+)
+@click.option(
     "--debug", is_flag=True, help="Show tracebacks in 500 responses (never in prod)."
 )
 @click.option(
@@ -370,6 +391,9 @@ def serve(
     memory: bool,
     postgres_dsn: str | None,
     schema: str,
+    node_port: int | None,
+    node_host: str | None,
+    lease_ttl: float,
     debug: bool,
     log_level: str,
     log_format: str,
@@ -410,16 +434,22 @@ def serve(
     else:
         worker, label = _load_config_worker(config_path, app_dir, overrides)
     backend: StorageBackend
+    node: Node | None = None
     if memory:
         backend, where = MemoryBackend(), "in memory"
     elif postgres_dsn is not None:
-        backend = _postgres_backend(postgres_dsn, schema)
+        backend = _postgres_backend(postgres_dsn, schema, lease_ttl=lease_ttl)
         where = f"PostgreSQL, schema {schema}"
+        if node_port is None:
+            node_port = port + 1000 if port else 0
+        node = Node(host=node_host or host, port=node_port)
     else:
         directory = storage if storage is not None else DEFAULT_STORAGE
         _check_not_in_use(directory)
         backend, where = SQLiteBackend(directory), f"SQLite in {directory}"
-    app = App(worker, storage=backend, debug=debug)
+    if node is None and (node_port is not None or node_host is not None):
+        raise click.UsageError("--node-port and --node-host need --postgres")
+    app = App(worker, storage=backend, debug=debug, node=node)
     metrics = None if metrics_port is None else _serve_metrics(app, host, metrics_port)
     sock = _bind(host, port)
     config = uvicorn.Config(

@@ -19,7 +19,8 @@
     ├── FetchError(PyObjectsError, OSError)  an outgoing pyobjects.fetch() failed
     ├── DurableObjectError       flags: retryable / overloaded / durable_object_reset
     │   ├── DurableObjectResetError   the instance was reset (abort, failed commit, ...)
-    │   └── OverloadedError           overloaded = True
+    │   ├── OverloadedError           overloaded = True
+    │   └── NodeUnreachableError      retryable: the object's node did not answer
     ├── RuntimeClosedError(PyObjectsError, RuntimeError)  use of a closed Runtime
     └── WebSocketError
         ├── WebSocketLimitError(WebSocketError, ValueError)  tags, sockets, sizes
@@ -42,6 +43,7 @@ __all__ = [
     "LeaseHeldError",
     "LeaseLostError",
     "MessageTooLargeError",
+    "NodeUnreachableError",
     "OverloadedError",
     "PyObjectsError",
     "RuntimeClosedError",
@@ -312,6 +314,16 @@ class OverloadedError(DurableObjectError):
     """The Durable Object is overloaded; back off instead of retrying at once."""
 
     overloaded = True
+
+
+class NodeUnreachableError(DurableObjectError):
+    """The cluster node holding the object did not answer (it may be down).
+
+    Retryable: once its lease runs out, another node takes the object over.
+    Whether the call ran there is unknown.
+    """
+
+    retryable = True
 
 
 class RuntimeClosedError(PyObjectsError, RuntimeError):

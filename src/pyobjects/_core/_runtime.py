@@ -22,6 +22,7 @@ from pyobjects.storage.memory import MemoryBackend
 
 from ._alarms import AlarmScheduler
 from ._catalog import Catalog
+from ._cluster import Cluster
 from ._events import EVENT_KINDS
 from ._gates import CommitQueue
 from ._hibernation import close_all as close_websockets
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 
     from anyio.abc import TaskGroup
 
+    from pyobjects._node import Node
     from pyobjects.storage._base import ObjectStore, StorageBackend
 
     from ._actor import Actor
@@ -139,6 +141,10 @@ class Runtime(Generic[RuntimeEnvT]):
         opentelemetry: An :class:`~pyobjects.OpenTelemetry` to trace every
             event (a span each) and measure event and commit durations;
             ``None`` (the default) costs nothing.
+        node: A :class:`~pyobjects.Node` makes this runtime one node of a
+            cluster: every runtime on the same ``PostgresBackend`` database
+            (and schema) with a node answers calls for any object, running
+            them or forwarding them to the node that holds the object.
     """
 
     def __init__(
@@ -155,6 +161,7 @@ class Runtime(Generic[RuntimeEnvT]):
         alarm_retry_jitter: bool | None = None,
         sql_statement_timeout: float = 30.0,
         opentelemetry: OpenTelemetry | None = None,
+        node: Node | None = None,
     ) -> None:
         self._options: dict[str, Any] = {
             "bindings": bindings,
@@ -168,6 +175,7 @@ class Runtime(Generic[RuntimeEnvT]):
             "alarm_retry_jitter": alarm_retry_jitter,
             "sql_statement_timeout": sql_statement_timeout,
             "opentelemetry": opentelemetry,
+            "node": node,
         }
         if idle_timeout is not None and idle_timeout <= 0:
             raise ValueError(
@@ -221,6 +229,7 @@ class Runtime(Generic[RuntimeEnvT]):
         # instance starts, never on the commit path.
         self._commit_faults: dict[tuple[str, str], Any] = {}
         self._passthrough: tuple[type, ...] = (DurableObjectId, DurableObjectStub)
+        self._cluster: Cluster | None = None if node is None else Cluster(self, node)
         self._tg: TaskGroup | None = None
         self._running = False
         self._closed = False
@@ -290,6 +299,12 @@ class Runtime(Generic[RuntimeEnvT]):
         maintain = getattr(self.storage, "maintain", None)
         if maintain is not None:  # lease renewal (PostgresBackend)
             self._spawn(maintain)
+        if self._cluster is not None:
+            try:
+                await self._cluster.start(self._spawn)
+            except BaseException:
+                await self.__aexit__(None, None, None)
+                raise
         try:
             await self._alarms.load()
         except BaseException:
@@ -305,6 +320,10 @@ class Runtime(Generic[RuntimeEnvT]):
     ) -> None:
         tg = self._tg
         assert tg is not None
+        if self._cluster is not None:
+            # Stop taking calls from other nodes before the last flush.
+            with anyio.CancelScope(shield=True):
+                await self._cluster.stop()
         try:
             if not self._crashed:
                 with anyio.CancelScope(shield=True):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from types import FunctionType
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, final, overload
@@ -167,7 +168,8 @@ class DurableObjectStub(Generic[ObjectT]):
     async def _call(
         self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        passthrough = self._namespace._runtime._passthrough
+        runtime = self._namespace._runtime
+        passthrough = runtime._passthrough
         if args or kwargs:
             args, kwargs = copy_args(args, kwargs, passthrough)
         caller = current_owner.get()
@@ -175,6 +177,11 @@ class DurableObjectStub(Generic[ObjectT]):
             mark = caller.output_mark()
             if mark:
                 await caller.wait_output(mark)  # output gate: the call leaves
+        if runtime._cluster is not None:  # maybe on another node
+            return await runtime._cluster.call(
+                self, name, args, kwargs, lambda: self._call_local(name, args, kwargs)
+            )
+        # The same as _call_local(), inline: this is the hot path.
         actor = self._actor
         if actor is None or actor.broken is not None or actor.evicted:
             actor = self._bind()
@@ -183,6 +190,23 @@ class DurableObjectStub(Generic[ObjectT]):
             return result
         try:
             return copy_value(result, passthrough)
+        except SerializationError as exc:
+            exc.add_note(
+                f"while copying the result of {name}() from Durable Object "
+                f"{actor.namespace.object_class.__name__} ({self.id})"
+            )
+            raise
+
+    async def _call_local(
+        self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """Deliver a call (its arguments copied already) to the instance here."""
+        actor = self._bind()
+        result = await actor.deliver(Call(name, args, kwargs))
+        if type(result) in _IMMUTABLE:
+            return result
+        try:
+            return copy_value(result, self._namespace._runtime._passthrough)
         except SerializationError as exc:
             exc.add_note(
                 f"while copying the result of {name}() from Durable Object "
@@ -219,6 +243,15 @@ class DurableObjectStub(Generic[ObjectT]):
             mark = caller.output_mark()
             if mark:
                 await caller.wait_output(mark)
+        cluster = self._namespace._runtime._cluster
+        if cluster is not None:
+            return await cluster.fetch(
+                self, request, functools.partial(self._fetch_local, request)
+            )
+        return await self._fetch_local(request)
+
+    async def _fetch_local(self, request: Request) -> Response:
+        """Deliver a request to the instance's ``fetch()`` here."""
         actor = self._bind()
         response = await actor.deliver(Fetch(request))
         if not isinstance(response, Response):

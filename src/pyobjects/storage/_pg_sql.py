@@ -36,6 +36,12 @@ __all__ = [
     "LIST_IDS",
     "LIST_NAMESPACES",
     "LOG",
+    "NODES",
+    "NODE_BEAT",
+    "NODE_JOIN",
+    "NODE_LEAVE",
+    "NODE_LIVE",
+    "NODE_URL",
     "PRUNE",
     "RELEASE",
     "RELEASE_ALL",
@@ -66,6 +72,30 @@ DDL: Final = (
     " namespace text NOT NULL, object_id text NOT NULL, key text NOT NULL,"
     " value bigint NOT NULL, PRIMARY KEY (namespace, object_id, key))",
     "CREATE INDEX IF NOT EXISTS objects_by_owner ON {s}.objects (owner)",
+    # Cluster nodes: where each owner can be reached, and its last heartbeat.
+    "CREATE TABLE IF NOT EXISTS {s}.nodes ("
+    " owner text PRIMARY KEY, url text NOT NULL, heartbeat timestamptz NOT NULL)",
+)
+
+# A node joins, beats, is looked up (live: a heartbeat within $2 seconds), leaves.
+NODE_JOIN: Final = (
+    "INSERT INTO {s}.nodes (owner, url, heartbeat) VALUES ($1, $2, clock_timestamp())"
+    " ON CONFLICT (owner) DO UPDATE SET url = excluded.url,"
+    " heartbeat = excluded.heartbeat"
+)
+NODE_BEAT: Final = "UPDATE {s}.nodes SET heartbeat = clock_timestamp() WHERE owner = $1"
+NODE_URL: Final = (
+    "SELECT url FROM {s}.nodes WHERE owner = $1"
+    " AND heartbeat > clock_timestamp() - $2 * interval '1 second'"
+)
+NODE_LEAVE: Final = "DELETE FROM {s}.nodes WHERE owner = $1"
+NODES: Final = (
+    "SELECT url FROM {s}.nodes"
+    " WHERE heartbeat > clock_timestamp() - $1 * interval '1 second' ORDER BY url"
+)
+NODE_LIVE: Final = (
+    "SELECT count(*) FROM {s}.nodes WHERE url = $1"
+    " AND heartbeat > clock_timestamp() - $2 * interval '1 second'"
 )
 
 # Take the lease: a new row, or a row whose lease is free, expired or ours

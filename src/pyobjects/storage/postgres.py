@@ -64,7 +64,14 @@ from ._base import (
     check_namespace,
     check_object_id,
 )
-from ._history import UNDO, bookmark, parse_bookmark, read_pages, read_wal_commits
+from ._history import (
+    UNDO,
+    bookmark,
+    check_bookmark_time,
+    parse_bookmark,
+    read_pages,
+    read_wal_commits,
+)
 from ._pg_sql import (
     ACTIVATE,
     ALARMS,
@@ -74,6 +81,12 @@ from ._pg_sql import (
     LIST_IDS,
     LIST_NAMESPACES,
     LOG,
+    NODE_BEAT,
+    NODE_JOIN,
+    NODE_LEAVE,
+    NODE_LIVE,
+    NODE_URL,
+    NODES,
     PRUNE,
     RELEASE,
     RELEASE_ALL,
@@ -82,7 +95,7 @@ from ._pg_sql import (
     SHIP,
 )
 from ._sqlite_store import HOLDS_DATA, SQLiteStore, read_alarm
-from .sqlite import _Connection
+from .sqlite import _Connection, create_tables
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -104,6 +117,10 @@ _CHECKPOINT_BYTES = 4 << 20
 # Take a snapshot once the commits since the last one are this much bigger
 # than it (compressed), and at least _MIN_SNAPSHOT_BYTES.
 _SNAPSHOT_RATIO = 1
+# Self-fencing: trust a lease for this fraction of the TTL less than it runs
+# (the database judges expiry by its own clock; this margin covers the
+# renewal's round trip and clock rates).
+_FENCE_MARGIN = 0.2
 _MIN_SNAPSHOT_BYTES = 256 << 10
 # SQLSTATEs worth retrying: connection failures (class 08), shutdown and
 # start-up (57P0x), too many connections, serialization and deadlocks.
@@ -187,6 +204,7 @@ class _Object:
     snapshot_bytes: int = 0
     snapshots: list[tuple[int, int]] = field(default_factory=list)  # (seq, ms)
     lost: str | None = None  # why this holder may not commit any more
+    valid_until: float = float("inf")  # monotonic end of the trusted lease
 
 
 @typing.final
@@ -274,6 +292,8 @@ class PostgresBackend:
         self._pending_restores: set[_Key] = set()  # (SQLiteStore's protocol)
         # Operations under way on PostgreSQL (tests wait for them to settle).
         self._busy = 0
+        # This owner's address as a cluster node (see register_node()).
+        self._node_url: str | None = None
         # Where claimed due alarms go (see use_alarms()).
         self._adopt: Callable[[Sequence[AlarmEntry]], None] | None = None
         self._alarm_namespaces: list[str] = []
@@ -343,6 +363,37 @@ class PostgresBackend:
                     "cannot renew the PostgreSQL leases of %s: %s", self._owner, exc
                 )
 
+    async def register_node(self, url: str) -> None:
+        """Record that this backend's owner is a cluster node reachable at *url*.
+
+        Its heartbeat is renewed with the leases (see :meth:`maintain`); other
+        nodes find it with :meth:`node_url` while the heartbeat is fresh.
+        """
+        self._node_url = url
+        await self._run(_execute(self._q(NODE_JOIN), self._owner, url))
+
+    async def node_url(self, owner: str) -> str | None:
+        """The address of the live node *owner*, or ``None`` (none, or not live)."""
+        url = await self._run(lambda c: c.fetchval(self._q(NODE_URL), owner, self._ttl))
+        return None if url is None else str(url)
+
+    async def node_is_live(self, url: str) -> bool:
+        """True if a node with this address renewed its heartbeat within the TTL."""
+        count = await self._run(
+            lambda c: c.fetchval(self._q(NODE_LIVE), url, self._ttl)
+        )
+        return bool(count)
+
+    async def live_nodes(self) -> list[str]:
+        """The addresses of the nodes whose heartbeat is fresh, sorted."""
+        rows = await self._run(lambda c: c.fetch(self._q(NODES), self._ttl))
+        return [str(row[0]) for row in rows]
+
+    @property
+    def lease_ttl(self) -> float:
+        """Seconds a lease lasts without renewal (the ``lease_ttl`` option)."""
+        return self._ttl
+
     async def list_object_ids(self, namespace: str, /) -> list[str]:
         """Return the sorted ids of the namespace's objects with a key or an alarm."""
         check_namespace(namespace)
@@ -360,16 +411,7 @@ class PostgresBackend:
     async def pending_alarms(self) -> list[AlarmEntry]:
         """Every pending alarm, except those of objects another owner holds now."""
         rows = await self._run(lambda c: c.fetch(self._q(ALARMS), self._owner))
-        return [
-            AlarmEntry(
-                namespace=row[0],
-                object_id=row[1],
-                time_ms=int(row[2]),
-                retry_count=int(row[3]),
-                retry_ms=None if row[4] is None else int(row[4]),
-            )
-            for row in rows
-        ]
+        return _alarm_entries(rows)
 
     async def record_alarm_retry(
         self,
@@ -411,6 +453,9 @@ class PostgresBackend:
             with contextlib.suppress(Exception), anyio.move_on_after(5):
                 async with pool.acquire() as conn:
                     await conn.execute(self._q(RELEASE_ALL), self._owner)
+                    if self._node_url is not None:
+                        await conn.execute(self._q(NODE_LEAVE), self._owner)
+            self._node_url = None
             self._releases.clear()
             with anyio.move_on_after(5) as scope:
                 await pool.close()
@@ -519,13 +564,38 @@ class PostgresBackend:
     async def _renew(self) -> None:
         if self._pool is None or self._read_only:
             return
+        started = time.monotonic()
         rows = await self._run(
             lambda c: c.fetch(self._q(RENEW), self._owner, self._ttl)
         )
+        if self._node_url is not None:
+            await self._run(_execute(self._q(NODE_BEAT), self._owner))
         held = {(str(r[0]), str(r[1])): int(r[2]) for r in rows}
+        valid_until = started + self._ttl * (1 - _FENCE_MARGIN)
         for key, obj in self._objects.items():
-            if held.get(key) != obj.epoch and obj.lost is None:
-                obj.lost = "its lease was taken over by another owner"
+            if held.get(key) != obj.epoch:
+                if obj.lost is None:
+                    obj.lost = "its lease was taken over by another owner"
+            else:
+                obj.valid_until = valid_until
+
+    def lease_valid(self, namespace: str, object_id: str) -> bool:
+        """False if this backend holds the object but its lease may have run out.
+
+        Self-fencing: the lease is trusted until the last successful renewal
+        (or the activation) plus the TTL minus a margin, by this process's
+        monotonic clock, so a process that was paused past its lease stops
+        serving the object until a renewal says it still holds it.
+        """
+        obj = self._objects.get((namespace, object_id))
+        if obj is None or self._read_only:
+            return True
+        return obj.lost is None and time.monotonic() < obj.valid_until
+
+    async def revalidate(self, namespace: str, object_id: str) -> bool:
+        """Renew now; return whether this backend still holds the object."""
+        await self._renew()
+        return self.lease_valid(namespace, object_id)
 
     async def _claim_due_alarms(self) -> None:
         adopt = self._adopt
@@ -541,18 +611,7 @@ class PostgresBackend:
             )
         )
         if rows:
-            adopt(
-                [
-                    AlarmEntry(
-                        namespace=row[0],
-                        object_id=row[1],
-                        time_ms=int(row[2]),
-                        retry_count=int(row[3]),
-                        retry_ms=None if row[4] is None else int(row[4]),
-                    )
-                    for row in rows
-                ]
-            )
+            adopt(_alarm_entries(rows))
 
     async def _release_pending(self) -> None:
         while self._releases and self._pool is not None:
@@ -579,6 +638,7 @@ class PostgresBackend:
         obj = self._objects.get(key)
         if obj is not None and not self._read_only:
             return obj, False
+        started = time.monotonic()
         if self._read_only:
             row = await self._run(
                 lambda c: c.fetchrow(self._q(HOLDER), namespace, object_id)
@@ -612,6 +672,8 @@ class PostgresBackend:
         path = os.path.join(directory, object_id + ".sqlite")
         _remove_database(path)
         obj = _Object(key, epoch, head, path)
+        if not self._read_only:
+            obj.valid_until = started + self._ttl * (1 - _FENCE_MARGIN)
         restored: int | bool | None = False
         try:
             if restore is not None:
@@ -812,17 +874,7 @@ class PostgresBackend:
             conn.execute("PRAGMA synchronous = OFF")
             # Only this backend checkpoints, after shipping the frames.
             conn.execute("PRAGMA wal_autocheckpoint = 0")
-            tables = {
-                name
-                for (name,) in conn.execute(
-                    "SELECT name FROM sqlite_schema WHERE type = 'table'"
-                )
-            }
-            if not tables.issuperset(RESERVED_SCHEMA):
-                conn.execute("BEGIN IMMEDIATE")
-                for statement in RESERVED_SCHEMA.values():
-                    conn.execute(statement)
-                conn.execute("COMMIT")
+            create_tables(conn, RESERVED_SCHEMA)
         except BaseException:
             conn.close()
             raise
@@ -907,6 +959,20 @@ def _on_this_loop(pool: Any) -> bool:
 
     loop = getattr(pool, "_loop", None)
     return loop is None or loop is asyncio.get_running_loop()
+
+
+def _alarm_entries(rows: Sequence[Any]) -> list[AlarmEntry]:
+    """Alarm rows (namespace, id, time, retry count, retry time) as entries."""
+    return [
+        AlarmEntry(
+            namespace=row[0],
+            object_id=row[1],
+            time_ms=int(row[2]),
+            retry_count=int(row[3]),
+            retry_ms=None if row[4] is None else int(row[4]),
+        )
+        for row in rows
+    ]
 
 
 def _pause(attempt: int) -> float:
@@ -1014,11 +1080,7 @@ class PostgresStore:
         backend = self._backend
         if not backend._retention_ms:
             raise StorageError(_NO_PITR)
-        if when_ms < now_ms - backend._retention_ms:
-            raise ValueError(
-                "get_bookmark_for_time() needs a time within the last "
-                f"{backend._retention_ms / 86_400_000:g} days (pitr_retention)"
-            )
+        check_bookmark_time(backend._retention_ms, when_ms, now_ms)
         namespace, object_id = self._key
         seq = await backend._run(
             lambda c: c.fetchval(

@@ -1,0 +1,243 @@
+"""Two nodes in one process on one PostgreSQL schema: routing and forwarding."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import anyio
+import pytest
+
+import pyobjects
+from pyobjects import DurableObject, LeaseHeldError, Node, Request, Response, Runtime
+from pyobjects.storage import PostgresBackend
+from tests.postgres import drop_schema, new_schema, require_postgres
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def schema() -> Iterator[tuple[str, str]]:
+    dsn = require_postgres()
+    name = new_schema()
+    yield dsn, name
+    drop_schema(dsn, name)
+
+
+class Counter(DurableObject):
+    async def incr(self, by: int = 1) -> dict[str, Any]:
+        n = (await self.ctx.storage.get("n") or 0) + by
+        self.ctx.storage.put("n", n)
+        return {"n": n, "node": self.env.NODE, "name": self.ctx.id.name}
+
+    async def boom(self) -> None:
+        raise KeyError("no such thing")
+
+    async def fetch(self, request: Request) -> Response:
+        n = (await self.ctx.storage.get("n") or 0) + 1
+        self.ctx.storage.put("n", n)
+        body = await request.text()
+        return Response(
+            f"{n} {self.env.NODE} {request.method} {body}",
+            status=201,
+            headers={"x-node": self.env.NODE},
+        )
+
+
+def node(dsn: str, schema: str, name: str) -> Runtime:
+    return Runtime(
+        bindings={"C": Counter},
+        storage=PostgresBackend(dsn, schema=schema, lease_ttl=2),
+        vars={"NODE": name},
+        node=Node(),
+    )
+
+
+async def test_a_call_on_any_node_reaches_the_one_instance(
+    schema: tuple[str, str],
+) -> None:
+    dsn, name = schema
+    async with node(dsn, name, "a") as a, node(dsn, name, "b") as b:
+        first = await a.env.C.get_by_name("x").incr()
+        home = first["node"]  # placed by rendezvous hashing
+        assert first == {"n": 1, "node": home, "name": "x"}
+        # Whichever node is asked, the call reaches the one instance.
+        second = await b.env.C.get_by_name("x").incr(2)
+        assert second == {"n": 3, "node": home, "name": "x"}
+        assert (await a.env.C.get_by_name("x").incr(0))["node"] == home
+        # Errors keep their type across nodes.
+        with pytest.raises(KeyError, match="no such thing"):
+            await b.env.C.get_by_name("x").boom()
+        # fetch() is forwarded too, with method, headers and body.
+        response = await b.env.C.get_by_name("x").fetch(
+            "https://do/", method="POST", body="hello"
+        )
+        assert response.status == 201
+        assert response.headers.get("x-node") == home
+        assert await response.text() == f"4 {home} POST hello"
+
+
+async def test_when_the_holder_leaves_another_node_takes_over(
+    schema: tuple[str, str],
+) -> None:
+    dsn, name = schema
+    async with node(dsn, name, "b") as b:
+        async with node(dsn, name, "a") as a:
+            # x is first called on a; a name that hashes to a (a holds it).
+            name = next(
+                f"x{i}"
+                for i in range(1000)
+                if a._cluster is not None
+                and a._cluster._placement(("C", str(a.env.C.id_from_name(f"x{i}"))))
+                is None
+            )
+            assert (await a.env.C.get_by_name(name).incr())["node"] == "a"
+            assert (await b.env.C.get_by_name(name).incr())["node"] == "a"
+        # a stopped (gracefully: its leases given back); b runs it now.
+        result = await b.env.C.get_by_name(name).incr()
+        assert result == {"n": 3, "node": "b", "name": name}
+
+
+async def test_a_runtime_without_a_node_is_refused_by_a_held_object(
+    schema: tuple[str, str],
+) -> None:
+    dsn, name = schema
+    async with node(dsn, name, "a") as a:
+        await a.env.C.get_by_name("x").incr()
+        plain = Runtime(
+            bindings={"C": Counter},
+            storage=PostgresBackend(dsn, schema=name),
+            vars={"NODE": "plain"},
+        )
+        async with plain:
+            with pytest.raises(LeaseHeldError):
+                await plain.env.C.get_by_name("x").incr()
+
+
+def test_a_node_needs_shared_storage() -> None:
+    with pytest.raises(TypeError, match="PostgresBackend"):
+        Runtime(bindings={"C": Counter}, node=pyobjects.Node())
+
+
+async def test_objects_spread_over_the_nodes(schema: tuple[str, str]) -> None:
+    dsn, name = schema
+    async with node(dsn, name, "a") as a, node(dsn, name, "b") as b:
+        for _ in range(500):  # both see both (membership refreshes in rounds)
+            if all(rt._cluster and len(rt._cluster._members) == 2 for rt in (a, b)):
+                break
+            await anyio.sleep(0.01)
+        homes = [(await a.env.C.get_by_name(f"o{i}").incr())["node"] for i in range(20)]
+        assert set(homes) == {"a", "b"}  # rendezvous hashing places them
+        again = [(await b.env.C.get_by_name(f"o{i}").incr())["node"] for i in range(20)]
+        assert again == homes
+
+
+class Room(DurableObject):
+    """Hibernatable sockets: every message is echoed with the node's name."""
+
+    built: ClassVar[list[str]] = []
+
+    def __init__(self, ctx: Any, env: Any) -> None:
+        super().__init__(ctx, env)
+        Room.built.append(env.NODE)
+
+    async def fetch(self, request: Request) -> Response:
+        pair = pyobjects.WebSocketPair()
+        client, server = pair[0], pair[1]
+        self.ctx.accept_websocket(server)
+        return Response(None, status=101, websocket=client)
+
+    async def webSocketMessage(self, ws: Any, message: Any) -> None:
+        count = (await self.ctx.storage.get("count") or 0) + 1
+        self.ctx.storage.put("count", count)
+        ws.send(f"{self.env.NODE}:{count}:{message}")
+
+
+async def test_a_websocket_on_any_node_reaches_the_object(
+    schema: tuple[str, str], serve: Callable[..., str]
+) -> None:
+    from websockets.asyncio.client import connect
+
+    from pyobjects.asgi import App
+
+    dsn, name = schema
+    Room.built = []
+
+    async def route(request: Request, env: Any) -> Response:
+        response: Response = await env.ROOM.get_by_name("r").fetch(request)
+        return response
+
+    urls = [
+        serve(
+            App(
+                pyobjects.Worker(
+                    route, bindings={"ROOM": Room}, vars={"NODE": node_name}
+                ),
+                storage=PostgresBackend(dsn, schema=name, lease_ttl=2),
+                node=Node(),
+                idle_timeout=0.3,
+            )
+        )
+        for node_name in ("a", "b")
+    ]
+    async with connect(urls[0].replace("http", "ws") + "/") as one:
+        await one.send("hello")
+        home = str(await one.recv()).split(":")[0]
+        async with connect(urls[1].replace("http", "ws") + "/") as two:
+            await two.send("there")
+            # Both sockets reach the one instance, on its node.
+            assert await two.recv() == f"{home}:2:there"
+            # Idle, the object hibernates on its node; the sockets stay open
+            # (across the nodes too) and the next message wakes it.
+            await anyio.sleep(1.0)
+            await one.send("again")
+            assert await one.recv() == f"{home}:3:again"
+            await two.send("bye")
+            assert await two.recv() == f"{home}:4:bye"
+    assert Room.built == [home, home]  # built, hibernated, built again
+
+
+async def test_traces_follow_a_call_to_another_node(schema: tuple[str, str]) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+        InMemorySpanExporter,
+    )
+
+    dsn, name = schema
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    telemetry = pyobjects.OpenTelemetry(tracer_provider=provider)
+
+    def traced(node_name: str) -> Runtime:
+        return Runtime(
+            bindings={"C": Counter},
+            storage=PostgresBackend(dsn, schema=name, lease_ttl=2),
+            vars={"NODE": node_name},
+            node=Node(),
+            opentelemetry=telemetry,
+        )
+
+    async with traced("a") as a, traced("b") as b:
+        home = (await a.env.C.get_by_name("t").incr())["node"]
+        caller = b if home == "a" else a  # the node that forwards
+        spans.clear()
+        with provider.get_tracer("test").start_as_current_span("request") as outer:
+            assert (await caller.env.C.get_by_name("t").incr())["node"] == home
+    # (The forwarding node may first have tried to start the object itself,
+    # if it had not seen the other node yet: that attempt has a span too.)
+    (remote,) = [
+        s
+        for s in spans.get_finished_spans()
+        if s.name == "Counter/incr" and s.parent is not None and s.parent.is_remote
+    ]
+    # The span on the holder belongs to the caller's trace, under its span.
+    assert remote.context.trace_id == outer.get_span_context().trace_id
+    assert remote.parent is not None
+    assert remote.parent.span_id == outer.get_span_context().span_id
