@@ -38,6 +38,13 @@ class Counter(DurableObject):
     async def boom(self) -> None:
         raise KeyError("no such thing")
 
+    async def relay(self, other: Any) -> Any:
+        """Call the object *other* (a stub that may come from another node)."""
+        return await other.incr(10)
+
+    async def whoami(self) -> Any:
+        return self.ctx.id
+
     async def fetch(self, request: Request) -> Response:
         n = (await self.ctx.storage.get("n") or 0) + 1
         self.ctx.storage.put("n", n)
@@ -241,3 +248,23 @@ async def test_traces_follow_a_call_to_another_node(schema: tuple[str, str]) -> 
     assert remote.context.trace_id == outer.get_span_context().trace_id
     assert remote.parent is not None
     assert remote.parent.span_id == outer.get_span_context().span_id
+
+
+async def test_ids_and_stubs_cross_nodes(schema: tuple[str, str]) -> None:
+    dsn, name = schema
+    async with node(dsn, name, "a") as a, node(dsn, name, "b") as b:
+        for rt in (a, b):  # place objects on both nodes
+            for i in range(6):
+                await rt.env.C.get_by_name(f"s{i}").incr(0)
+        for caller in (a, b):
+            for i in range(6):
+                stub = caller.env.C.get_by_name(f"s{i}")
+                got = await stub.whoami()
+                assert got == caller.env.C.id_from_name(f"s{i}")
+                assert got.name == f"s{i}"
+                # A stub as an argument: the object calls it from its node.
+                target = caller.env.C.get_by_name("target")
+                result = await stub.relay(target)
+                assert result["name"] == "target"
+        final = await a.env.C.get_by_name("target").incr(0)
+        assert final["n"] == 120  # 12 relays of 10, each once
