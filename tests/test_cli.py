@@ -8,7 +8,7 @@ import socket
 import sys
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
@@ -465,3 +465,34 @@ def test_serve_and_inspect_on_postgres(tmp_path: Path) -> None:
         assert "invalid schema name" in bad.output
     finally:
         drop_schema(dsn, schema)
+
+
+def test_served_connections_have_nagle_off() -> None:
+    # asyncio sets TCP_NODELAY only on connections of a socket created as
+    # IPPROTO_TCP; with Nagle on, a response written in two parts on a
+    # kept-alive connection waits for the client's delayed ACK (about 40 ms).
+    import asyncio  # noqa: TID251 - asyncio's own behaviour is the point
+
+    from pyobjects._cli_commands import _bind
+
+    sock = _bind("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    seen: list[int] = []
+
+    async def main() -> None:
+        def accepted(reader: Any, writer: Any) -> None:
+            conn = writer.get_extra_info("socket")
+            seen.append(conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(accepted, sock=sock)
+        async with server:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            for _ in range(100):
+                if seen:
+                    break
+                await asyncio.sleep(0.01)
+            writer.close()
+
+    asyncio.run(main())
+    assert seen == [1]

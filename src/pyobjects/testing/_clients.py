@@ -180,7 +180,8 @@ def with_state(app: ASGIApp, state: dict[str, Any]) -> ASGIApp:
 
 
 def _listen() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP: asyncio then turns Nagle's algorithm off on connections.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.bind(("127.0.0.1", 0))  # a free port, chosen by the system
         sock.listen(128)
