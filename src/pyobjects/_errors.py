@@ -225,6 +225,23 @@ class LeaseHeldError(StorageError):
             "instance of an object may exist, so it cannot start here now"
         )
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keyword-only arguments: the default (type, args) cannot rebuild it,
+        # and a copy (what every caller of a reset instance gets) must keep
+        # the type and the owner, which the cluster's routing follows.
+        return (
+            _lease_held_error,
+            (self.namespace, self.object_id, self.owner, self.expires_in),
+        )
+
+
+def _lease_held_error(
+    namespace: str, object_id: str, owner: str, expires_in: float
+) -> LeaseHeldError:
+    return LeaseHeldError(
+        namespace=namespace, object_id=object_id, owner=owner, expires_in=expires_in
+    )
+
 
 class LeaseLostError(StorageError):
     """A commit was refused because a newer owner took the object over.

@@ -143,6 +143,35 @@ async def test_a_second_runtime_cannot_run_a_held_object(
         assert await three.env.C.get_by_name("b").incr() == 2
 
 
+async def test_every_caller_of_a_held_object_gets_lease_held_error(
+    make: Callable[..., PostgresBackend],
+) -> None:
+    """Callers that waited for the failed start get the same error, owner kept.
+
+    (Cluster routing follows ``owner`` to the holder: a copy that lost the
+    type, as a plain reset error, would fail those callers instead.)
+    """
+    async with Runtime(bindings={"C": Counter}, storage=make()) as one:
+        await one.env.C.get_by_name("a").incr()
+        async with Runtime(bindings={"C": Counter}, storage=make()) as two:
+            stub = two.env.C.get_by_name("a")
+            errors: list[BaseException] = []
+
+            async def call() -> None:
+                try:
+                    await stub.incr()
+                except Exception as exc:
+                    errors.append(exc)
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(3):
+                    tg.start_soon(call)
+            assert len(errors) == 3
+            for error in errors:
+                assert isinstance(error, LeaseHeldError), repr(error)
+                assert error.owner == one.storage.owner  # type: ignore[attr-defined]
+
+
 async def test_eviction_gives_the_lease_back(
     make: Callable[..., PostgresBackend], dsn: str, schema: str
 ) -> None:
