@@ -209,8 +209,11 @@ class LeaseHeldError(StorageError):
     Raised when an object cannot start because its lease belongs to another
     process whose lease has not expired. ``owner`` names that owner and
     ``expires_in`` is how many seconds its lease still runs (by the database
-    clock) unless renewed. Retrying after that may succeed.
+    clock) unless renewed. Retrying after that may succeed (``retryable`` is
+    ``True``: the call did not run).
     """
+
+    retryable: bool = True
 
     def __init__(
         self, *, namespace: str, object_id: str, owner: str, expires_in: float

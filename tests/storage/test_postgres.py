@@ -135,6 +135,7 @@ async def test_a_second_runtime_cannot_run_a_held_object(
                 await two.env.C.get_by_name("a").incr()
             assert caught.value.owner == one.storage.owner  # type: ignore[attr-defined]
             assert 0 < caught.value.expires_in <= 10
+            assert caught.value.retryable  # the call did not run: try again later
             # Other objects run on the second runtime meanwhile.
             assert await two.env.C.get_by_name("b").incr() == 1
     # Closing the first gave its leases back: the next runtime takes over.
