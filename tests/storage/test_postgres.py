@@ -173,6 +173,38 @@ async def test_every_caller_of_a_held_object_gets_lease_held_error(
                 assert error.owner == one.storage.owner  # type: ignore[attr-defined]
 
 
+async def test_a_lease_given_back_while_starting_is_taken(
+    make: Callable[..., PostgresBackend], dsn: str, schema: str
+) -> None:
+    """The holder gives the lease back between the two statements of a start.
+
+    (The taking finds the row held; the look-up of its holder then finds it
+    free.) The start takes it, instead of raising a ``LeaseHeldError`` that
+    names no holder.
+    """
+    async with Runtime(bindings={"C": Counter}, storage=make()) as one:
+        assert await one.env.C.get_by_name("a").incr() == 1
+        backend = make()
+        run = backend._run
+        released = False
+
+        async def racing(op: Any) -> Any:
+            nonlocal released
+            result = await run(op)
+            if result is None and not released:  # the taking found it held
+                released = True
+                await fetch(
+                    dsn,
+                    f'UPDATE "{schema}".objects SET owner = NULL, expires = NULL',
+                )
+            return result
+
+        backend._run = racing  # type: ignore[method-assign]
+        async with Runtime(bindings={"C": Counter}, storage=backend) as two:
+            assert await two.env.C.get_by_name("a").incr() == 2
+        assert released
+
+
 async def test_eviction_gives_the_lease_back(
     make: Callable[..., PostgresBackend], dsn: str, schema: str
 ) -> None:

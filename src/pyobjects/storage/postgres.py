@@ -662,15 +662,27 @@ class PostgresBackend:
                     return obj, False  # the copy is still the last commit
                 self._drop(key)
         else:
-            row = await self._run(
-                lambda c: c.fetchrow(
-                    self._q(ACTIVATE), namespace, object_id, self._owner, self._ttl
+            row = holder = None
+            for _ in range(3):
+                row = await self._run(
+                    lambda c: c.fetchrow(
+                        self._q(ACTIVATE), namespace, object_id, self._owner, self._ttl
+                    )
                 )
-            )
-            if row is None:
+                if row is not None:
+                    break
                 holder = await self._run(
                     lambda c: c.fetchrow(self._q(HOLDER), namespace, object_id)
                 )
+                if (
+                    holder is not None
+                    and holder[0] is not None
+                    and (holder[3] or 0) > 0
+                ):
+                    break
+                # Given back between the two statements (its holder stopped):
+                # take it now.
+            if row is None:
                 raise LeaseHeldError(
                     namespace=namespace,
                     object_id=object_id,
