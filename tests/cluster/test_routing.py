@@ -116,7 +116,8 @@ async def test_a_call_waits_while_the_holder_is_leaving(
     result: dict[str, Any] = {}
     async with node(dsn, name, "b") as b, anyio.create_task_group() as tg:
         async with node(dsn, name, "a") as a:
-            assert a._cluster is not None and b._cluster is not None
+            assert a._cluster is not None
+            assert b._cluster is not None
             name = next(
                 f"x{i}"
                 for i in range(1000)
@@ -125,6 +126,7 @@ async def test_a_call_waits_while_the_holder_is_leaving(
             )
             assert (await a.env.C.get_by_name(name).incr())["node"] == "a"
             gone = 0
+            seen = anyio.Event()  # more "gone" answers than tries per call
             send = b._cluster._send
 
             async def counting(url: str, path: str, message: dict[str, Any]) -> Any:
@@ -133,6 +135,8 @@ async def test_a_call_waits_while_the_holder_is_leaving(
                     return await send(url, path, message)
                 except _Gone:
                     gone += 1
+                    if gone == 4:
+                        seen.set()
                     raise
 
             monkeypatch.setattr(b._cluster, "_send", counting)
@@ -143,8 +147,7 @@ async def test_a_call_waits_while_the_holder_is_leaving(
 
             tg.start_soon(call)
             with anyio.fail_after(10):
-                while gone < 4:  # more "gone" answers than tries per call
-                    await anyio.sleep(0.01)
+                await seen.wait()
         # a stopped: its lease is given back, and the waiting call runs on b.
     assert result == {"n": 2, "node": "b", "name": name}
 
