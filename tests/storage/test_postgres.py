@@ -205,6 +205,32 @@ async def test_a_lease_given_back_while_starting_is_taken(
         assert released
 
 
+async def test_an_object_started_during_a_renewal_is_not_taken_for_lost(
+    make: Callable[..., PostgresBackend],
+) -> None:
+    """The renewal's result lacks an object whose lease was taken after it ran."""
+    backend = make()
+    async with Runtime(bindings={"C": Counter}, storage=backend) as rt:
+        assert await rt.env.C.get_by_name("a").incr() == 1
+        b = rt.env.C.get_by_name("b")
+        run = backend._run
+        started = False
+
+        async def racing(op: Any) -> Any:
+            nonlocal started
+            result = await run(op)
+            if not started:  # the renewal's statement ran: b starts now
+                started = True
+                assert await b.incr() == 1
+            return result
+
+        backend._run = racing  # type: ignore[method-assign]
+        await backend._renew()
+        backend._run = run  # type: ignore[method-assign]
+        assert started
+        assert await b.incr() == 2  # b still holds its lease: it commits
+
+
 async def test_eviction_gives_the_lease_back(
     make: Callable[..., PostgresBackend], dsn: str, schema: str
 ) -> None:

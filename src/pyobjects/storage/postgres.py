@@ -567,6 +567,9 @@ class PostgresBackend:
         if self._pool is None or self._read_only:
             return
         started = time.monotonic()
+        # Only what was held when the statement went out is judged by its
+        # result: an object started meanwhile is missing from it.
+        judged = list(self._objects.values())
         rows = await self._run(
             lambda c: c.fetch(self._q(RENEW), self._owner, self._ttl)
         )
@@ -574,8 +577,10 @@ class PostgresBackend:
             await self._run(_execute(self._q(NODE_BEAT), self._owner))
         held = {(str(r[0]), str(r[1])): int(r[2]) for r in rows}
         valid_until = started + self._ttl * (1 - _FENCE_MARGIN)
-        for key, obj in self._objects.items():
-            if held.get(key) != obj.epoch:
+        for obj in judged:
+            if self._objects.get(obj.key) is not obj:
+                continue  # dropped meanwhile
+            if held.get(obj.key) != obj.epoch:
                 if obj.lost is None:
                     obj.lost = "its lease was taken over by another owner"
             else:
