@@ -439,6 +439,15 @@ def _unpack(data: bytes, ext_hook: Callable[[int, bytes], object]) -> Any:
     return unpackb(data, strict_map_key=False, ext_hook=ext_hook, list_hook=_list_hook)
 
 
+# Scalars msgpack packs natively never reach the ``default`` hook, so no Python
+# code runs while the packer works on one: a single shared packer is safe for
+# them (a fresh one per call costs more than packing a counter's value).
+_pack_scalar: Final = Packer(strict_types=True, use_bin_type=True, autoreset=True).pack
+_PLAIN_SCALARS: Final = frozenset({float, bool, type(None)})
+_MIN_PACKED: Final = -(2**63)
+_MAX_PACKED: Final = 2**64 - 1
+
+
 # API -----------------------------------------------------------------------
 
 
@@ -450,6 +459,11 @@ def encode(value: object) -> bytes:
             names it and where it is), a subclass of a supported type, a
             reference cycle, or nests too deep.
     """
+    if type(value) is int:
+        if _MIN_PACKED <= value <= _MAX_PACKED:
+            return _pack_scalar(value)
+    elif type(value) in _PLAIN_SCALARS:
+        return _pack_scalar(value)
     return _pack(value, _default)
 
 
@@ -461,7 +475,7 @@ def decode(data: bytes) -> Any:
         SerializationError: If it holds a value of a registered type that
             this process does not register, or cannot build or migrate.
     """
-    return _unpack(data, _ext_hook)
+    return unpackb(data, strict_map_key=False, ext_hook=_ext_hook, list_hook=_list_hook)
 
 
 def decode_stored(data: bytes, build: Callable[[str, int, Any], object]) -> Any:

@@ -8,7 +8,6 @@ lost one.
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import time
 from typing import TYPE_CHECKING
@@ -34,20 +33,12 @@ def database() -> Iterator[tuple[str, str]]:
     drop_schema(dsn, schema)
 
 
-NODE_URLS: dict[str, str] = {}  # serving URL -> node URL
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start(dsn: str, schema: str, tmp_path: Path) -> tuple[subprocess.Popen[str], str]:
-    node_port = _free_port()
+    # --node-port 0: a free port picked by the node itself (a port picked
+    # here could be taken by someone else before the node binds it).
     process = serve_subprocess(
         *("--postgres", dsn, "--schema", schema, "--port", "0"),
-        *("--lease-ttl", TTL, "--node-port", str(node_port)),
+        *("--lease-ttl", TTL, "--node-port", "0"),
         cwd=tmp_path,
     )
     assert process.stdout is not None
@@ -55,13 +46,13 @@ def start(dsn: str, schema: str, tmp_path: Path) -> tuple[subprocess.Popen[str],
     assert "pyobjects: serving" in line, line + (
         process.stderr.read() if process.stderr else ""
     )
-    url = line.split(" at ")[1].split()[0]
-    NODE_URLS[url] = f"http://127.0.0.1:{node_port}"
-    return process, url
+    return process, line.split(" at ")[1].split()[0]
 
 
 def stop(process: subprocess.Popen[str], sig: signal.Signals) -> int:
-    process.send_signal(sig)
+    """Send *sig* (if it still runs), wait for the end, close its pipes."""
+    if process.poll() is None:
+        process.send_signal(sig)
     try:
         process.communicate(timeout=30)
     except subprocess.TimeoutExpired:  # pragma: no cover - a hung node
@@ -70,16 +61,14 @@ def stop(process: subprocess.Popen[str], sig: signal.Signals) -> int:
     return process.returncode
 
 
-def holder(dsn: str, schema: str) -> str:
-    """The serving address of the node that holds the (one) object now."""
-    rows = sql(
-        dsn,
-        f'SELECT n.url FROM "{schema}".objects AS o JOIN "{schema}".nodes AS n'
-        " ON n.owner = o.owner",
-    )
+def holder(dsn: str, schema: str) -> int:
+    """The PID of the node process that holds the (one) object now.
+
+    A lease's owner is ``host:pid:random`` (``PostgresBackend.owner``).
+    """
+    rows = sql(dsn, f'SELECT owner FROM "{schema}".objects WHERE owner IS NOT NULL')
     assert len(rows) == 1, rows
-    (url,) = [u for u, node in NODE_URLS.items() if node == rows[0][0]]
-    return url
+    return int(str(rows[0][0]).split(":")[1])
 
 
 def increments(url: str, name: str, count: int) -> list[int]:
@@ -113,15 +102,13 @@ def test_a_graceful_stop_costs_callers_nothing(
     try:
         assert increments(url1, "a", 2) == [1, 2]
         assert increments(url2, "a", 1) == [3]
-        nodes = {url1: one, url2: two}
-        held = holder(dsn, schema)
-        (other,) = set(nodes) - {held}
-        assert stop(nodes[held], signal.SIGTERM) == 0
-        assert increments(other, "a", 3) == [4, 5, 6]  # taken over at once
+        if holder(dsn, schema) == two.pid:  # stop the holder; load the other
+            one, two, url1, url2 = two, one, url2, url1
+        assert stop(one, signal.SIGTERM) == 0
+        assert increments(url2, "a", 3) == [4, 5, 6]  # taken over at once
     finally:
-        for process in (one, two):
-            if process.poll() is None:
-                stop(process, signal.SIGTERM)
+        stop(one, signal.SIGTERM)
+        stop(two, signal.SIGTERM)
 
 
 def test_a_killed_node_loses_no_acknowledged_increment(
@@ -134,7 +121,7 @@ def test_a_killed_node_loses_no_acknowledged_increment(
     try:
         acked += increments(url1, "a", 20)
         acked += increments(url2, "a", 10)
-        if holder(dsn, schema) == url2:  # kill the holder; load the other
+        if holder(dsn, schema) == two.pid:  # kill the holder; load the other
             one, two, url1, url2 = two, one, url2, url1
         one.kill()
         one.communicate()
@@ -157,8 +144,7 @@ def test_a_killed_node_loses_no_acknowledged_increment(
         rows = sql(dsn, f'SELECT epoch FROM "{schema}".objects')
         assert rows[0][0] >= 2  # a second owner took the object
     finally:
-        if one.poll() is None:
-            one.kill()
+        stop(one, signal.SIGKILL)
         stop(two, signal.SIGTERM)
 
 
@@ -172,7 +158,7 @@ def test_a_paused_holder_is_fenced_and_its_late_work_rejected(
     try:
         acked += increments(url1, "a", 10)
         acked += increments(url2, "a", 5)
-        if holder(dsn, schema) == url2:  # pause the holder; load the other
+        if holder(dsn, schema) == two.pid:  # pause the holder; load the other
             one, two, url1, url2 = two, one, url2, url1
         one.send_signal(signal.SIGSTOP)  # paused for 3 TTLs
         paused_until = time.monotonic() + 3 * float(TTL)

@@ -39,6 +39,13 @@ class Counter(DurableObject):
     async def boom(self) -> None:
         raise KeyError("no such thing")
 
+    async def relay(self, other: Any) -> Any:
+        """Call the object *other* (a stub that may come from another node)."""
+        return await other.incr(10)
+
+    async def whoami(self) -> Any:
+        return self.ctx.id
+
     async def fetch(self, request: Request) -> Response:
         n = (await self.ctx.storage.get("n") or 0) + 1
         self.ctx.storage.put("n", n)
@@ -249,3 +256,64 @@ async def test_a_websocket_on_any_node_reaches_the_object(
             await two.send("bye")
             assert await two.recv() == f"{home}:4:bye"
     assert Room.built == [home, home]  # built, hibernated, built again
+
+
+async def test_traces_follow_a_call_to_another_node(schema: tuple[str, str]) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+        InMemorySpanExporter,
+    )
+
+    dsn, name = schema
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    telemetry = pyobjects.OpenTelemetry(tracer_provider=provider)
+
+    def traced(node_name: str) -> Runtime:
+        return Runtime(
+            bindings={"C": Counter},
+            storage=PostgresBackend(dsn, schema=name, lease_ttl=2),
+            vars={"NODE": node_name},
+            node=Node(),
+            opentelemetry=telemetry,
+        )
+
+    async with traced("a") as a, traced("b") as b:
+        home = (await a.env.C.get_by_name("t").incr())["node"]
+        caller = b if home == "a" else a  # the node that forwards
+        spans.clear()
+        with provider.get_tracer("test").start_as_current_span("request") as outer:
+            assert (await caller.env.C.get_by_name("t").incr())["node"] == home
+    # (The forwarding node may first have tried to start the object itself,
+    # if it had not seen the other node yet: that attempt has a span too.)
+    (remote,) = [
+        s
+        for s in spans.get_finished_spans()
+        if s.name == "Counter/incr" and s.parent is not None and s.parent.is_remote
+    ]
+    # The span on the holder belongs to the caller's trace, under its span.
+    assert remote.context.trace_id == outer.get_span_context().trace_id
+    assert remote.parent is not None
+    assert remote.parent.span_id == outer.get_span_context().span_id
+
+
+async def test_ids_and_stubs_cross_nodes(schema: tuple[str, str]) -> None:
+    dsn, name = schema
+    async with node(dsn, name, "a") as a, node(dsn, name, "b") as b:
+        for rt in (a, b):  # place objects on both nodes
+            for i in range(6):
+                await rt.env.C.get_by_name(f"s{i}").incr(0)
+        for caller in (a, b):
+            for i in range(6):
+                stub = caller.env.C.get_by_name(f"s{i}")
+                got = await stub.whoami()
+                assert got == caller.env.C.id_from_name(f"s{i}")
+                assert got.name == f"s{i}"
+                # A stub as an argument: the object calls it from its node.
+                target = caller.env.C.get_by_name("target")
+                result = await stub.relay(target)
+                assert result["name"] == "target"
+        final = await a.env.C.get_by_name("target").incr(0)
+        assert final["n"] == 120  # 12 relays of 10, each once

@@ -218,7 +218,9 @@ class Actor(StorageOwner):
         self.stepping: int = 0
         self.idle_since: int = 0
         self.idle_queued_at: int = 0
-        self.reset_scopes: set[anyio.CancelScope] = set()
+        # Cancel scopes a reset cancels (see _guarded), made at the first one:
+        # an object less per instance for the cyclic garbage collector.
+        self.reset_scopes: set[anyio.CancelScope] | None = None
         # Open plain (non-hibernatable) WebSockets accepted by this instance:
         # they keep it from being evicted.
         self.sockets: set[Any] | None = None
@@ -299,10 +301,17 @@ class Actor(StorageOwner):
             try:
                 gate = self.output_gate
                 # gate.pending, inlined: this runs once per event
-                if gate.durable_seq < gate.write_seq or self.broken is not None:
+                if gate.durable_seq < gate.write_seq and not gate.commit_now():
                     await self.wait_durable()
+                elif self.broken is not None:
+                    raise self.reset_error()
             finally:
-                self.end()
+                # self.end(), inlined: this runs once per event
+                self.active -= 1
+                if self.active == 0 and self.broken is None:
+                    if gate.flush_scheduled:
+                        gate.schedule_flush()  # nobody is left to commit these
+                    runtime._idle.became_idle(self)
             return result
         finally:
             commits.events_in_flight -= 1
@@ -328,12 +337,13 @@ class Actor(StorageOwner):
             timer = runtime._timers.call_at(
                 runtime.clock.now_ms() + event.timeout_ms, expire
             )
-        self.reset_scopes.add(scope)
+        scopes = self._reset_scopes()
+        scopes.add(scope)
         try:
             with scope:
                 yield
         finally:
-            self.reset_scopes.discard(scope)
+            scopes.discard(scope)
             if timer is not None:
                 timer.cancel()
         if scope.cancelled_caught:
@@ -341,6 +351,12 @@ class Actor(StorageOwner):
                 raise timed_out[0]
             if self.broken is not None:
                 raise self.reset_error()
+
+    def _reset_scopes(self) -> set[anyio.CancelScope]:
+        scopes = self.reset_scopes
+        if scopes is None:
+            scopes = self.reset_scopes = set()
+        return scopes
 
     async def _scoped(
         self, event: Event, coro: Coroutine[Any, Any, Any], key: Any, seen: int
@@ -446,7 +462,8 @@ class Actor(StorageOwner):
         self.stepping += 1  # its writes commit with the first event's output
         try:
             self.instance = self.namespace.object_class(self.ctx, self.runtime.env)
-            logger.debug("constructed %s", self._label())
+            if logger.isEnabledFor(logging.DEBUG):  # the label costs a few µs
+                logger.debug("constructed %s", self._label())
         finally:
             self.stepping -= 1
             self.constructing = False
@@ -457,8 +474,12 @@ class Actor(StorageOwner):
     def on_write(self) -> None:
         """Number the write and make sure a commit is coming."""
         gate = self.output_gate
-        if gate.wrote() and not self.stepping:
-            gate.schedule_flush()  # written outside an event step: commit soon
+        # gate.wrote(), inlined: this runs once per write
+        gate.write_seq += 1
+        if not gate.flush_scheduled:
+            gate.flush_scheduled = True
+            if not self.stepping:
+                gate.schedule_flush()  # written outside an event step: commit soon
 
     def hold_input(self) -> None:
         """Close the input gate (storage wait or transaction)."""
@@ -628,7 +649,7 @@ class Actor(StorageOwner):
         self.storage._discard()
         self.input_gate.fail_all()
         self.output_gate.fail()
-        for scope in list(self.reset_scopes):
+        for scope in list(self.reset_scopes or ()):
             scope.cancel()
         self.store.close()
         self._drop_websockets()
@@ -651,7 +672,8 @@ class Actor(StorageOwner):
         """Drop this (quiescent) instance; storage stays for the next one."""
         self.evicted = True
         self.counters.evictions += 1
-        logger.debug("evicted %s", self._label())
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("evicted %s", self._label())
         self.runtime._forget(self)
         self.store.close()
         self.instance = None
@@ -692,7 +714,8 @@ class Actor(StorageOwner):
         _bcw_depth.set(depth)
         current_owner.set(self)
         scope = anyio.CancelScope()
-        self.reset_scopes.add(scope)
+        scopes = self._reset_scopes()
+        scopes.add(scope)
         runtime = self.runtime
         timer = runtime._timers.call_at(
             runtime.clock.now_ms() + runtime._bcw_timeout_ms, self._bcw_timed_out
@@ -710,7 +733,7 @@ class Actor(StorageOwner):
                 handle._set(result, None)
         finally:
             timer.cancel()
-            self.reset_scopes.discard(scope)
+            scopes.discard(scope)
             self.input_gate.open()
             self.end()
 

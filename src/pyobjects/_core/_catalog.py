@@ -77,7 +77,8 @@ class Catalog:
         if counters is None:
             counters = self.counters[key[0]] = Counters()
         cls = Actor if self._runtime._telemetry is None else traced_actor()
-        actor = self.actors[key] = cls(self._runtime, namespace, object_id, counters)
+        actor = cls(self._runtime, namespace, object_id, counters)
+        self.actors[actor.key] = actor  # that tuple, not a second one
         return actor
 
     def live(

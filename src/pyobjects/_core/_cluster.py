@@ -29,6 +29,7 @@ import typing
 from typing import TYPE_CHECKING, Any
 
 import anyio
+from msgpack import ExtType
 
 from pyobjects._errors import (
     DurableObjectError,
@@ -37,12 +38,19 @@ from pyobjects._errors import (
     NodeUnreachableError,
 )
 from pyobjects._http import Headers, Request, Response
-from pyobjects._serialization import decode, encode
+from pyobjects._ids import DurableObjectId
+from pyobjects._serialization import _default, _ext_hook, _pack, _unpack, decode, encode
 from pyobjects._websocket import WebSocketClose, WebSocketPair
 from pyobjects._ws_bridge import Bridge, call
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
+    from collections.abc import (
+        Awaitable,
+        Callable,
+        Coroutine,
+        Iterator,
+        MutableMapping,
+    )
 
     from pyobjects._node import Node
 
@@ -57,6 +65,9 @@ logger: logging.Logger = logging.getLogger("pyobjects")
 _PATH_CALL = "/__pyobjects/call"
 _PATH_FETCH = "/__pyobjects/fetch"
 _PATH_SOCKET = "/__pyobjects/socket"
+# The msgpack ext code of an id or a stub crossing nodes (the codec's own
+# codes are below 64, and 64 is its in-process reference).
+_EXT_HANDLE = 65
 _REQUEST_HEADER = "x-pyobjects-request"
 # Messages between nodes: the edge node enforces the app's own limit on what
 # clients send; this is Cloudflare's (and the edge's default) 32 MiB.
@@ -190,6 +201,7 @@ class Cluster:
                     "method": name,
                     "args": list(args),
                     "kwargs": kwargs,
+                    "trace": self._trace(),
                 },
             ),
         )
@@ -222,6 +234,7 @@ class Cluster:
                     "url": request.url,
                     "headers": list(request.headers.items()),
                     "body": body,
+                    "trace": self._trace(),
                 },
             )
             return Response(
@@ -337,7 +350,7 @@ class Cluster:
         client = self._client
         if client is None:
             raise NodeUnreachableError("this node has left the cluster")
-        body = encode(message)
+        body = self._encode(message)
         response: Any = None
 
         async def post(scope: anyio.CancelScope) -> None:
@@ -367,7 +380,7 @@ class Cluster:
             raise _Gone from group.exceptions[0]
         except* (httpx.TransportError, OSError) as group:
             raise OSError(str(group.exceptions[0])) from group.exceptions[0]
-        answer = decode(response.content)
+        answer = self._decode(response.content)
         if "gone" in answer:
             raise _Gone
         if "moved" in answer:
@@ -396,6 +409,7 @@ class Cluster:
             "name": stub.id.name,
             "url": request.url,
             "headers": list(request.headers.items()),
+            "trace": self._trace(),
         }
         header = base64.urlsafe_b64encode(encode(info)).decode()
         try:
@@ -460,16 +474,17 @@ class Cluster:
             more = message.get("more_body", False)
         answer: dict[str, Any]
         try:
-            request = decode(b"".join(chunks))
+            request = self._decode(b"".join(chunks))
             if self._leaving or not self._runtime._running:
                 answer = {"gone": True}
             else:
-                answer = await self._serve(path, request)
+                with self._traced(request):
+                    answer = await self._serve(path, request)
         except LeaseHeldError as exc:
             answer = {"moved": exc.owner}
         except Exception as exc:
             answer = {"error": _error_to(exc)}
-        await _reply(send, 200, encode(answer))
+        await _reply(send, 200, self._encode(answer))
 
     async def _serve(self, path: str, request: dict[str, Any]) -> dict[str, Any]:
         stub: Any = self._stub(request)
@@ -517,12 +532,13 @@ class Cluster:
                 answer = {"gone": True}
             else:
                 stub: Any = self._stub(info)
-                response: Response = await stub._fetch_local(
-                    Request(
-                        str(info["url"]),
-                        headers=Headers([tuple(h) for h in info["headers"]]),
+                with self._traced(info):
+                    response: Response = await stub._fetch_local(
+                        Request(
+                            str(info["url"]),
+                            headers=Headers([tuple(h) for h in info["headers"]]),
+                        )
                     )
-                )
                 client = response.websocket
                 if client is None:
                     answer = {
@@ -545,17 +561,86 @@ class Cluster:
             return
         await Bridge(client, receive, send, _MAX_SOCKET_MESSAGE).run(None)
 
+    def _trace(self) -> dict[str, str] | None:
+        """The caller's trace context (W3C headers), when this runtime traces."""
+        if self._runtime._telemetry is None:
+            return None
+        from opentelemetry.propagate import inject
+
+        carrier: dict[str, str] = {}
+        inject(carrier)
+        return carrier or None
+
+    @contextlib.contextmanager
+    def _traced(self, message: dict[str, Any]) -> Iterator[None]:
+        """Run a forwarded event inside the caller's trace (when both trace)."""
+        carrier = message.get("trace")
+        if not carrier or self._runtime._telemetry is None:
+            yield
+            return
+        from opentelemetry import context
+        from opentelemetry.propagate import extract
+
+        token = context.attach(extract(dict(carrier)))
+        try:
+            yield
+        finally:
+            context.detach(token)
+
     def _stub(self, info: dict[str, Any]) -> Any:
         namespace = self._namespace(str(info["ns"]))
+        return namespace.get(self._id(namespace, str(info["id"]), info.get("name")))
+
+    @staticmethod
+    def _id(
+        namespace: DurableObjectNamespace[Any], hex_id: str, name: object
+    ) -> DurableObjectId:
+        """This node's id for *hex_id*, with its name when it was made from one."""
         ids = namespace._ids
-        object_id = ids.from_string(str(info["id"]))
-        if info.get("name") is not None:
-            named = ids.from_name(
-                str(info["name"]), jurisdiction=object_id.jurisdiction
-            )
+        object_id = ids.from_string(hex_id)
+        if isinstance(name, str):
+            named = ids.from_name(name, jurisdiction=object_id.jurisdiction)
             if named == object_id:
-                object_id = named
-        return namespace.get(object_id)
+                return named
+        return object_id
+
+    # Ids and stubs cross nodes as handles (binding's storage name, id, name)
+    # and become the receiving node's own ids and stubs of that namespace.
+
+    def _encode(self, message: object) -> bytes:
+        from ._stub import DurableObjectStub
+
+        def default(value: object) -> object:
+            cls = type(value)
+            if cls is DurableObjectStub:
+                stub: Any = value
+                handle = [stub._namespace._storage_name, str(stub.id), stub.id.name, 1]
+                return ExtType(_EXT_HANDLE, _pack(handle, _default))
+            if cls is DurableObjectId:
+                object_id: Any = value
+                for namespace in self._runtime._namespaces:
+                    if namespace._ids.issued(object_id):
+                        handle = [
+                            namespace._storage_name,
+                            str(object_id),
+                            object_id.name,
+                            0,
+                        ]
+                        return ExtType(_EXT_HANDLE, _pack(handle, _default))
+            return _default(value)
+
+        return _pack(message, default)
+
+    def _decode(self, data: bytes) -> Any:
+        def hook(code: int, raw: bytes) -> object:
+            if code != _EXT_HANDLE:
+                return _ext_hook(code, raw)
+            storage_name, hex_id, name, is_stub = _unpack(raw, _ext_hook)
+            namespace = self._namespace(str(storage_name))
+            object_id = self._id(namespace, str(hex_id), name)
+            return namespace.get(object_id) if is_stub else object_id
+
+        return _unpack(data, hook)
 
     def _namespace(self, storage_name: str) -> DurableObjectNamespace[Any]:
         for namespace in self._runtime._namespaces:

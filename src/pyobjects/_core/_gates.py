@@ -32,11 +32,12 @@ import anyio.lowlevel
 from pyobjects._errors import DurableObjectResetError, OverloadedError
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine, Generator
+    from collections.abc import Callable, Coroutine, Generator
 
     from pyobjects._clock import Clock
     from pyobjects.storage._api import Storage
     from pyobjects.storage._base import ObjectStore, WriteBatch
+    from pyobjects.storage._layers import _Layer
 
     from ._timers import Timers
 
@@ -59,7 +60,10 @@ class InputGate:
 
     def __init__(self, *, max_queued: int | None = None) -> None:
         self._closed = 0
-        self._waiters: deque[anyio.Event] = deque()
+        # Made by the first event that has to wait: most objects never need
+        # one, and every object less to allocate is one less for the cyclic
+        # garbage collector to scan (it dominates creating many objects).
+        self._waiters: deque[anyio.Event] | None = None
         self._broken = False
         self._max_queued = max_queued
         # True when a new event may start at once, without queueing. A plain
@@ -73,7 +77,7 @@ class InputGate:
     @property
     def queued(self) -> int:
         """Number of events waiting to be let in."""
-        return len(self._waiters)
+        return 0 if self._waiters is None else len(self._waiters)
 
     @property
     def broken(self) -> bool:
@@ -95,9 +99,10 @@ class InputGate:
     def fail_all(self) -> None:
         """Release every waiter (the object broke); they must check why."""
         self._broken = True
-        for waiter in self._waiters:
-            waiter.set()
-        self._waiters.clear()
+        if self._waiters is not None:
+            for waiter in self._waiters:
+                waiter.set()
+            self._waiters.clear()
         self._update()
 
     async def enter(self) -> None:
@@ -109,46 +114,49 @@ class InputGate:
         Raises:
             OverloadedError: If too many events are already queued.
         """
-        if self._max_queued is not None and len(self._waiters) >= self._max_queued:
+        waiters = self._waiters
+        if waiters is None:
+            waiters = self._waiters = deque()
+        if self._max_queued is not None and len(waiters) >= self._max_queued:
             raise OverloadedError(
                 "Durable Object is overloaded. Too many requests queued."
             )
         waiter = anyio.Event()
-        self._waiters.append(waiter)
+        waiters.append(waiter)
         self.is_open = False
         try:
             while not self._broken:
-                if self._closed == 0 and self._waiters[0] is waiter:
+                if self._closed == 0 and waiters[0] is waiter:
                     break
                 await waiter.wait()
                 if self.broken:
                     return
-                if self._closed or self._waiters[0] is not waiter:
+                if self._closed or waiters[0] is not waiter:
                     # Closed again before we ran: queue again at the same place.
-                    index = self._waiters.index(waiter)
+                    index = waiters.index(waiter)
                     waiter = anyio.Event()
-                    self._waiters[index] = waiter
+                    waiters[index] = waiter
         except BaseException:
-            self._leave(waiter)
+            self._leave(waiters, waiter)
             raise
         else:
             if not self._broken:
-                self._waiters.popleft()
+                waiters.popleft()
                 self._update()
                 # Wake the next one; it runs once this event yields, and by then
                 # it re-checks whether the gate is still open.
-                if self._waiters and self._closed == 0:
-                    self._waiters[0].set()
+                if waiters and self._closed == 0:
+                    waiters[0].set()
 
-    def _leave(self, waiter: anyio.Event) -> None:
+    def _leave(self, waiters: deque[anyio.Event], waiter: anyio.Event) -> None:
         try:
-            index = self._waiters.index(waiter)
+            index = waiters.index(waiter)
         except ValueError:
             return
-        del self._waiters[index]
+        del waiters[index]
         self._update()
-        if index == 0 and self._waiters and self._closed == 0:
-            self._waiters[0].set()
+        if index == 0 and waiters and self._closed == 0:
+            waiters[0].set()
 
 
 class GateOwner(Protocol):
@@ -235,6 +243,8 @@ class OutputGate:
         "_owner",
         "_queue",
         "_scope",
+        "_store",
+        "_sync_commit",
         "broken",
         "commit_ns",
         "durable_seq",
@@ -243,7 +253,6 @@ class OutputGate:
         "flushing",
         "flushing_seq",
         "storage",
-        "store",
         "write_seq",
     )
 
@@ -253,9 +262,9 @@ class OutputGate:
         self._owner = owner
         self._queue = queue
         self.storage: Storage = storage
-        # The store commits go to; pyobjects.testing.fail_next_commits() puts a
-        # failing wrapper here (only here: reads use the storage's own store).
-        self.store: ObjectStore = store
+        self._store = store
+        self._sync_commit: Callable[[Any, WriteBatch], None] | None = None
+        self.store = store
         self.write_seq: int = 0
         self.durable_seq: int = 0
         self.broken: bool = False
@@ -266,6 +275,23 @@ class OutputGate:
         self.commit_ns: int = 0
         self._event: anyio.Event | None = None
         self._scope: anyio.CancelScope | None = None
+
+    @property
+    def store(self) -> ObjectStore:
+        """The store commits go to.
+
+        pyobjects.testing.fail_next_commits() puts a failing wrapper here
+        (only here: reads use the storage's own store).
+        """
+        return self._store
+
+    @store.setter
+    def store(self, store: ObjectStore) -> None:
+        self._store = store
+        # A built-in local store also offers its commit as a plain function:
+        # looked up on the type, so that a wrapper delegating attributes to
+        # the store it wraps (``__getattr__``) keeps its own commit.
+        self._sync_commit = getattr(type(store), "_commit_sync", None)
 
     @property
     def pending(self) -> bool:
@@ -336,12 +362,33 @@ class OutputGate:
                     continue
             await self.flush()
 
+    def commit_now(self) -> bool:
+        """Commit the pending writes inline, if that needs no waiting.
+
+        The hot path of an event that wrote: a store whose commit is a plain
+        function (the built-in local ones), no commit in flight, and no
+        reason to wait for group commit. Returns False when the caller must
+        ``await wait_durable()`` instead; True when the writes made so far
+        are durable, or the gate broke (the caller checks for that).
+        """
+        sync = self._sync_commit
+        if sync is None or self.flushing:
+            return False
+        if self.commit_ns > GROUP_COMMIT_NS and self._queue.events_in_flight > 1:
+            return False  # see wait_durable
+        self._flush_now(sync)
+        return True
+
     async def flush(self) -> None:
         """Commit the pending writes as one batch (all or nothing)."""
         while self.flushing and not self.broken:
             # A (suspending) commit is under way: batches commit one at a
             # time, in order, so this one waits for it.
             await self._wait(self.flushing_seq)
+        sync = self._sync_commit
+        if sync is not None:
+            self._flush_now(sync)
+            return
         self.flush_scheduled = False
         if self.broken:
             return
@@ -355,30 +402,62 @@ class OutputGate:
         self.flushing_seq = seq
         started = perf_counter_ns()
         try:
-            commit = self.store.commit(batch)
+            commit = self._store.commit(batch)
             try:
-                # Local backends finish here, without suspending: the hot path.
+                # A store may finish here without suspending after all.
                 first = commit.send(None)
             except StopIteration:
                 pass
             else:
                 await self._commit_slowly(commit, first)
         except Exception as exc:
-            error = DurableObjectResetError(
-                f"Durable Object storage commit failed, so the object was reset: {exc}"
-            )
-            error.__cause__ = exc
-            self._owner.commit_failed(error)
+            self._commit_failed(exc)
             return
         finally:
             self.flushing = False
         if self._was_broken():
             return  # reset while the commit was in flight: nothing to deliver
-        elapsed = perf_counter_ns() - started
+        self._done(seq, batch, layer, perf_counter_ns() - started)
+
+    def _flush_now(self, sync: Callable[[Any, WriteBatch], None]) -> None:
+        """:meth:`flush` for a store whose commit is a plain function."""
+        self.flush_scheduled = False
+        if self.broken:
+            return
+        seq = self.write_seq
+        self.flushing = True
+        self.flushing_seq = seq
+        started = perf_counter_ns()
+        try:
+            batch = self.storage._commit_pending(sync, self._store)
+        except Exception as exc:
+            self._commit_failed(exc)
+            return
+        finally:
+            self.flushing = False
+        if batch is not None:
+            elapsed = perf_counter_ns() - started
+            self.commit_ns = (self.commit_ns * 3 + elapsed) >> 2
+            self._owner.committed(batch, elapsed)
+        if seq > self.durable_seq:  # _confirmed(seq), inlined
+            self.durable_seq = seq
+        event = self._event
+        if event is not None:
+            self._event = None
+            event.set()
+
+    def _done(self, seq: int, batch: WriteBatch, layer: _Layer, elapsed: int) -> None:
         self.commit_ns = (self.commit_ns * 3 + elapsed) >> 2
         self.storage._batch_done(layer, batch)
         self._confirmed(seq)
         self._owner.committed(batch, elapsed)
+
+    def _commit_failed(self, exc: Exception) -> None:
+        error = DurableObjectResetError(
+            f"Durable Object storage commit failed, so the object was reset: {exc}"
+        )
+        error.__cause__ = exc
+        self._owner.commit_failed(error)
 
     async def _commit_slowly(
         self, commit: Coroutine[Any, Any, None], first: Any

@@ -170,7 +170,8 @@ class DurableObjectStub(Generic[ObjectT]):
     ) -> Any:
         runtime = self._namespace._runtime
         passthrough = runtime._passthrough
-        args, kwargs = copy_args(args, kwargs, passthrough)
+        if args or kwargs:
+            args, kwargs = copy_args(args, kwargs, passthrough)
         caller = current_owner.get()
         if caller is not None:
             mark = caller.output_mark()
@@ -181,7 +182,9 @@ class DurableObjectStub(Generic[ObjectT]):
                 self, name, args, kwargs, lambda: self._call_local(name, args, kwargs)
             )
         # The same as _call_local(), inline: this is the hot path.
-        actor = self._bind()
+        actor = self._actor
+        if actor is None or actor.broken is not None or actor.evicted:
+            actor = self._bind()
         result = await actor.deliver(Call(name, args, kwargs))
         if type(result) in _IMMUTABLE:
             return result

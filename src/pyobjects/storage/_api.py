@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast, final, overload
 import anyio
 
 from pyobjects._aliases import camel_aliases
-from pyobjects._errors import StorageError, TransactionError
-from pyobjects._serialization import decode
+from pyobjects._errors import StorageError, StorageLimitError, TransactionError
+from pyobjects._serialization import MAX_VALUE_BYTES, decode, encode
 
 from ._api_sql import SqlFacets
 from ._base import ListQuery, WriteBatch
@@ -35,6 +35,7 @@ from ._front import StorageOwner
 from ._layers import _DONE_NONE, _MISS, _Done, _Layer, drive, in_transaction
 from ._limits import (
     CACHE_BYTES,
+    MAX_KEY_BYTES,
     alarm_ms,
     check_batch_size,
     check_key,
@@ -53,6 +54,8 @@ if TYPE_CHECKING:
     from ._sql import SqlStorage
 
 __all__ = ["Storage", "StorageOwner"]
+
+_new_tuple = tuple.__new__
 
 T = TypeVar("T")
 
@@ -102,8 +105,13 @@ class Storage(SqlFacets):
         self._store = store
         self._owner = owner
         self._layers: list[_Layer] = [_Layer()]
-        self._inflight: list[_Layer] = []
-        self._cache: OrderedDict[str, bytes | None] = OrderedDict()
+        # Batches being committed: a list from the first commit that suspends
+        # (an empty tuple until then is one object less per instance for the
+        # cyclic garbage collector to scan).
+        self._inflight: list[_Layer] | tuple[()] = ()
+        # The clean cache, made at the first value remembered (one object less
+        # per instance until then, for the cyclic garbage collector).
+        self._cache: OrderedDict[str, bytes | None] | None = None
         self._cache_bytes = 0
         self._pending_name = name
         self._txn_done: anyio.Event | None = None
@@ -143,13 +151,24 @@ class Storage(SqlFacets):
 
     def _lookup(self, key: str) -> bytes | None:
         """Return the value known in memory, None if absent, or _MISS."""
-        for layer in reversed(self._uncommitted()):  # newest first
+        layers = self._layers
+        if len(layers) == 1 and not self._inflight:  # the common case
+            layer = layers[0]
             value = layer.writes.get(key, _MISS)
             if value is not _MISS:
                 return value  # type: ignore[no-any-return]
             if layer.delete_all:
                 return None
+        else:
+            for layer in reversed(self._uncommitted()):  # newest first
+                value = layer.writes.get(key, _MISS)
+                if value is not _MISS:
+                    return value  # type: ignore[no-any-return]
+                if layer.delete_all:
+                    return None
         cache = self._cache
+        if cache is None:
+            return _MISS  # type: ignore[no-any-return]
         value = cache.get(key, _MISS)
         if value is not _MISS:
             cache.move_to_end(key)
@@ -157,6 +176,8 @@ class Storage(SqlFacets):
 
     def _remember(self, key: str, value: bytes | None) -> None:
         cache = self._cache
+        if cache is None:
+            cache = self._cache = OrderedDict()
         old = cache.pop(key, None)
         if old is not None:
             self._cache_bytes -= len(old)
@@ -197,9 +218,12 @@ class Storage(SqlFacets):
         order (at most 128 keys). Every call returns a fresh copy. Reads see
         this object's own writes, committed or not.
         """
-        self._owner.check_usable()
+        owner = self._owner
+        if owner.broken is not None:
+            owner.check_usable()
         if type(key) is str:
-            check_key(key)
+            if len(key) > MAX_KEY_BYTES or not key.isascii():
+                check_key(key)  # ASCII keys this short are valid
             data = self._lookup(key)
             if data is _MISS:
                 data = (await self._fetch([key])).get(key)
@@ -342,7 +366,9 @@ class Storage(SqlFacets):
                 (nothing of the call is written).
             SerializationError: A value the codec cannot store.
         """
-        self._owner.check_usable()
+        owner = self._owner
+        if owner.broken is not None:
+            owner.check_usable()
         if type(key) is not str and isinstance(key, Mapping):
             if value is not _MISS:
                 raise TypeError(
@@ -356,9 +382,17 @@ class Storage(SqlFacets):
             return _DONE_NONE
         if value is _MISS:
             raise TypeError("put() missing the value to store")
-        check_key(key)
-        data = encode_value(value)
-        self._record().writes[key] = data
+        if type(key) is not str or len(key) > MAX_KEY_BYTES or not key.isascii():
+            check_key(key)  # ASCII keys this short are valid
+        data = encode(value)  # encode_value(), inlined
+        if len(data) > MAX_VALUE_BYTES:
+            raise StorageLimitError("value", limit=MAX_VALUE_BYTES, size=len(data))
+        layers = self._layers
+        if len(layers) == 1:  # no transaction open: _record(), inlined
+            owner.on_write()
+            layers[0].writes[key] = data
+        else:
+            self._record().writes[key] = data
         return _DONE_NONE
 
     @overload
@@ -680,7 +714,11 @@ class Storage(SqlFacets):
             # An unfinished statement would block the checkpoints after it.
             self._sql._settle()
         self._layers[0] = _Layer()
-        self._inflight.append(pending)
+        inflight = self._inflight
+        if isinstance(inflight, list):
+            inflight.append(pending)
+        else:
+            self._inflight = [pending]
         batch = WriteBatch(
             pending.delete_all,
             pending.writes,
@@ -690,13 +728,59 @@ class Storage(SqlFacets):
         )
         return batch, pending
 
+    def _commit_pending(
+        self, commit: Callable[[Any, WriteBatch], None], store: object
+    ) -> WriteBatch | None:
+        """Commit the pending layer with *commit* (a plain function), inline.
+
+        :meth:`_take_batch`, the commit and :meth:`_batch_done` in one: the
+        commit cannot suspend, so nothing reads the layers meanwhile and the
+        pending layer is emptied in place instead of moving to in-flight.
+        Returns the batch, or None if there was nothing to commit. If the
+        commit raises, the layer is left as it was (the object resets).
+        """
+        pending = self._layers[0]
+        writes = pending.writes
+        delete_all = pending.delete_all
+        alarm_changed = pending.alarm_changed
+        if (
+            not writes
+            and not delete_all
+            and not alarm_changed
+            and not pending.sql_dirty
+        ):
+            return None
+        sql = self._sql
+        if sql is not None and sql._open:
+            sql._settle()  # an unfinished statement would block the checkpoints
+        # WriteBatch(...) without the namedtuple's Python-level __new__
+        batch: WriteBatch = _new_tuple(
+            WriteBatch,
+            (delete_all, writes, alarm_changed, pending.alarm, self._pending_name),
+        )
+        commit(store, batch)
+        pending.writes = {}
+        if delete_all or alarm_changed or pending.sql_dirty:
+            pending.delete_all = pending.alarm_changed = pending.sql_dirty = False
+            pending.alarm = None
+            if delete_all:
+                self._cache = None
+                self._cache_bytes = 0
+            if alarm_changed:
+                self._alarm = batch.alarm
+        if batch.name is not None:
+            self._pending_name = None
+        for k, v in writes.items():
+            self._remember(k, v)
+        return batch
+
     def _batch_done(self, layer: _Layer, batch: WriteBatch) -> None:
         """A batch is durable: move its values into the clean cache."""
-        self._inflight.remove(layer)
+        cast("builtins.list[_Layer]", self._inflight).remove(layer)
         if batch.name is not None:
             self._pending_name = None
         if layer.delete_all:
-            self._cache.clear()
+            self._cache = None
             self._cache_bytes = 0
         for k, v in layer.writes.items():
             self._remember(k, v)
@@ -717,8 +801,8 @@ class Storage(SqlFacets):
                 if sql._conn.in_transaction:
                     sql._conn.execute("ROLLBACK")
         self._layers = [_Layer()]
-        self._inflight = []
-        self._cache.clear()
+        self._inflight = ()
+        self._cache = None
         self._cache_bytes = 0
         self._alarm = _MISS
 

@@ -54,7 +54,7 @@ class SqlFacets:
         _store: ObjectStore
         _owner: StorageOwner
         _layers: builtins.list[_Layer]
-        _inflight: builtins.list[_Layer]
+        _inflight: builtins.list[_Layer] | tuple[()]
 
         def _record(self) -> _Layer: ...
         def _close_layer(self, layer: _Layer, commit: bool) -> None: ...

@@ -22,7 +22,7 @@ Two capabilities are optional, discovered on the store with ``getattr``:
 
 from __future__ import annotations
 
-import re
+import string
 import typing
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -242,15 +242,22 @@ USER_OBJECTS_WHERE = (
 
 # Checks shared by the built-in backends.
 
-_NAMESPACE_RE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
-_OBJECT_ID_RE = re.compile(r"[0-9a-f]{64}")
+# Checked with str.strip(), which removes every character of the set from
+# both ends: a string made of them only is left empty. Several times cheaper
+# than a regular expression, and a check runs each time an object is opened.
+_NAMESPACE_CHARS = string.ascii_letters + string.digits + "_.-"
+_HEX_DIGITS = "0123456789abcdef"
 
 
 def check_namespace(namespace: object) -> None:
-    """Raise ``ValueError`` unless *namespace* is a valid namespace name."""
+    """Raise ``ValueError`` unless *namespace* is a valid namespace name.
+
+    Valid: 1 to 128 characters from ``A-Z a-z 0-9 _ . -``, not ``.`` or ``..``.
+    """
     if (
         not isinstance(namespace, str)
-        or _NAMESPACE_RE.fullmatch(namespace) is None
+        or not 0 < len(namespace) <= 128
+        or namespace.strip(_NAMESPACE_CHARS)
         or namespace in {".", ".."}
     ):
         raise ValueError(f"invalid namespace name: {namespace!r}")
@@ -258,7 +265,11 @@ def check_namespace(namespace: object) -> None:
 
 def check_object_id(object_id: object) -> None:
     """Raise ``ValueError`` unless *object_id* is 64 lowercase hex digits."""
-    if not isinstance(object_id, str) or _OBJECT_ID_RE.fullmatch(object_id) is None:
+    if (
+        not isinstance(object_id, str)
+        or len(object_id) != 64
+        or object_id.strip(_HEX_DIGITS)
+    ):
         raise ValueError(f"invalid object id: {object_id!r}")
 
 

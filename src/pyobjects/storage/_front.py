@@ -98,6 +98,10 @@ class StorageOwner:
 
     __slots__ = ()
 
+    # Not None once the object was reset: the hot paths test it before
+    # calling check_usable() (an attribute read costs less than a call).
+    broken: BaseException | None
+
     def on_write(self) -> None:
         """A write was recorded in the pending layer: schedule a flush."""
         raise NotImplementedError

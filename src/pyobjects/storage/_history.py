@@ -101,6 +101,7 @@ __all__ = [
     "History",
     "WalState",
     "bookmark",
+    "check_bookmark_time",
     "fsync_directory",
     "parse_bookmark",
     "read_wal_commits",
@@ -180,6 +181,15 @@ def bookmark(namespace: str, object_id: str, seq: int, kind: int = PLAIN) -> str
         f"{seq >> 32:08x}-{seq & 0xFFFFFFFF:08x}-{kind:08x}-"
         f"{_digest(namespace, object_id)}"
     )
+
+
+def check_bookmark_time(retention_ms: int, when_ms: int, now_ms: int) -> None:
+    """Raise ``ValueError`` if *when_ms* is older than the history kept."""
+    if when_ms < now_ms - retention_ms:
+        raise ValueError(
+            "get_bookmark_for_time() needs a time within the last "
+            f"{retention_ms / 86_400_000:g} days (pitr_retention)"
+        )
 
 
 def parse_bookmark(namespace: str, object_id: str, text: str) -> tuple[int, int]:

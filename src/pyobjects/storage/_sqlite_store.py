@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 from pyobjects._errors import StorageError, StorageFullError
 
 from ._base import USER_OBJECTS_WHERE, check_batch
-from ._history import UNDO, bookmark, parse_bookmark
+from ._history import UNDO, bookmark, check_bookmark_time, parse_bookmark
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -229,6 +229,10 @@ class SQLiteStore:
         return None if row is None else str(row[0])
 
     async def commit(self, batch: WriteBatch, /) -> None:
+        self._commit_sync(batch)
+
+    def _commit_sync(self, batch: WriteBatch, /) -> None:
+        """:meth:`commit` as a plain function (the output gate's fast path)."""
         puts, deletes = _encode_writes(batch.writes)
         alarm_changed, alarm, name = batch.alarm_changed, batch.alarm, batch.name
         if alarm_changed or name is not None:
@@ -305,11 +309,7 @@ class SQLiteStore:
         backend = self._backend
         if not backend._retention_ms:
             raise StorageError(NO_PITR)
-        if when_ms < now_ms - backend._retention_ms:
-            raise ValueError(
-                "get_bookmark_for_time() needs a time within the last "
-                f"{backend._retention_ms / 86_400_000:g} days (pitr_retention)"
-            )
+        check_bookmark_time(backend._retention_ms, when_ms, now_ms)
         _, history = backend._history_for(self._key)
         seq = history.seq_for_time(min(when_ms, now_ms))
         if seq is None:

@@ -150,9 +150,16 @@ class MemoryBackend:
         """Do nothing: the data stays in memory and the backend stays usable."""
 
 
+_dict_set = dict.__setitem__
+
+
 @typing.final
 class _MemoryStore:
     __slots__ = ("_backend", "_namespace", "_object_id")
+
+    # Never restored (no point-in-time recovery here). A class attribute, so
+    # that the runtime's look-up after open() finds it instead of raising.
+    restored_alarm: typing.ClassVar[bool] = False
 
     def __init__(self, backend: MemoryBackend, namespace: str, object_id: str) -> None:
         self._backend = backend
@@ -193,8 +200,18 @@ class _MemoryStore:
     async def commit(self, batch: WriteBatch, /) -> None:
         # Validate everything first: nothing below can fail half-way.
         check_batch(batch)
+        self._commit_sync(batch)
+
+    def _commit_sync(self, batch: WriteBatch, /) -> None:
+        """:meth:`commit` as a plain function, for the storage front end.
+
+        The output gate's fast path; its batches are valid by construction
+        (the front end checked every key, value and alarm time at the call).
+        """
         backend = self._backend
-        objects = backend._namespaces.setdefault(self._namespace, {})
+        objects = backend._namespaces.get(self._namespace)
+        if objects is None:
+            objects = backend._namespaces[self._namespace] = {}
         state = objects.get(self._object_id)
         if state is None:
             state = objects[self._object_id] = _ObjectState()
@@ -214,6 +231,8 @@ class _MemoryStore:
         for key, value in batch.writes.items():
             if value is None:
                 data.pop(key, None)
+            elif key in data:
+                _dict_set(data, key, value)  # the key order stays: skip SortedDict's
             else:
                 data[key] = value
         if batch.alarm_changed:

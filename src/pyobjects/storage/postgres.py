@@ -64,7 +64,14 @@ from ._base import (
     check_namespace,
     check_object_id,
 )
-from ._history import UNDO, bookmark, parse_bookmark, read_pages, read_wal_commits
+from ._history import (
+    UNDO,
+    bookmark,
+    check_bookmark_time,
+    parse_bookmark,
+    read_pages,
+    read_wal_commits,
+)
 from ._pg_sql import (
     ACTIVATE,
     ALARMS,
@@ -88,7 +95,7 @@ from ._pg_sql import (
     SHIP,
 )
 from ._sqlite_store import HOLDS_DATA, SQLiteStore, read_alarm
-from .sqlite import _Connection
+from .sqlite import _Connection, create_tables
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -404,16 +411,7 @@ class PostgresBackend:
     async def pending_alarms(self) -> list[AlarmEntry]:
         """Every pending alarm, except those of objects another owner holds now."""
         rows = await self._run(lambda c: c.fetch(self._q(ALARMS), self._owner))
-        return [
-            AlarmEntry(
-                namespace=row[0],
-                object_id=row[1],
-                time_ms=int(row[2]),
-                retry_count=int(row[3]),
-                retry_ms=None if row[4] is None else int(row[4]),
-            )
-            for row in rows
-        ]
+        return _alarm_entries(rows)
 
     async def record_alarm_retry(
         self,
@@ -618,18 +616,7 @@ class PostgresBackend:
             )
         )
         if rows:
-            adopt(
-                [
-                    AlarmEntry(
-                        namespace=row[0],
-                        object_id=row[1],
-                        time_ms=int(row[2]),
-                        retry_count=int(row[3]),
-                        retry_ms=None if row[4] is None else int(row[4]),
-                    )
-                    for row in rows
-                ]
-            )
+            adopt(_alarm_entries(rows))
 
     async def _release_pending(self) -> None:
         while self._releases and self._pool is not None:
@@ -904,17 +891,7 @@ class PostgresBackend:
             conn.execute("PRAGMA synchronous = OFF")
             # Only this backend checkpoints, after shipping the frames.
             conn.execute("PRAGMA wal_autocheckpoint = 0")
-            tables = {
-                name
-                for (name,) in conn.execute(
-                    "SELECT name FROM sqlite_schema WHERE type = 'table'"
-                )
-            }
-            if not tables.issuperset(RESERVED_SCHEMA):
-                conn.execute("BEGIN IMMEDIATE")
-                for statement in RESERVED_SCHEMA.values():
-                    conn.execute(statement)
-                conn.execute("COMMIT")
+            create_tables(conn, RESERVED_SCHEMA)
         except BaseException:
             conn.close()
             raise
@@ -999,6 +976,20 @@ def _on_this_loop(pool: Any) -> bool:
 
     loop = getattr(pool, "_loop", None)
     return loop is None or loop is asyncio.get_running_loop()
+
+
+def _alarm_entries(rows: Sequence[Any]) -> list[AlarmEntry]:
+    """Alarm rows (namespace, id, time, retry count, retry time) as entries."""
+    return [
+        AlarmEntry(
+            namespace=row[0],
+            object_id=row[1],
+            time_ms=int(row[2]),
+            retry_count=int(row[3]),
+            retry_ms=None if row[4] is None else int(row[4]),
+        )
+        for row in rows
+    ]
 
 
 def _pause(attempt: int) -> float:
@@ -1106,11 +1097,7 @@ class PostgresStore:
         backend = self._backend
         if not backend._retention_ms:
             raise StorageError(_NO_PITR)
-        if when_ms < now_ms - backend._retention_ms:
-            raise ValueError(
-                "get_bookmark_for_time() needs a time within the last "
-                f"{backend._retention_ms / 86_400_000:g} days (pitr_retention)"
-            )
+        check_bookmark_time(backend._retention_ms, when_ms, now_ms)
         namespace, object_id = self._key
         seq = await backend._run(
             lambda c: c.fetchval(

@@ -129,6 +129,21 @@ class _Connection(sqlite3.Connection):
         super().close()
 
 
+def create_tables(conn: sqlite3.Connection, schema: Mapping[str, str]) -> None:
+    """Create the tables of *schema* (name -> CREATE statement) that are missing."""
+    tables = {
+        name
+        for (name,) in conn.execute(
+            "SELECT name FROM sqlite_schema WHERE type = 'table'"
+        )
+    }
+    if not tables.issuperset(schema):
+        conn.execute("BEGIN IMMEDIATE")
+        for statement in schema.values():
+            conn.execute(statement)
+        conn.execute("COMMIT")
+
+
 def _system_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -335,17 +350,7 @@ class SQLiteBackend(AlarmIndex):
             if self._retention_ms and schema is RESERVED_SCHEMA:
                 # Only the history archiver checkpoints (see _history).
                 conn.execute("PRAGMA wal_autocheckpoint = 0")
-            tables = {
-                name
-                for (name,) in conn.execute(
-                    "SELECT name FROM sqlite_schema WHERE type = 'table'"
-                )
-            }
-            if not tables.issuperset(schema):
-                conn.execute("BEGIN IMMEDIATE")
-                for statement in schema.values():
-                    conn.execute(statement)
-                conn.execute("COMMIT")
+            create_tables(conn, schema)
         except BaseException:
             conn.close()
             raise
