@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -70,17 +69,10 @@ RECOVERY_BOUND = TTL + 3.0
 OUTAGE_CALL_BOUND = 15.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class Node:
     process: subprocess.Popen[bytes]
     url: str  # where clients call it
-    node_url: str  # where the other nodes call it
     stderr: Path
 
     @property
@@ -101,7 +93,6 @@ class Cluster:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
         started = []
         for i in range(count):
-            node_port = _free_port()
             out, err = directory / f"node{i}.out", directory / f"node{i}.err"
             with out.open("wb") as stdout, err.open("wb") as stderr:
                 process = subprocess.Popen(
@@ -109,7 +100,8 @@ class Cluster:
                         *(sys.executable, "-m", "pyobjects", "serve"),
                         "tests.cluster_app:worker",
                         *("--postgres", dsn, "--schema", schema, "--port", "0"),
-                        *("--node-port", str(node_port), "--lease-ttl", str(TTL)),
+                        # --node-port 0: the node picks a free port itself.
+                        *("--node-port", "0", "--lease-ttl", str(TTL)),
                         *("--log-level", "warning"),
                     ],
                     cwd=directory,
@@ -117,14 +109,11 @@ class Cluster:
                     stdout=stdout,
                     stderr=stderr,
                 )
-            started.append((process, out, err, node_port))
+            started.append((process, out, err))
         self.nodes: list[Node] = []
         try:
-            for process, out, err, node_port in started:
-                url = _serving_url(process, out, err)
-                self.nodes.append(
-                    Node(process, url, f"http://127.0.0.1:{node_port}", err)
-                )
+            for process, out, err in started:
+                self.nodes.append(Node(process, _serving_url(process, out, err), err))
         except BaseException:
             for process, *_ in started:
                 process.kill()
@@ -132,16 +121,20 @@ class Cluster:
             raise
 
     def holders(self) -> dict[str, Node]:
-        """Which node holds each counter now."""
+        """Which node holds each counter now.
+
+        A lease's owner is ``host:pid:random`` (``PostgresBackend.owner``).
+        """
         rows = sql(
             self.dsn,
-            f'SELECT o.name, n.url FROM "{self.schema}".objects AS o'
-            f' JOIN "{self.schema}".nodes AS n ON n.owner = o.owner'
-            " WHERE o.name = ANY($1::text[])",
+            f'SELECT name, owner FROM "{self.schema}".objects'
+            " WHERE name = ANY($1::text[]) AND owner IS NOT NULL",
             list(NAMES),
         )
-        by_url = {node.node_url: node for node in self.nodes}
-        return {str(name): by_url[str(url)] for name, url in rows}
+        by_pid = {node.pid: node for node in self.nodes}
+        return {
+            str(name): by_pid[int(str(owner).split(":")[1])] for name, owner in rows
+        }
 
     def epochs(self) -> dict[str, int]:
         rows = sql(
