@@ -1,6 +1,7 @@
 """WebSocket benchmark: N clients on one object through uvicorn, broadcast latency.
 
     python benchmarks/ws_load.py [--clients N] [--broadcasts B] [--json PATH]
+                                 [--no-gc-freeze] [--floor]
 
 The server is a child process: ``pyobjects.asgi.App`` under uvicorn
 (httptools, uvloop, no access log, no keep-alive pings) on 127.0.0.1, pinned
@@ -24,6 +25,13 @@ pause; a first, warm-up broadcast is not counted.
 Both processes raise their open-file limit (``RLIMIT_NOFILE``) to the hard
 limit; each connection takes one descriptor on each side. The script reports
 the limit and how many clients connected. Target: p99 <= 100 ms at 10,000.
+
+The server calls ``gc.freeze()`` after building the app, as ``pyobjects
+serve`` does (``--no-gc-freeze``: not), and prints at the end the wall and CPU
+time of each send loop, its garbage collections and where the full ones fell,
+and how many objects the collector tracked once everyone had connected.
+``--floor`` runs no server: it times ``socket.send()`` of one frame over as
+many loopback connections, the system calls any server would make.
 """
 
 from __future__ import annotations
@@ -31,8 +39,10 @@ from __future__ import annotations
 import argparse
 import asyncio  # noqa: TID251 - the load generator, not pyobjects: protocols on uvloop
 import base64
+import bisect
 import contextlib
 import datetime
+import gc
 import json
 import os
 import platform
@@ -65,6 +75,13 @@ def raise_fd_limit() -> int:
 # -- the server (child process) ------------------------------------------------
 
 
+# Server side: when each broadcast's loop started (perf_counter_ns), how long
+# the object's loop over its sockets took (ms) and the CPU time the process
+# got meanwhile (ms; less when other processes share the CPU), seq 0 first.
+LOOPS: list[tuple[int, float, float]] = []
+TRACKED: list[int] = []  # objects the garbage collector tracks, once connected
+
+
 def build_app() -> Any:
     from pyobjects import (
         DurableObject,
@@ -87,10 +104,14 @@ def build_app() -> Any:
                 return
             command, _, arg = message.partition(" ")
             if command == "broadcast":
+                started, cpu = time.perf_counter_ns(), time.process_time_ns()
                 text = f"b {arg} {time.time_ns()}"
                 for peer in self.ctx.get_websockets():
                     peer.send(text)
+                wall = (time.perf_counter_ns() - started) / 1e6
+                LOOPS.append((started, wall, (time.process_time_ns() - cpu) / 1e6))
             elif command == "count":
+                TRACKED.append(len(gc.get_objects()))  # before the broadcasts
                 ws.send(f"count {len(self.ctx.get_websockets())}")
 
     async def fetch(request: Request, env: Any) -> Response:
@@ -100,14 +121,57 @@ def build_app() -> Any:
     return App(Worker(fetch, bindings={"ROOM": Room}))
 
 
-def serve(port: int) -> None:
+class GcPauses:
+    """Times the server's garbage collections (``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        self.started = 0
+        # (when it started, generation, pause in ms)
+        self.pauses: list[tuple[int, int, float]] = []
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.started = time.perf_counter_ns()
+        else:
+            pause = (time.perf_counter_ns() - self.started) / 1e6
+            self.pauses.append((self.started, info["generation"], pause))
+
+    def report(self) -> str:
+        """Count and longest pause per generation, and where full ones fell."""
+        counts = []
+        for gen in (0, 1, 2):
+            ms = [m for _, g, m in self.pauses if g == gen]
+            counts.append(f"gen{gen} {len(ms)}x (longest {max(ms, default=0):.0f} ms)")
+        starts = [at for at, _, _ in LOOPS]
+        where = []
+        for at, gen, ms in self.pauses:
+            if gen == 2 and starts and at >= starts[0]:
+                seq = bisect.bisect_right(starts, at) - 1
+                offset = (at - starts[seq]) / 1e6
+                where.append(f"{ms:.0f} ms at +{offset:.0f} ms after broadcast {seq}")
+        return (
+            ", ".join(counts)
+            + "; full collections from the warm-up broadcast on: "
+            + ("; ".join(where) or "none")
+        )
+
+
+def serve(port: int, *, freeze: bool) -> None:
     import uvicorn
 
+    pauses = GcPauses()
+    gc.callbacks.append(pauses)
     pin(-1)
     limit = raise_fd_limit()
-    print(f"server fd limit {limit}", flush=True)
+    import pyobjects
+
+    print(f"server fd limit {limit}, pyobjects from {pyobjects.__file__}", flush=True)
+    app = build_app()
+    if freeze:  # as pyobjects serve does before it serves
+        gc.collect()
+        gc.freeze()
     config = uvicorn.Config(
-        build_app(),
+        app,
         host="127.0.0.1",
         port=port,
         log_level="warning",
@@ -121,6 +185,13 @@ def serve(port: int) -> None:
     )
     with contextlib.suppress(KeyboardInterrupt):
         uvicorn.Server(config).run()
+    loops = ", ".join(f"{ms:.0f}" for _, ms, _ in LOOPS[1:])  # not the warm-up
+    cpu = ", ".join(f"{ms:.0f}" for _, _, ms in LOOPS[1:])
+    print(f"server: the object's send loops took {loops} ms", flush=True)
+    print(f"server: of which CPU time of the server {cpu} ms", flush=True)
+    print(f"server garbage collections: {pauses.report()}", flush=True)
+    if TRACKED:
+        print(f"server: {TRACKED[0]} objects tracked by the collector", flush=True)
 
 
 # -- the load generator ----------------------------------------------------------
@@ -316,6 +387,52 @@ async def run(port: int, wanted: int, broadcasts: int) -> dict[str, Any]:
     return summary
 
 
+# -- the kernel's share: plain socket writes ----------------------------------------
+
+
+def floor(clients: int, rounds: int = 5) -> None:
+    """Time ``socket.send()`` of one frame over loopback TCP connections.
+
+    The least any server can spend per client and broadcast on this machine:
+    one write system call per connection (on loopback the kernel also runs
+    the receiving side's TCP inside that call). Pinned to the server's CPU.
+    """
+    pin(-1)
+    limit = raise_fd_limit()
+    count = min(clients, (limit - 100) // 2)
+    listener = socket.create_server(("127.0.0.1", 0), backlog=4096)
+    pairs = []
+    for _ in range(count):
+        near = socket.create_connection(listener.getsockname())
+        far, _ = listener.accept()
+        for sock in (near, far):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        pairs.append((far, near))
+    payload = f"b 1 {time.time_ns()}".encode()
+    data = bytes([0x81, len(payload)]) + payload  # a server frame: unmasked
+    per_send, per_send_cpu = [], []
+    for _ in range(rounds):
+        started, cpu = time.perf_counter_ns(), time.process_time_ns()
+        for far, _ in pairs:
+            far.send(data)
+        per_send.append((time.perf_counter_ns() - started) / count / 1e3)
+        per_send_cpu.append((time.process_time_ns() - cpu) / count / 1e3)
+        for _, near in pairs:
+            near.recv(4096)
+    for far, near in pairs:
+        far.close()
+        near.close()
+    listener.close()
+    middle = statistics.median(per_send)
+    print(
+        f"floor: socket.send() over {count} loopback connections: "
+        + ", ".join(f"{us:.1f}" for us in per_send)
+        + " µs per send (CPU time: "
+        + ", ".join(f"{us:.1f}" for us in per_send_cpu)
+        + f"); the median is {middle * clients / 1e3:.0f} ms for {clients} clients"
+    )
+
+
 # -- main ------------------------------------------------------------------------
 
 
@@ -337,11 +454,24 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=10_000)
     parser.add_argument("--broadcasts", type=int, default=10)
     parser.add_argument("--json", metavar="PATH")
+    parser.add_argument(
+        "--no-gc-freeze",
+        action="store_true",
+        help="do not gc.freeze() the server after start-up (pyobjects serve does)",
+    )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="only time plain socket writes to as many loopback connections",
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.port)
+        serve(args.port, freeze=not args.no_gc_freeze)
+        return
+    if args.floor:
+        floor(args.clients)
         return
     pin(0)
     limit = raise_fd_limit()
@@ -351,6 +481,7 @@ def main() -> None:
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, __file__, "--serve", "--port", str(port)]
+        + (["--no-gc-freeze"] if args.no_gc_freeze else [])
     )
     try:
         deadline = time.monotonic() + 15

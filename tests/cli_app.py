@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import pyobjects
@@ -22,6 +23,8 @@ class Counter(DurableObject):
 
 
 async def fetch(request: Request, env: Any) -> Response:
+    if request.path == "/gc-frozen":  # pyobjects serve froze the start-up objects
+        return Response(str(gc.get_freeze_count()))
     name = request.path.strip("/") or "global"
     response: Response = await env.COUNTER.get_by_name(name).fetch(request)
     return response

@@ -400,6 +400,7 @@ def test_serve_in_memory(tmp_path: Path) -> None:
         url = _url_of(process, storage="in memory")
         with httpx.Client(base_url=url, timeout=10) as client:
             assert client.get("/m").text == "1"
+            assert int(client.get("/gc-frozen").text) > 10_000
     finally:
         code, _, _ = _stop(process, signal.SIGINT)
     assert code == 0

@@ -188,9 +188,26 @@ def start(serve: Serve, **options: Any) -> tuple[Served, str]:
     return served, url.replace("http://", "ws://")
 
 
+# How join() connects: with permessage-deflate (what browsers ask for; the
+# bridge uses ASGI sends) or without (uvicorn's transport is written directly,
+# see _ws_direct). Every test here runs both ways.
+CLIENT: dict[str, Any] = {"compression": "deflate"}
+
+
+@pytest.fixture(autouse=True, params=["deflate", None], ids=["asgi", "direct"])
+def compression(request: pytest.FixtureRequest) -> Any:
+    CLIENT["compression"] = request.param
+    yield request.param
+    CLIENT["compression"] = "deflate"
+
+
 def join(url: str, room: str = "r", user: str = "ann", *tags: str) -> ClientConnection:
     query = f"user={user}" + "".join(f"&tag={tag}" for tag in tags)
-    return connect(f"{url}/room/{room}?{query}", open_timeout=TIMEOUT)
+    return connect(
+        f"{url}/room/{room}?{query}",
+        open_timeout=TIMEOUT,
+        compression=CLIENT["compression"],
+    )
 
 
 def recv(ws: ClientConnection) -> str | bytes:

@@ -38,6 +38,7 @@ from ._core._runtime import Runtime
 from ._errors import RuntimeClosedError
 from ._http import Request, Response
 from ._worker import Worker
+from ._ws_direct import FrameCache
 from .storage.memory import MemoryBackend
 
 if TYPE_CHECKING:
@@ -136,6 +137,7 @@ class App:
 
     __slots__ = (
         "_background",
+        "_frames",
         "_fresh",
         "_options",
         "_runtime",
@@ -176,6 +178,7 @@ class App:
         self._runtime: Runtime | None = None
         self._starting = False
         self._warned_not_running = False
+        self._frames = FrameCache()
         # Built now so that bad bindings or options fail at construction.
         self._fresh: Runtime | None = self._new_runtime()
 

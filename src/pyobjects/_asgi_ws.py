@@ -43,6 +43,7 @@ from ._ws_bridge import Bridge, call
 
 if TYPE_CHECKING:
     from ._core._runtime import Runtime
+    from ._ws_direct import FrameCache
 
 __all__ = ["BRIDGE_MEMBERS", "serve_websocket"]
 
@@ -73,6 +74,7 @@ class Host(Protocol):
 
     max_message_size: int
     _runtime: Runtime | None
+    _frames: FrameCache  # one per app: a broadcast's frame is encoded once
 
     async def _invoke(self, runtime: Runtime, request: Request) -> Response: ...
     def _not_running(self) -> Response: ...
@@ -122,7 +124,11 @@ async def serve_websocket(
     if client is None:
         await _deny(send, response, can_deny=can_deny)
         return
-    await Bridge(client, receive, send, app.max_message_size).run(accept)
+    bridge = Bridge(client, receive, send, app.max_message_size, frames=app._frames)
+    # The handshake is done with: keep none of it alive while the connection
+    # lasts, for the garbage collector walks every live object (#16).
+    del message, headers, request, response
+    await bridge.run(accept)
 
 
 def _accept_message(response: Response) -> dict[str, Any]:

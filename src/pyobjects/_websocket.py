@@ -72,6 +72,8 @@ from ._owner import current_owner
 from ._serialization import decode, encode
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ._owner import EventOwner
 
 __all__ = [
@@ -220,6 +222,7 @@ class WebSocket:
         "_owner",
         "_peer",
         "_pumping",
+        "_sink",
         "_tags",
         "_wakeup",
     )
@@ -239,6 +242,9 @@ class WebSocket:
     _closed_by_user: bool  # close() was called
     _outbox: deque[_Held] | None  # messages held at the output gate
     _pumping: bool
+    # Set by a transport that can write a message itself (see _ws_direct):
+    # used while its reader waits and nothing is queued, else the inbox.
+    _sink: Callable[[Message], bool] | None
     # Events of a hibernatable socket not delivered yet (see _hibernation).
     _events: deque[tuple[str, Any]] | None
     _dispatching: bool
@@ -262,6 +268,7 @@ class WebSocket:
         self._closed_by_user = False
         self._outbox = None
         self._pumping = False
+        self._sink = None
         self._events = None
         self._dispatching = False
         return self
@@ -509,9 +516,19 @@ class WebSocket:
         hub = self._hub
         if hub is not None:
             hub.message(self, item)
-        else:
-            self._inbox.append(item)
-            self._wake()
+            return
+        sink = self._sink
+        # The reader is parked and has nothing queued: everything before this
+        # message is written, so writing it now keeps the order.
+        if (
+            sink is not None
+            and self._wakeup is not None
+            and not self._inbox
+            and sink(item)
+        ):
+            return
+        self._inbox.append(item)
+        self._wake()
 
     def _answer_close(self) -> None:
         """Answer a received close frame with the same code and reason."""

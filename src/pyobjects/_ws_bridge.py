@@ -15,6 +15,8 @@ from typing import Any, Final
 import anyio
 
 from ._asgi_common import Receive, Send, send_quietly
+from ._websocket import WebSocket
+from ._ws_direct import FrameCache, direct_writer
 
 __all__ = ["Bridge", "call"]
 
@@ -60,12 +62,20 @@ class Bridge:
     """Pump messages between the ASGI connection and the object's socket."""
 
     def __init__(
-        self, client: Any, receive: Receive, send: Send, max_size: int
+        self,
+        client: Any,
+        receive: Receive,
+        send: Send,
+        max_size: int,
+        *,
+        frames: FrameCache | None = None,
     ) -> None:
         self.client = client
         self.receive = receive
         self.send = send
         self.max_size = max_size
+        # With a cache, messages may skip the ASGI send (see _ws_direct).
+        self.frames = frames
         # Set once the object side has been told the connection ended, or has
         # closed it itself: nothing more is reported to it after that.
         self.settled = False
@@ -130,6 +140,24 @@ class Bridge:
         scope.cancel()
 
     async def _pump_to_peer(self) -> None:
+        client = self.client
+        direct = (
+            direct_writer(self.send, self.frames)
+            if self.frames is not None and isinstance(client, WebSocket)
+            else None
+        )
+        if direct is None:
+            await self._send_all()
+            return
+        # The object's sends write to the transport themselves while this
+        # task waits; what they cannot (paused writes, a close) comes here.
+        client._sink = direct
+        try:
+            await self._send_all()
+        finally:
+            client._sink = None
+
+    async def _send_all(self) -> None:
         while True:
             item = await self.client.receive()
             if isinstance(item, str):
