@@ -209,8 +209,11 @@ class LeaseHeldError(StorageError):
     Raised when an object cannot start because its lease belongs to another
     process whose lease has not expired. ``owner`` names that owner and
     ``expires_in`` is how many seconds its lease still runs (by the database
-    clock) unless renewed. Retrying after that may succeed.
+    clock) unless renewed. Retrying after that may succeed (``retryable`` is
+    ``True``: the call did not run).
     """
+
+    retryable: bool = True
 
     def __init__(
         self, *, namespace: str, object_id: str, owner: str, expires_in: float
@@ -224,6 +227,23 @@ class LeaseHeldError(StorageError):
             f"lease runs for {max(expires_in, 0.0):.1f} s more): only one live "
             "instance of an object may exist, so it cannot start here now"
         )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keyword-only arguments: the default (type, args) cannot rebuild it,
+        # and a copy (what every caller of a reset instance gets) must keep
+        # the type and the owner, which the cluster's routing follows.
+        return (
+            _lease_held_error,
+            (self.namespace, self.object_id, self.owner, self.expires_in),
+        )
+
+
+def _lease_held_error(
+    namespace: str, object_id: str, owner: str, expires_in: float
+) -> LeaseHeldError:
+    return LeaseHeldError(
+        namespace=namespace, object_id=object_id, owner=owner, expires_in=expires_in
+    )
 
 
 class LeaseLostError(StorageError):

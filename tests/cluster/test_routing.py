@@ -9,6 +9,7 @@ import pytest
 
 import pyobjects
 from pyobjects import DurableObject, LeaseHeldError, Node, Request, Response, Runtime
+from pyobjects._core._cluster import _Gone
 from pyobjects.storage import PostgresBackend
 from tests.postgres import drop_schema, new_schema, require_postgres
 
@@ -108,6 +109,54 @@ async def test_when_the_holder_leaves_another_node_takes_over(
         # a stopped (gracefully: its leases given back); b runs it now.
         result = await b.env.C.get_by_name(name).incr()
         assert result == {"n": 3, "node": "b", "name": name}
+
+
+async def test_a_call_waits_while_the_holder_is_leaving(
+    schema: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A holder that stopped taking calls gives its leases back a bit later.
+
+    Calls made meanwhile on another node wait for that (up to a TTL) instead
+    of failing after a few tries: a graceful stop costs callers nothing.
+    """
+    dsn, name = schema
+    result: dict[str, Any] = {}
+    async with node(dsn, name, "b") as b, anyio.create_task_group() as tg:
+        async with node(dsn, name, "a") as a:
+            assert a._cluster is not None
+            assert b._cluster is not None
+            name = next(
+                f"x{i}"
+                for i in range(1000)
+                if a._cluster._placement(("C", str(a.env.C.id_from_name(f"x{i}"))))
+                is None
+            )
+            assert (await a.env.C.get_by_name(name).incr())["node"] == "a"
+            gone = 0
+            seen = anyio.Event()  # more "gone" answers than tries per call
+            send = b._cluster._send
+
+            async def counting(url: str, path: str, message: dict[str, Any]) -> Any:
+                nonlocal gone
+                try:
+                    return await send(url, path, message)
+                except _Gone:
+                    gone += 1
+                    if gone == 4:
+                        seen.set()
+                    raise
+
+            monkeypatch.setattr(b._cluster, "_send", counting)
+            a._cluster._leaving = True  # what stop() does first
+
+            async def call() -> None:
+                result.update(await b.env.C.get_by_name(name).incr())
+
+            tg.start_soon(call)
+            with anyio.fail_after(10):
+                await seen.wait()
+        # a stopped: its lease is given back, and the waiting call runs on b.
+    assert result == {"n": 2, "node": "b", "name": name}
 
 
 async def test_a_runtime_without_a_node_is_refused_by_a_held_object(

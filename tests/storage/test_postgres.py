@@ -135,12 +135,100 @@ async def test_a_second_runtime_cannot_run_a_held_object(
                 await two.env.C.get_by_name("a").incr()
             assert caught.value.owner == one.storage.owner  # type: ignore[attr-defined]
             assert 0 < caught.value.expires_in <= 10
+            assert caught.value.retryable  # the call did not run: try again later
             # Other objects run on the second runtime meanwhile.
             assert await two.env.C.get_by_name("b").incr() == 1
     # Closing the first gave its leases back: the next runtime takes over.
     async with Runtime(bindings={"C": Counter}, storage=make()) as three:
         assert await three.env.C.get_by_name("a").incr() == 2
         assert await three.env.C.get_by_name("b").incr() == 2
+
+
+async def test_every_caller_of_a_held_object_gets_lease_held_error(
+    make: Callable[..., PostgresBackend],
+) -> None:
+    """Callers that waited for the failed start get the same error, owner kept.
+
+    (Cluster routing follows ``owner`` to the holder: a copy that lost the
+    type, as a plain reset error, would fail those callers instead.)
+    """
+    async with Runtime(bindings={"C": Counter}, storage=make()) as one:
+        await one.env.C.get_by_name("a").incr()
+        async with Runtime(bindings={"C": Counter}, storage=make()) as two:
+            stub = two.env.C.get_by_name("a")
+            errors: list[BaseException] = []
+
+            async def call() -> None:
+                try:
+                    await stub.incr()
+                except Exception as exc:
+                    errors.append(exc)
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(3):
+                    tg.start_soon(call)
+            assert len(errors) == 3
+            for error in errors:
+                assert isinstance(error, LeaseHeldError), repr(error)
+                assert error.owner == one.storage.owner  # type: ignore[attr-defined]
+
+
+async def test_a_lease_given_back_while_starting_is_taken(
+    make: Callable[..., PostgresBackend], dsn: str, schema: str
+) -> None:
+    """The holder gives the lease back between the two statements of a start.
+
+    (The taking finds the row held; the look-up of its holder then finds it
+    free.) The start takes it, instead of raising a ``LeaseHeldError`` that
+    names no holder.
+    """
+    async with Runtime(bindings={"C": Counter}, storage=make()) as one:
+        assert await one.env.C.get_by_name("a").incr() == 1
+        backend = make()
+        run = backend._run
+        released = False
+
+        async def racing(op: Any) -> Any:
+            nonlocal released
+            result = await run(op)
+            if result is None and not released:  # the taking found it held
+                released = True
+                await fetch(
+                    dsn,
+                    f'UPDATE "{schema}".objects SET owner = NULL, expires = NULL',
+                )
+            return result
+
+        backend._run = racing  # type: ignore[method-assign]
+        async with Runtime(bindings={"C": Counter}, storage=backend) as two:
+            assert await two.env.C.get_by_name("a").incr() == 2
+        assert released
+
+
+async def test_an_object_started_during_a_renewal_is_not_taken_for_lost(
+    make: Callable[..., PostgresBackend],
+) -> None:
+    """The renewal's result lacks an object whose lease was taken after it ran."""
+    backend = make()
+    async with Runtime(bindings={"C": Counter}, storage=backend) as rt:
+        assert await rt.env.C.get_by_name("a").incr() == 1
+        b = rt.env.C.get_by_name("b")
+        run = backend._run
+        started = False
+
+        async def racing(op: Any) -> Any:
+            nonlocal started
+            result = await run(op)
+            if not started:  # the renewal's statement ran: b starts now
+                started = True
+                assert await b.incr() == 1
+            return result
+
+        backend._run = racing  # type: ignore[method-assign]
+        await backend._renew()
+        backend._run = run  # type: ignore[method-assign]
+        assert started
+        assert await b.incr() == 2  # b still holds its lease: it commits
 
 
 async def test_eviction_gives_the_lease_back(

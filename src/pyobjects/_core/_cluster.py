@@ -264,7 +264,10 @@ class Cluster:
             and self._runtime._catalog.live(stub._namespace, stub.id) is None
         ):
             url = self._placement(key)  # a hint: the lease row is the truth
-        for _ in range(_MAX_REDIRECTS + 2):
+        tries = waits = 0
+        patience: float | None = None  # until when a leaving holder is waited for
+        while tries < _MAX_REDIRECTS + 2:
+            tries += 1
             if url is None or url == self.url:
                 await self._fence(stub, key)
                 try:
@@ -278,10 +281,18 @@ class Cluster:
             try:
                 return await remote(url)
             except _Gone:
-                # The holder is leaving: its leases are (being) given back.
+                # The holder is leaving (or died): its leases are being given
+                # back, or run out within a TTL. Waiting for that is no
+                # redirect: for up to a TTL, with growing pauses.
                 self._routes.pop(key, None)
                 url = None
-                await anyio.sleep(0.05)
+                now = anyio.current_time()
+                if patience is None:
+                    patience = now + self._backend.lease_ttl
+                if now < patience:
+                    tries = 0
+                await anyio.sleep(min(0.05 * 2**waits, 0.5))
+                waits += 1
             except _Moved as moved:
                 url = await self._backend.node_url(moved.owner)
                 if url is None:

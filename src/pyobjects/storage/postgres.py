@@ -565,6 +565,9 @@ class PostgresBackend:
         if self._pool is None or self._read_only:
             return
         started = time.monotonic()
+        # Only what was held when the statement went out is judged by its
+        # result: an object started meanwhile is missing from it.
+        judged = list(self._objects.values())
         rows = await self._run(
             lambda c: c.fetch(self._q(RENEW), self._owner, self._ttl)
         )
@@ -572,8 +575,10 @@ class PostgresBackend:
             await self._run(_execute(self._q(NODE_BEAT), self._owner))
         held = {(str(r[0]), str(r[1])): int(r[2]) for r in rows}
         valid_until = started + self._ttl * (1 - _FENCE_MARGIN)
-        for key, obj in self._objects.items():
-            if held.get(key) != obj.epoch:
+        for obj in judged:
+            if self._objects.get(obj.key) is not obj:
+                continue  # dropped meanwhile
+            if held.get(obj.key) != obj.epoch:
                 if obj.lost is None:
                     obj.lost = "its lease was taken over by another owner"
             else:
@@ -649,15 +654,27 @@ class PostgresBackend:
                     return obj, False  # the copy is still the last commit
                 self._drop(key)
         else:
-            row = await self._run(
-                lambda c: c.fetchrow(
-                    self._q(ACTIVATE), namespace, object_id, self._owner, self._ttl
+            row = holder = None
+            for _ in range(3):
+                row = await self._run(
+                    lambda c: c.fetchrow(
+                        self._q(ACTIVATE), namespace, object_id, self._owner, self._ttl
+                    )
                 )
-            )
-            if row is None:
+                if row is not None:
+                    break
                 holder = await self._run(
                     lambda c: c.fetchrow(self._q(HOLDER), namespace, object_id)
                 )
+                if (
+                    holder is not None
+                    and holder[0] is not None
+                    and (holder[3] or 0) > 0
+                ):
+                    break
+                # Given back between the two statements (its holder stopped):
+                # take it now.
+            if row is None:
                 raise LeaseHeldError(
                     namespace=namespace,
                     object_id=object_id,
