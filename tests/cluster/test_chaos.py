@@ -43,9 +43,7 @@ from pyobjects import Runtime
 from pyobjects.storage import PostgresBackend
 from tests import cluster_app
 from tests.postgres import (
-    drop_schema,
     new_schema,
-    require_postgres,
     require_private_server,
     sql,
 )
@@ -361,14 +359,6 @@ def report(test: str, load: Load, unacknowledged: int, **numbers: object) -> Non
         f"{unacknowledged} stored unacknowledged, {len(load.failures)} failed "
         f"{dict(load.kinds())}, slowest call {load.slowest:.2f} s, {shown}"
     )
-
-
-@pytest.fixture
-def database() -> Iterator[tuple[str, str]]:
-    dsn = require_postgres()
-    schema = new_schema()
-    yield dsn, schema
-    drop_schema(dsn, schema)
 
 
 @pytest.fixture

@@ -13,24 +13,14 @@ import time
 from typing import TYPE_CHECKING
 
 import httpx
-import pytest
 
 from tests.helpers import serve_subprocess
-from tests.postgres import drop_schema, new_schema, require_postgres, sql
+from tests.postgres import sql
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
 
 TTL = "1"
-
-
-@pytest.fixture
-def database() -> Iterator[tuple[str, str]]:
-    dsn = require_postgres()
-    schema = new_schema()
-    yield dsn, schema
-    drop_schema(dsn, schema)
 
 
 def start(dsn: str, schema: str, tmp_path: Path) -> tuple[subprocess.Popen[str], str]:

@@ -11,23 +11,9 @@ import pyobjects
 from pyobjects import DurableObject, LeaseHeldError, Node, Request, Response, Runtime
 from pyobjects._core._cluster import _Gone
 from pyobjects.storage import PostgresBackend
-from tests.postgres import drop_schema, new_schema, require_postgres
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def schema() -> Iterator[tuple[str, str]]:
-    dsn = require_postgres()
-    name = new_schema()
-    yield dsn, name
-    drop_schema(dsn, name)
+    from collections.abc import Callable
 
 
 class Counter(DurableObject):
@@ -67,9 +53,9 @@ def node(dsn: str, schema: str, name: str) -> Runtime:
 
 
 async def test_a_call_on_any_node_reaches_the_one_instance(
-    schema: tuple[str, str],
+    database: tuple[str, str],
 ) -> None:
-    dsn, name = schema
+    dsn, name = database
     async with node(dsn, name, "a") as a, node(dsn, name, "b") as b:
         first = await a.env.C.get_by_name("x").incr()
         home = first["node"]  # placed by rendezvous hashing
@@ -91,9 +77,9 @@ async def test_a_call_on_any_node_reaches_the_one_instance(
 
 
 async def test_when_the_holder_leaves_another_node_takes_over(
-    schema: tuple[str, str],
+    database: tuple[str, str],
 ) -> None:
-    dsn, name = schema
+    dsn, name = database
     async with node(dsn, name, "b") as b:
         async with node(dsn, name, "a") as a:
             # x is first called on a; a name that hashes to a (a holds it).
@@ -112,14 +98,14 @@ async def test_when_the_holder_leaves_another_node_takes_over(
 
 
 async def test_a_call_waits_while_the_holder_is_leaving(
-    schema: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+    database: tuple[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A holder that stopped taking calls gives its leases back a bit later.
 
     Calls made meanwhile on another node wait for that (up to a TTL) instead
     of failing after a few tries: a graceful stop costs callers nothing.
     """
-    dsn, name = schema
+    dsn, name = database
     result: dict[str, Any] = {}
     async with node(dsn, name, "b") as b, anyio.create_task_group() as tg:
         async with node(dsn, name, "a") as a:
@@ -160,9 +146,9 @@ async def test_a_call_waits_while_the_holder_is_leaving(
 
 
 async def test_a_runtime_without_a_node_is_refused_by_a_held_object(
-    schema: tuple[str, str],
+    database: tuple[str, str],
 ) -> None:
-    dsn, name = schema
+    dsn, name = database
     async with node(dsn, name, "a") as a:
         await a.env.C.get_by_name("x").incr()
         plain = Runtime(
@@ -180,8 +166,8 @@ def test_a_node_needs_shared_storage() -> None:
         Runtime(bindings={"C": Counter}, node=pyobjects.Node())
 
 
-async def test_objects_spread_over_the_nodes(schema: tuple[str, str]) -> None:
-    dsn, name = schema
+async def test_objects_spread_over_the_nodes(database: tuple[str, str]) -> None:
+    dsn, name = database
     async with node(dsn, name, "a") as a, node(dsn, name, "b") as b:
         for _ in range(500):  # both see both (membership refreshes in rounds)
             if all(rt._cluster and len(rt._cluster._members) == 2 for rt in (a, b)):
@@ -215,13 +201,13 @@ class Room(DurableObject):
 
 
 async def test_a_websocket_on_any_node_reaches_the_object(
-    schema: tuple[str, str], serve: Callable[..., str]
+    database: tuple[str, str], serve: Callable[..., str]
 ) -> None:
     from websockets.asyncio.client import connect
 
     from pyobjects.asgi import App
 
-    dsn, name = schema
+    dsn, name = database
     Room.built = []
 
     async def route(request: Request, env: Any) -> Response:
@@ -258,14 +244,14 @@ async def test_a_websocket_on_any_node_reaches_the_object(
     assert Room.built == [home, home]  # built, hibernated, built again
 
 
-async def test_traces_follow_a_call_to_another_node(schema: tuple[str, str]) -> None:
+async def test_traces_follow_a_call_to_another_node(database: tuple[str, str]) -> None:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
         InMemorySpanExporter,
     )
 
-    dsn, name = schema
+    dsn, name = database
     spans = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(spans))
@@ -299,8 +285,8 @@ async def test_traces_follow_a_call_to_another_node(schema: tuple[str, str]) -> 
     assert remote.parent.span_id == outer.get_span_context().span_id
 
 
-async def test_ids_and_stubs_cross_nodes(schema: tuple[str, str]) -> None:
-    dsn, name = schema
+async def test_ids_and_stubs_cross_nodes(database: tuple[str, str]) -> None:
+    dsn, name = database
     async with node(dsn, name, "a") as a, node(dsn, name, "b") as b:
         for rt in (a, b):  # place objects on both nodes
             for i in range(6):

@@ -3,29 +3,9 @@
 from __future__ import annotations
 
 import socket
-from typing import TYPE_CHECKING
-
-import pytest
 
 from pyobjects import DurableObject, Node, Runtime
 from pyobjects.storage import PostgresBackend
-from tests.postgres import drop_schema, new_schema, require_postgres
-
-if TYPE_CHECKING:
-    from collections.abc import Iterator
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def schema() -> Iterator[tuple[str, str]]:
-    dsn = require_postgres()
-    name = new_schema()
-    yield dsn, name
-    drop_schema(dsn, name)
 
 
 class Where(DurableObject):
@@ -42,11 +22,11 @@ def node(dsn: str, schema: str, name: str) -> Runtime:
     )
 
 
-async def test_the_node_endpoint_turns_nagle_off(schema: tuple[str, str]) -> None:
+async def test_the_node_endpoint_turns_nagle_off(database: tuple[str, str]) -> None:
     # With Nagle's algorithm on, an answer written in two parts on a kept-alive
     # connection waits for the caller's delayed ACK: about 40 ms per forwarded
     # call instead of well under one.
-    dsn, name = schema
+    dsn, name = database
     async with node(dsn, name, "a") as a, node(dsn, name, "b") as b:
         holder = await a.env.W.get_by_name("x").where()
         other = b if holder == "a" else a
