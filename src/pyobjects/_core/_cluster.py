@@ -391,12 +391,7 @@ class Cluster:
         if response is None:
             raise OSError(f"node {url} stopped renewing its leases")
         answer = self._decode(response.content)
-        if "gone" in answer:
-            raise _Gone
-        if "moved" in answer:
-            raise _Moved(str(answer["moved"]))
-        if "error" in answer:
-            raise _error_from(answer["error"])
+        _raise_for(answer)
         return answer["ok"]
 
     async def _open_socket(
@@ -440,12 +435,7 @@ class Cluster:
             raise
         if "ok" not in answer:
             await conn.close()
-            if "gone" in answer:
-                raise _Gone
-            if "moved" in answer:
-                raise _Moved(str(answer["moved"]))
-            if "error" in answer:
-                raise _error_from(answer["error"])
+            _raise_for(answer)
             denied = answer["deny"]
             return Response(
                 denied["body"], status=denied["status"], headers=denied["headers"]
@@ -672,6 +662,16 @@ async def _reply(
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+def _raise_for(answer: dict[str, Any]) -> None:
+    """Raise what another node's answer says went wrong, if anything."""
+    if "gone" in answer:
+        raise _Gone
+    if "moved" in answer:
+        raise _Moved(str(answer["moved"]))
+    if "error" in answer:
+        raise _error_from(answer["error"])
 
 
 def _error_to(exc: BaseException) -> dict[str, Any]:
