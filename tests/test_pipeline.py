@@ -452,3 +452,71 @@ async def test_commits_of_a_suspending_store_run_one_at_a_time_in_order() -> Non
             backend.hold.set()
         assert [list(c.writes) for c in backend.commits] == [["a"], ["b"]]
         assert await stub.keys() == ["a", "b"]
+
+
+class HeldStore:
+    """A store whose commits suspend, and wait while ``held`` is set."""
+
+    def __init__(self, inner: Any, log: list[tuple[str, list[str]]], name: str) -> None:
+        self._inner = inner
+        self._log = log
+        self._name = name
+        self.held: anyio.Event | None = None
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self._inner, attribute)
+
+    async def commit(self, batch: Any) -> None:
+        await anyio.lowlevel.checkpoint()  # a server round trip
+        if self.held is not None:
+            await self.held.wait()
+        await self._inner.commit(batch)
+        self._log.append((self._name, list(batch.writes)))
+
+
+class HeldBackend:
+    """A MemoryBackend whose stores are HeldStores (one per object id)."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryBackend()
+        self.log: list[tuple[str, list[str]]] = []
+        self.stores: dict[str, HeldStore] = {}
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self.inner, attribute)
+
+    def open(self, namespace: str, object_id: str, /) -> Any:
+        store = HeldStore(self.inner.open(namespace, object_id), self.log, object_id)
+        self.stores[object_id] = store
+        return store
+
+
+class Later(DurableObject):
+    async def write(self, key: str) -> None:
+        self.ctx.storage.put(key, 1)
+
+    async def write_later(self, key: str) -> None:
+        async def later() -> None:
+            await anyio.lowlevel.checkpoint()
+            self.ctx.storage.put(key, 1)  # outside the event: the flusher commits it
+
+        self.ctx.wait_until(later())
+
+
+async def test_one_slow_background_commit_does_not_hold_back_the_others() -> None:
+    backend = HeldBackend()
+    async with Runtime(bindings={"L": Later}, storage=backend) as rt:
+        a, b = rt.env.L.get_by_name("a"), rt.env.L.get_by_name("b")
+        await a.write("primed")  # each store has suspended once now
+        await b.write("primed")
+        held = backend.stores[str(a.id)].held = anyio.Event()
+        await a.write_later("x")
+        await anyio.wait_all_tasks_blocked()
+        await b.write_later("y")
+        await anyio.wait_all_tasks_blocked()
+        # a's commit waits for its server; b's went ahead meanwhile.
+        assert (str(b.id), ["y"]) in backend.log
+        assert (str(a.id), ["x"]) not in backend.log
+        held.set()
+        await anyio.wait_all_tasks_blocked()
+        assert (str(a.id), ["x"]) in backend.log

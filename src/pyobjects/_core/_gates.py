@@ -27,6 +27,7 @@ from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
+import anyio.abc
 import anyio.lowlevel
 
 from pyobjects._errors import DurableObjectResetError, OverloadedError
@@ -181,7 +182,7 @@ class CommitQueue:
     group commit looks at.
     """
 
-    __slots__ = ("_dirty", "_wakeup", "clock", "events_in_flight", "timers")
+    __slots__ = ("_dirty", "_side", "_wakeup", "clock", "events_in_flight", "timers")
 
     def __init__(self, clock: Clock, timers: Timers) -> None:
         self.clock: Clock = clock
@@ -189,6 +190,8 @@ class CommitQueue:
         self.events_in_flight: int = 0
         self._dirty: list[OutputGate] = []
         self._wakeup: anyio.Event | None = None
+        # Where commits of suspending stores run beside the flusher.
+        self._side: anyio.abc.TaskGroup | None = None
 
     def schedule(self, gate: OutputGate) -> None:
         """Commit *gate*'s pending writes soon, on the flusher task."""
@@ -203,25 +206,38 @@ class CommitQueue:
 
     async def run(self) -> None:
         """Serve flush requests forever (cancel the task to stop)."""
-        while True:
-            if not self._dirty:
-                self._wakeup = anyio.Event()
-                await self._wakeup.wait()
-            await self._drain()
+        async with anyio.create_task_group() as tg:
+            self._side = tg
+            try:
+                while True:
+                    if not self._dirty:
+                        self._wakeup = anyio.Event()
+                        await self._wakeup.wait()
+                    await self._drain()
+            finally:
+                self._side = None
 
     async def _drain(self) -> None:
         dirty, self._dirty = self._dirty, []
+        side = self._side
         for gate in dirty:
             gate.flush_queued = False
-            await gate.flush()
+            if gate.suspends and side is not None:
+                # Its commit waits for a server: run it beside the flusher,
+                # so that one object's round trip does not hold the other
+                # objects' commits back (each gate still commits one batch
+                # at a time, in order).
+                side.start_soon(gate.flush)
+            else:
+                await gate.flush()
 
     async def flush_all(self, gates: list[OutputGate]) -> None:
         """Commit every pending write, including those of events still running."""
         while self._dirty:
             await self._drain()
         for gate in gates:
-            if gate.flush_scheduled:
-                await gate.flush()
+            if gate.flush_scheduled or gate.flushing:
+                await gate.flush()  # waits for a commit under way first
 
     def discard(self) -> None:
         """Forget every queued flush (the runtime crashed)."""
@@ -253,6 +269,7 @@ class OutputGate:
         "flushing",
         "flushing_seq",
         "storage",
+        "suspends",
         "write_seq",
     )
 
@@ -273,6 +290,9 @@ class OutputGate:
         self.flushing: bool = False
         self.flushing_seq: int = 0
         self.commit_ns: int = 0
+        # Set once a commit suspended (a server-backed store): the flusher
+        # then runs this gate's flushes beside the others' (see _drain).
+        self.suspends: bool = False
         self._event: anyio.Event | None = None
         self._scope: anyio.CancelScope | None = None
 
@@ -409,6 +429,7 @@ class OutputGate:
             except StopIteration:
                 pass
             else:
+                self.suspends = True
                 await self._commit_slowly(commit, first)
         except Exception as exc:
             self._commit_failed(exc)
