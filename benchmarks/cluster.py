@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import cProfile
+import functools
 import gc
 import os
 import pstats
@@ -70,7 +70,7 @@ from pyobjects.storage import PostgresBackend
 # benchmarks/ is not a package: run.py and postgres.py sit next to this script.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _cluster_app import Counter
-from _common import free_port
+from _common import add_run_arguments, free_port, run_benchmark
 from run import (
     Result,
     fmt,
@@ -85,6 +85,7 @@ from run import (
 from postgres import DEFAULT_DSN, server_info
 
 if TYPE_CHECKING:
+    import cProfile
     from collections.abc import Awaitable, Callable
 
 # Profile the hop when it is slower than this fraction of the owner path
@@ -688,20 +689,12 @@ async def run_all(
             for name, bench in BENCHMARKS.items():
                 if args.only and name not in args.only:
                     continue
-                print(f"running {name} ...", end="", file=sys.stderr, flush=True)
-                started = time.perf_counter()
-                profile = cProfile.Profile() if args.profile else None
-                if profile is not None:
-                    profiles.append((name, profile))
-                    profile.enable()
-                try:
-                    for r in await bench(sizes, ctx):
-                        r.bench = name
-                        results.append(r)
-                finally:
-                    if profile is not None:
-                        profile.disable()
-                print(f" {time.perf_counter() - started:.1f} s", file=sys.stderr)
+                run = functools.partial(bench, sizes, ctx)
+                for r in await run_benchmark(
+                    name, run, profiles if args.profile else None
+                ):
+                    r.bench = name
+                    results.append(r)
         finally:
             with anyio.CancelScope(shield=True):
                 await conn.execute(ctx.q("DROP SCHEMA IF EXISTS {s} CASCADE"))
@@ -720,28 +713,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="short run (about 20 s)")
     parser.add_argument(
-        "--only",
-        nargs="+",
-        choices=tuple(BENCHMARKS),
-        metavar="NAME",
-        help=f"run only these: {', '.join(BENCHMARKS)}",
-    )
-    parser.add_argument(
         "--callers",
         type=int,
         default=50,
         help="concurrent callers of the concurrent rounds (default: %(default)s)",
     )
-    parser.add_argument("--json", metavar="PATH", help="also write the results here")
-    parser.add_argument(
-        "--profile",
-        type=int,
-        nargs="?",
-        const=25,
-        metavar="TOP",
-        help="run each benchmark under cProfile and print its TOP (25) functions"
-        " by own time (the results are then slower than normal)",
-    )
+    add_run_arguments(parser, tuple(BENCHMARKS))
     parser.add_argument(
         "--tmpdir",
         default=tempfile.gettempdir(),

@@ -47,7 +47,6 @@ details. Needs the ``postgres`` extra (asyncpg); runs on asyncio only.
 from __future__ import annotations
 
 import argparse
-import cProfile
 import functools
 import hashlib
 import os
@@ -70,6 +69,7 @@ from pyobjects.testing import evict
 
 # benchmarks/ is not a package: run.py sits next to this script.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import add_run_arguments, run_benchmark
 from run import (
     Counter,
     Result,
@@ -83,6 +83,7 @@ from run import (
 )
 
 if TYPE_CHECKING:
+    import cProfile
     from collections.abc import Awaitable, Callable
 
     # A connection of its own or one from a pool.
@@ -601,18 +602,11 @@ async def run_in(
         for name, bench in BENCHMARKS.items():
             if args.only and name not in args.only:
                 continue
-            print(f"running {name} ...", end="", file=sys.stderr, flush=True)
-            started = time.perf_counter()
-            profile = cProfile.Profile() if args.profile else None
-            if profile is not None:
-                profiles.append((name, profile))
-                profile.enable()
-            try:
-                results += await bench(sizes, ctx)
-            finally:
-                if profile is not None:
-                    profile.disable()
-            print(f" {time.perf_counter() - started:.1f} s", file=sys.stderr)
+            results += await run_benchmark(
+                name,
+                functools.partial(bench, sizes, ctx),
+                profiles if args.profile else None,
+            )
     finally:
         with anyio.CancelScope(shield=True):
             await conn.execute(ctx.q("DROP SCHEMA IF EXISTS {s} CASCADE"))
@@ -631,13 +625,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="short run (about 20 s)")
     parser.add_argument(
-        "--only",
-        nargs="+",
-        choices=tuple(BENCHMARKS),
-        metavar="NAME",
-        help=f"run only these: {', '.join(BENCHMARKS)}",
-    )
-    parser.add_argument(
         "--callers",
         type=int,
         default=100,
@@ -655,16 +642,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1.0,
         help="state of the cold-open objects, MiB (default: %(default)s)",
     )
-    parser.add_argument("--json", metavar="PATH", help="also write the results here")
-    parser.add_argument(
-        "--profile",
-        type=int,
-        nargs="?",
-        const=25,
-        metavar="TOP",
-        help="run each benchmark under cProfile and print its TOP (25) functions"
-        " by own time (the results are then slower than normal)",
-    )
+    add_run_arguments(parser, tuple(BENCHMARKS))
     parser.add_argument(
         "--tmpdir",
         default=tempfile.gettempdir(),

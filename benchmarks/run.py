@@ -27,8 +27,8 @@ See benchmarks/README.md for what each number means.
 from __future__ import annotations
 
 import argparse
-import cProfile
 import datetime
+import functools
 import gc
 import json
 import math
@@ -47,13 +47,14 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
 import anyio.lowlevel
-from _common import cpu_model
+from _common import add_run_arguments, cpu_model, run_benchmark
 
 from pyobjects import AlarmInfo, DurableObject, DurableObjectState, Runtime, __version__
 from pyobjects.storage import SQLiteBackend
 from pyobjects.testing import ManualClock, run_in_durable_object
 
 if TYPE_CHECKING:
+    import cProfile
     from collections.abc import Awaitable, Callable
 
 T = TypeVar("T")
@@ -923,20 +924,10 @@ async def run_all(
     results: list[Result] = []
     profiles: list[tuple[str, cProfile.Profile]] = []
     for name in order:
-        started = time.perf_counter()
-        print(f"running {name} ...", end="", file=sys.stderr, flush=True)
-        profile = cProfile.Profile() if args.profile else None
-        if profile is not None:
-            profiles.append((name, profile))
-            profile.enable()
-        try:
-            for r in await BENCHMARKS[name](sizes, ctx):
-                r.bench = name
-                results.append(r)
-        finally:
-            if profile is not None:
-                profile.disable()
-        print(f" {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+        bench = functools.partial(BENCHMARKS[name], sizes, ctx)
+        for r in await run_benchmark(name, bench, profiles if args.profile else None):
+            r.bench = name
+            results.append(r)
     rank = {name: i for i, name in enumerate(BENCHMARKS)}
     results.sort(key=lambda r: rank[r.bench])
     return results, profiles
@@ -951,23 +942,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--quick", action="store_true", help="short run (about 20 s instead of 3 min)"
     )
     parser.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
-    parser.add_argument(
-        "--only",
-        nargs="+",
-        choices=tuple(BENCHMARKS),
-        metavar="NAME",
-        help=f"run only these: {', '.join(BENCHMARKS)}",
-    )
-    parser.add_argument("--json", metavar="PATH", help="also write the results here")
-    parser.add_argument(
-        "--profile",
-        type=int,
-        nargs="?",
-        const=25,
-        metavar="TOP",
-        help="run each benchmark under cProfile and print its TOP (25) functions"
-        " by own time (the results are then slower than normal)",
-    )
+    add_run_arguments(parser, tuple(BENCHMARKS))
     parser.add_argument(
         "--tmpdir",
         default=tempfile.gettempdir(),
