@@ -61,6 +61,26 @@ def holder(dsn: str, schema: str) -> int:
     return int(str(rows[0][0]).split(":")[1])
 
 
+def increments_until(
+    url: str, name: str, acked: list[int], total: int, deadline: float, timeout: float
+) -> int:
+    """Increment through *url* until *acked* holds *total* values or time is up.
+
+    Each call may take *timeout* seconds; failed ones are retried after a
+    pause. Returns how many failed.
+    """
+    errors = 0
+    with httpx.Client(base_url=url, timeout=timeout) as client:
+        while len(acked) < total and time.monotonic() < deadline:
+            response = client.get(f"/{name}")
+            if response.status_code == 200:
+                acked.append(int(response.text))
+            else:
+                errors += 1
+                time.sleep(0.05)
+    return errors
+
+
 def increments(url: str, name: str, count: int) -> list[int]:
     with httpx.Client(base_url=url, timeout=10) as client:
         return [int(client.get(f"/{name}").text) for _ in range(count)]
@@ -117,16 +137,7 @@ def test_a_killed_node_loses_no_acknowledged_increment(
         one.communicate()
         # Node two takes a over once the dead node's lease runs out (about a
         # TTL); until then its callers get retryable errors.
-        deadline = time.monotonic() + 20
-        errors = 0
-        with httpx.Client(base_url=url2, timeout=10) as client:
-            while len(acked) < 40 and time.monotonic() < deadline:
-                response = client.get("/a")
-                if response.status_code == 200:
-                    acked.append(int(response.text))
-                else:
-                    errors += 1
-                    time.sleep(0.05)
+        errors = increments_until(url2, "a", acked, 40, time.monotonic() + 20, 10)
         assert len(acked) == 40, errors
         assert len(set(acked)) == len(acked)  # nothing acknowledged twice
         assert acked == sorted(acked)
@@ -152,18 +163,10 @@ def test_a_paused_holder_is_fenced_and_its_late_work_rejected(
             one, two, url1, url2 = two, one, url2, url1
         one.send_signal(signal.SIGSTOP)  # paused for 3 TTLs
         paused_until = time.monotonic() + 3 * float(TTL)
-        errors = 0
-        with httpx.Client(base_url=url2, timeout=30) as client:
-            # Node two's calls fail (retryable) until one's lease runs out,
-            # then two takes a over, within about a TTL.
-            while len(acked) < 25:
-                response = client.get("/a")
-                if response.status_code == 200:
-                    acked.append(int(response.text))
-                else:
-                    errors += 1
-                    time.sleep(0.05)
-                assert time.monotonic() < paused_until + 20
+        # Node two's calls fail (retryable) until one's lease runs out, then
+        # two takes a over, within about a TTL.
+        errors = increments_until(url2, "a", acked, 25, paused_until + 20, 30)
+        assert len(acked) == 25, errors
         took_over = time.monotonic()
         assert took_over < paused_until  # served while one is still paused
         time.sleep(max(0.0, paused_until - time.monotonic()))
