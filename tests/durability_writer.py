@@ -15,8 +15,12 @@ import anyio.lowlevel
 
 from pyobjects import DurableObject, Runtime
 from pyobjects.storage import PostgresBackend, SQLiteBackend, Transaction
+from pyobjects.testing import run_in_durable_object
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
+    from pyobjects import DurableObjectState
     from pyobjects.storage import StorageBackend
 
 
@@ -44,6 +48,62 @@ class Ledger(DurableObject):
             txn.put("total", total + 1)
 
         await self.ctx.storage.transaction(closure)
+
+
+async def _dump(instance: Any, ctx: DurableObjectState) -> dict[str, Any]:
+    """An object's keys and values, plus its SQL rows under ``"@sql"``."""
+    rows = ctx.storage.sql.exec("SELECT run, i FROM ledger").raw()
+    out: dict[str, Any] = {"@sql": {(run, i) for run, i in rows}}
+    start = None
+    while True:
+        page = (
+            await ctx.storage.list(start_after=start, limit=256)
+            if start
+            else await ctx.storage.list(limit=256)
+        )
+        if not page:
+            return out
+        out.update(page)
+        start = next(reversed(page))
+
+
+async def check_ledgers(
+    rt: Runtime, acked: Mapping[int, Iterable[tuple[str, int, int]]]
+) -> None:
+    """Assert that the three ledgers hold every acknowledged write, untorn.
+
+    *acked* holds, per writer run, ``(kind, object, i)`` for each write the
+    writer acknowledged.
+
+    Every acknowledged batch has its a, b and c keys and its SQL row; no
+    batch is half there (its keys and its row exist together or not at
+    all); every transaction wrote its key and bumped the total together.
+    """
+    for obj in range(3):
+        stub = rt.env.LEDGER.get_by_name(f"ledger-{obj}")
+        data = await run_in_durable_object(stub, _dump)
+        txn_keys = 0
+        for run, seen in acked.items():
+            for kind, o, i in seen:
+                if o != obj:
+                    continue
+                if kind == "ack":
+                    for prefix in "abc":
+                        assert f"{prefix}:{run}:{i:06}" in data, (run, obj, i)
+                    assert (run, i) in data["@sql"], (run, obj, i)
+                else:
+                    assert f"t:{run}:{i:06}" in data, (run, obj, i)
+            present = {
+                prefix: {
+                    k.split(":")[2] for k in data if k.startswith(f"{prefix}:{run}:")
+                }
+                for prefix in "abc"
+            }
+            assert present["a"] == present["b"] == present["c"], (run, obj)
+            sql_rows = {f"{i:06}" for r, i in data["@sql"] if r == run}
+            assert sql_rows == present["a"], (run, obj)
+            txn_keys += sum(1 for k in data if k.startswith(f"t:{run}:"))
+        assert data.get("total", 0) == txn_keys, obj
 
 
 async def main(storage: StorageBackend, run: int) -> None:

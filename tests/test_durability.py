@@ -8,16 +8,13 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-import pyobjects
 from pyobjects import Runtime
 from pyobjects.storage import SQLiteBackend
-from pyobjects.testing import run_in_durable_object
 
-from .durability_writer import Ledger
+from .durability_writer import Ledger, check_ledgers
 
 WRITER = Path(__file__).with_name("durability_writer.py")
 RUNS = 8
@@ -72,51 +69,4 @@ async def test_acknowledged_writes_survive_sigkill(
     async with Runtime(
         bindings={"LEDGER": Ledger}, storage=SQLiteBackend(directory)
     ) as rt:
-        for obj in range(3):
-            stub = rt.env.LEDGER.get_by_name(f"ledger-{obj}")
-
-            async def dump(
-                instance: Any, ctx: pyobjects.DurableObjectState
-            ) -> dict[str, Any]:
-                rows = ctx.storage.sql.exec("SELECT run, i FROM ledger").raw()
-                out: dict[str, Any] = {"@sql": {(run, i) for run, i in rows}}
-                start = None
-                while True:
-                    page = (
-                        await ctx.storage.list(start_after=start, limit=128)
-                        if start
-                        else await ctx.storage.list(limit=128)
-                    )
-                    if not page:
-                        return out
-                    out.update(page)
-                    start = next(reversed(page))
-
-            data = await run_in_durable_object(stub, dump)
-            txn_keys = 0
-            for run, seen in acked.items():
-                for kind, o, i in seen:
-                    if o != obj:
-                        continue
-                    if kind == "ack":
-                        for prefix in "abc":
-                            assert f"{prefix}:{run}:{i:06}" in data, (run, obj, i)
-                        assert (run, i) in data["@sql"], (run, obj, i)
-                    else:
-                        assert f"t:{run}:{i:06}" in data, (run, obj, i)
-                # No batch is half-applied: a, b and c exist together or not at all.
-                present = {
-                    prefix: {
-                        k.split(":")[2]
-                        for k in data
-                        if k.startswith(f"{prefix}:{run}:")
-                    }
-                    for prefix in "abc"
-                }
-                assert present["a"] == present["b"] == present["c"]
-                # ... and the SQL row of the same batch with them.
-                sql_rows = {f"{i:06}" for r, i in data["@sql"] if r == run}
-                assert sql_rows == present["a"]
-                txn_keys += sum(1 for k in data if k.startswith(f"t:{run}:"))
-            # Every transaction wrote its key and bumped the total together.
-            assert data.get("total", 0) == txn_keys
+        await check_ledgers(rt, acked)

@@ -29,7 +29,7 @@ from pyobjects import (
 )
 from pyobjects.storage import PostgresBackend
 from pyobjects.testing import run_in_durable_object
-from tests.durability_writer import Ledger
+from tests.durability_writer import Ledger, check_ledgers
 from tests.postgres import (
     PrivateServer,
     drop_schema,
@@ -135,22 +135,6 @@ def _kill_after_acks(
     return seen
 
 
-async def _dump(instance: Any, ctx: pyobjects.DurableObjectState) -> dict[str, Any]:
-    rows = ctx.storage.sql.exec("SELECT run, i FROM ledger").raw()
-    out: dict[str, Any] = {"@sql": {(run, i) for run, i in rows}}
-    start = None
-    while True:
-        page = (
-            await ctx.storage.list(start_after=start, limit=256)
-            if start
-            else await ctx.storage.list(limit=256)
-        )
-        if not page:
-            return out
-        out.update(page)
-        start = next(reversed(page))
-
-
 async def test_acknowledged_writes_survive_sigkill_on_postgres(
     schema: tuple[str, str],
 ) -> None:
@@ -165,36 +149,7 @@ async def test_acknowledged_writes_survive_sigkill_on_postgres(
 
     backend = PostgresBackend(dsn, schema=name)
     async with Runtime(bindings={"LEDGER": Ledger}, storage=backend) as rt:
-        for obj in range(3):
-            stub = rt.env.LEDGER.get_by_name(f"ledger-{obj}")
-            data = await run_in_durable_object(stub, _dump)
-            txn_keys = 0
-            for run, seen in acked.items():
-                for kind, o, i in seen:
-                    if o != obj:
-                        continue
-                    if kind == "ack":
-                        for prefix in "abc":
-                            assert f"{prefix}:{run}:{i:06}" in data, (run, obj, i)
-                        assert (run, i) in data["@sql"], (run, obj, i)
-                    else:
-                        assert f"t:{run}:{i:06}" in data, (run, obj, i)
-                # No batch is torn: its a, b and c keys and its SQL row exist
-                # together or not at all.
-                present = {
-                    prefix: {
-                        k.split(":")[2]
-                        for k in data
-                        if k.startswith(f"{prefix}:{run}:")
-                    }
-                    for prefix in "abc"
-                }
-                assert present["a"] == present["b"] == present["c"], (run, obj)
-                sql_rows = {f"{i:06}" for r, i in data["@sql"] if r == run}
-                assert sql_rows == present["a"], (run, obj)
-                txn_keys += sum(1 for k in data if k.startswith(f"t:{run}:"))
-            # Every transaction wrote its key and bumped the total together.
-            assert data.get("total", 0) == txn_keys, obj
+        await check_ledgers(rt, acked)
 
 
 # -- 2. a zombie owner: stopped, fenced, woken --------------------------------
