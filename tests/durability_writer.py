@@ -18,6 +18,7 @@ from pyobjects.storage import PostgresBackend, SQLiteBackend, Transaction
 from pyobjects.testing import run_in_durable_object
 
 if TYPE_CHECKING:
+    import subprocess
     from collections.abc import Iterable, Mapping
 
     from pyobjects import DurableObjectState
@@ -48,6 +49,21 @@ class Ledger(DurableObject):
             txn.put("total", total + 1)
 
         await self.ctx.storage.transaction(closure)
+
+
+def read_acks(proc: subprocess.Popen[str], acks: int) -> list[tuple[str, int, int]]:
+    """Read a writer's acknowledgements, ``(kind, object, i)``, until *acks* came.
+
+    Fewer come back if the writer's output ends first (it died).
+    """
+    seen: list[tuple[str, int, int]] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        kind, obj, i = line.split()
+        seen.append((kind, int(obj), int(i)))
+        if len(seen) >= acks:
+            break
+    return seen
 
 
 async def _dump(instance: Any, ctx: DurableObjectState) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import pytest
 from pyobjects import Runtime
 from pyobjects.storage import SQLiteBackend
 
-from .durability_writer import Ledger, check_ledgers
+from .durability_writer import Ledger, check_ledgers, read_acks
 
 WRITER = Path(__file__).with_name("durability_writer.py")
 RUNS = 8
@@ -33,15 +33,9 @@ def _kill_after_acks(
         text=True,
         env=env,
     )
-    seen: list[tuple[str, int, int]] = []
     try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            kind, obj, i = line.split()
-            seen.append((kind, int(obj), int(i)))
-            if len(seen) >= acks:
-                break
-        else:  # pragma: no cover  # the writer died on its own
+        seen = read_acks(proc, acks)
+        if len(seen) < acks:  # pragma: no cover  # the writer died on its own
             raise AssertionError(
                 f"writer exited early: {proc.stderr.read() if proc.stderr else ''}"
             )

@@ -29,7 +29,7 @@ from pyobjects import (
 )
 from pyobjects.storage import PostgresBackend
 from pyobjects.testing import run_in_durable_object
-from tests.durability_writer import Ledger, check_ledgers
+from tests.durability_writer import Ledger, check_ledgers, read_acks
 from tests.postgres import (
     PrivateServer,
     drop_schema,
@@ -120,12 +120,7 @@ def _kill_after_acks(
     watchdog.start()
     seen: list[tuple[str, int, int]] = []
     try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            kind, obj, i = line.split()
-            seen.append((kind, int(obj), int(i)))
-            if len(seen) >= acks:
-                break
+        seen = read_acks(proc, acks)
     finally:
         proc.send_signal(signal.SIGKILL)
         watchdog.cancel()
