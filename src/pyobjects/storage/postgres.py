@@ -778,22 +778,25 @@ class PostgresBackend:
         conn = obj.conn
         assert conn is not None
         wal = obj.path + "-wal"
-        commits, end, page_size, _ = read_wal_commits(wal, obj.offset)
         whole = obj.whole_next or obj.since_snapshot > max(
             obj.snapshot_bytes * _SNAPSHOT_RATIO, _MIN_SNAPSHOT_BYTES
         )
-        if not commits and not obj.whole_next:
-            return None
         if whole:
+            # Every commit in the WAL, over the database file: read once.
+            every, end, _, _ = read_wal_commits(wal, 0)
+            if end == obj.offset and not obj.whole_next:
+                return None  # nothing new since the last shipment
             (page_size,) = conn.execute("PRAGMA page_size").fetchone()
             pages = read_pages(obj.path, page_size)
             db_pages = len(pages)
-            every, end, _, _ = read_wal_commits(wal, 0)
             for commit in every:
                 pages.update(commit.pages)
                 db_pages = commit.db_pages
             pages = {n: p for n, p in pages.items() if n <= db_pages}
         else:
+            commits, end, page_size, _ = read_wal_commits(wal, obj.offset)
+            if not commits:
+                return None
             pages = {}
             for commit in commits:
                 pages.update(commit.pages)
