@@ -440,6 +440,22 @@ class Response(_Body):
         """True for a 2xx status."""
         return 200 <= self.status <= 299
 
+    @classmethod
+    def _upgrade(cls, headers: HeadersInit | None, websocket: object) -> Response:
+        """A 101 response carrying any socket end the edge can bridge.
+
+        For pyobjects itself (a cluster node bridging to another node's
+        object): user code must pass a ``WebSocketPair`` end to ``Response()``,
+        which checks it.
+        """
+        new = object.__new__(cls)
+        new.status = 101
+        new.status_text = ""
+        new.headers = Headers(headers)
+        new._body = b""
+        new.websocket = websocket
+        return new
+
     def copy(self) -> Response:
         """Return an independent copy (what crosses out of an object)."""
         new = object.__new__(Response)

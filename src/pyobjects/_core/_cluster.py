@@ -40,7 +40,7 @@ from pyobjects._errors import (
 from pyobjects._http import Headers, Request, Response
 from pyobjects._ids import DurableObjectId
 from pyobjects._serialization import _default, _ext_hook, _pack, _unpack, decode, encode
-from pyobjects._websocket import WebSocketClose, WebSocketPair
+from pyobjects._websocket import WebSocketClose
 from pyobjects._ws_bridge import Bridge, call
 
 if TYPE_CHECKING:
@@ -440,14 +440,8 @@ class Cluster:
             return Response(
                 denied["body"], status=denied["status"], headers=denied["headers"]
             )
-        placeholder = WebSocketPair()[0]  # what Response() checks for
-        response = Response(
-            None, status=101, headers=answer["ok"]["headers"], websocket=placeholder
-        )
-        # Not a WebSocketPair end (which Response() insists on for user code),
-        # but it has all the edge's bridge uses of one.
-        response.websocket = _RemoteSocket(conn)
-        return response
+        # Not a WebSocketPair end, but it has all the edge's bridge uses of one.
+        return Response._upgrade(answer["ok"]["headers"], _RemoteSocket(conn))
 
     # -- the node endpoint ------------------------------------------------------
 
