@@ -9,6 +9,11 @@ of one operation, interpreter start-up and imports excluded.
     python benchmarks/instructions.py                    # this checkout
     python benchmarks/instructions.py --src /tmp/old     # another tree's src/
 
+The ``*-sqlite`` kinds count every thread: ``incr-sqlite`` includes the
+point-in-time history's worker (reading the WAL, compressing, appending),
+``incr-sqlite-nopitr`` runs with ``pitr_retention=0``, and ``raw-sqlite`` is
+plain ``sqlite3`` committing one row per transaction, the baseline.
+
 Needs ``valgrind`` on PATH. ``--src`` puts ``<tree>/src`` first on the path,
 so another commit can be measured with this checkout's interpreter.
 """
@@ -19,6 +24,7 @@ import argparse
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -26,9 +32,18 @@ import tempfile
 import anyio
 
 import pyobjects
-from pyobjects.storage import MemoryBackend
+from pyobjects.storage import MemoryBackend, SQLiteBackend, StorageBackend
 
-KINDS = ("rpc", "incr", "new", "rpc-otel", "rpc-otel-noop")
+KINDS = (
+    "rpc",
+    "incr",
+    "new",
+    "rpc-otel",
+    "rpc-otel-noop",
+    "incr-sqlite",
+    "incr-sqlite-nopitr",
+    "raw-sqlite",
+)
 
 
 class Obj(pyobjects.DurableObject):
@@ -57,15 +72,48 @@ def _telemetry() -> pyobjects.OpenTelemetry:
     )
 
 
+def _raw_sqlite(directory: str, n: int) -> None:
+    """*n* commits of one row through plain ``sqlite3`` (the baseline)."""
+    conn = sqlite3.connect(os.path.join(directory, "raw.sqlite"), isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("CREATE TABLE kv (key BLOB PRIMARY KEY, value BLOB) WITHOUT ROWID")
+    execute = conn.execute
+    sql = "INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)"
+    for i in range(20 + n):
+        execute("BEGIN")
+        execute(sql, (b"n", str(i).encode()))
+        execute("COMMIT")
+    conn.close()
+
+
 async def _run(kind: str, n: int) -> None:
+    if "sqlite" in kind:
+        with tempfile.TemporaryDirectory() as directory:
+            if kind == "raw-sqlite":
+                _raw_sqlite(directory, n)
+                return
+            retention = {} if kind == "incr-sqlite" else {"pitr_retention": 0}
+            storage = SQLiteBackend(directory, synchronous="normal", **retention)
+            await _calls("incr", n, storage, None)
+        return
     telemetry = None
     if kind == "rpc-otel":
         telemetry = _telemetry()
     elif kind == "rpc-otel-noop":  # the API's no-op providers: no SDK installed
         telemetry = pyobjects.OpenTelemetry()
+    await _calls(kind, n, MemoryBackend(), telemetry)
+
+
+async def _calls(
+    kind: str,
+    n: int,
+    storage: StorageBackend,
+    telemetry: pyobjects.OpenTelemetry | None,
+) -> None:
     async with pyobjects.Runtime(
         bindings={"O": Obj},
-        storage=MemoryBackend(),
+        storage=storage,
         idle_timeout=None,
         opentelemetry=telemetry,
     ) as rt:
