@@ -89,13 +89,6 @@ class BenchCounter(Counter):
         return 1
 
 
-@dataclass
-class Rounds:
-    """Calls/s of every round of one side and one call."""
-
-    rates: list[float] = field(default_factory=list)
-
-
 # -- the workerd side ----------------------------------------------------------
 
 
