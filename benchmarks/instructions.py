@@ -28,6 +28,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+from typing import Any
 
 import anyio
 
@@ -43,6 +44,10 @@ KINDS = (
     "incr-sqlite",
     "incr-sqlite-nopitr",
     "raw-sqlite",
+    "http-starlette",
+    "http-edge",
+    "http-fetch",
+    "http-rpc",
 )
 
 
@@ -87,7 +92,71 @@ def _raw_sqlite(directory: str, n: int) -> None:
     conn.close()
 
 
+async def _http(kind: str, n: int) -> None:
+    """*n* ``GET /count`` requests straight into an app of http_load.py.
+
+    No server and no socket: the cost of the app alone (uvicorn's parsing and
+    writing are the same for every variant).
+    """
+    from http_load import build_app
+
+    variant = {"http-starlette": "starlette", "http-edge": "pyobjects-edge"}.get(
+        kind, "pyobjects-" + ("memory" if kind == "http-fetch" else "rpc")
+    )
+    app = build_app(variant, tempfile.gettempdir())
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/count",
+        "raw_path": b"/count",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"bench")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+    request = {"type": "http.request", "body": b"", "more_body": False}
+
+    async def receive() -> dict[str, Any]:
+        return request
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    startup: list[dict[str, Any]] = [{"type": "lifespan.startup"}]
+    started = anyio.Event()
+    stop = anyio.Event()
+
+    async def lifespan_receive() -> dict[str, Any]:
+        if startup:
+            return startup.pop()
+        await stop.wait()
+        return {"type": "lifespan.shutdown"}
+
+    async def lifespan_send(message: dict[str, Any]) -> None:
+        if message["type"] == "lifespan.startup.complete":
+            started.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(
+            app,
+            {"type": "lifespan", "asgi": {"version": "3.0"}},
+            lifespan_receive,
+            lifespan_send,
+        )
+        await started.wait()
+        for _ in range(20 + n):
+            await app(dict(scope), receive, send)
+        stop.set()
+
+
 async def _run(kind: str, n: int) -> None:
+    if kind.startswith("http-"):
+        await _http(kind, n)
+        return
     if "sqlite" in kind:
         with tempfile.TemporaryDirectory() as directory:
             if kind == "raw-sqlite":

@@ -464,3 +464,36 @@ async def test_deeply_nested_values_fail_fast_in_rpc_and_storage() -> None:
         assert "nested more than 1024 levels" in message
         # Only the refused put was dropped.
         assert await stub.read() == {"before": 1, "after": 2}
+
+
+@pytest.mark.parametrize("kind", ["rpc", "fetch"])
+async def test_calls_that_need_no_waiting_run_inline_and_yield_now_and_then(
+    runtime: Runtime, kind: str
+) -> None:
+    # A call that needs no waiting costs no context switch (a checkpoint
+    # costs more than the call); every 64th event yields, so that a loop of
+    # calls cannot starve the other tasks.
+    switches = 0
+    done = False
+
+    async def other_task() -> None:
+        nonlocal switches
+        while not done:
+            switches += 1
+            await anyio.lowlevel.checkpoint()
+
+    async with runtime, anyio.create_task_group() as tg:
+        stub = runtime.env.BOX.get_by_name("inline")
+        await stub.echo(0)  # started: the calls below need no waiting
+        tg.start_soon(other_task)
+        await anyio.lowlevel.checkpoint()
+        before = switches
+        for _ in range(640):
+            if kind == "rpc":
+                await stub.echo(1)
+            else:
+                await stub.fetch("https://box/")
+        ran = switches - before
+        done = True
+    # 640 calls, 10 yields: a checkpoint per call would give 640.
+    assert 5 <= ran <= 20, ran
