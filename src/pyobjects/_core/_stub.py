@@ -7,9 +7,6 @@ import inspect
 from types import FunctionType
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, final, overload
 
-import anyio
-import anyio.lowlevel
-
 from pyobjects._errors import SerializationError
 from pyobjects._http import HeadersInit, Request, Response
 from pyobjects._owner import current_owner
