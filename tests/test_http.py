@@ -105,3 +105,26 @@ def test_bad_responses() -> None:
         Response(status="200")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="101"):
         Response(websocket=object())
+
+
+def test_a_text_body_gets_a_text_content_type_unless_one_is_given() -> None:
+    # As in Workers: a string body is text/plain;charset=UTF-8 by default.
+    assert Response("hi").headers.items() == [
+        ("content-type", "text/plain;charset=UTF-8")
+    ]
+    assert Response("hi", headers={"X-A": "1"}).headers.items() == [
+        ("x-a", "1"),
+        ("content-type", "text/plain;charset=UTF-8"),
+    ]
+    given = Response("<p>", headers={"Content-Type": "text/html"})
+    assert given.headers.get_all("content-type") == ["text/html"]
+
+    class Text(str):
+        pass
+
+    sub = Response(Text("hi"))
+    assert sub.headers.get("content-type") == "text/plain;charset=UTF-8"
+    assert sub.status == 200
+    # Bytes carry no content type of their own.
+    assert "content-type" not in Response(b"hi").headers
+    assert "content-type" not in Response().headers

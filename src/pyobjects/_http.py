@@ -279,6 +279,9 @@ def check_websocket(websocket: object) -> None:
         )
 
 
+# The content type of a str body when none is given (checked once, here).
+_TEXT_PLAIN = Headers._check("content-type", "text/plain;charset=UTF-8")
+
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 
@@ -394,11 +397,21 @@ class Response(_Body):
             raise ValueError(f"status must be in 200..599, got {status}")
         self.status: int = status
         self.status_text: str = status_text
-        self.headers: Headers = Headers(headers)
-        self._body = _body_bytes(body)
         self.websocket: object | None = websocket
+        if type(body) is str:
+            self._body = body.encode()
+            if headers is None:  # the common case, without the header checks
+                self.headers: Headers = Headers()
+                self.headers._items.append(_TEXT_PLAIN)
+                return
+            self.headers = Headers(headers)
+            if "content-type" not in self.headers:
+                self.headers._items.append(_TEXT_PLAIN)
+            return
+        self.headers = Headers(headers)
+        self._body = _body_bytes(body)
         if isinstance(body, str) and "content-type" not in self.headers:
-            self.headers.set("content-type", "text/plain;charset=UTF-8")
+            self.headers._items.append(_TEXT_PLAIN)  # a subclass of str
 
     @classmethod
     def from_json(
