@@ -305,8 +305,7 @@ class App:
             await send_response(send, _too_large(limit), head=False)
             return
         try:
-            request = Request(url, method=method, body=body)
-            request.headers = headers  # checked already: skip a second pass
+            request = Request._from_edge(url, method, headers, body)
         except (ValueError, TypeError) as exc:
             await send_response(send, plain(400, f"Bad Request: {exc}\n"), head=False)
             return

@@ -236,6 +236,26 @@ class Request(_Body):
         if self._body and self.method in ("GET", "HEAD"):
             raise ValueError(f"a {self.method} request cannot have a body")
 
+    @classmethod
+    def _from_edge(cls, url: str, method: str, headers: Headers, body: bytes) -> Self:
+        """A request of the HTTP edge, which built *url* and checked *headers*.
+
+        The URL is absolute by construction, so it is not parsed again (a
+        ``urlsplit()`` per request, for a URL that varies); the method and the
+        body get the checks of ``Request()``.
+        """
+        if not method.isalpha():
+            raise ValueError(f"invalid HTTP method: {method!r}")
+        method = method.upper()
+        if body and method in ("GET", "HEAD"):
+            raise ValueError(f"a {method} request cannot have a body")
+        new = object.__new__(cls)
+        new.url = url
+        new.method = method
+        new.headers = headers
+        new._body = body
+        return new
+
     async def json(self) -> Any:
         """Return the body parsed as JSON."""
         return _json.loads(self._body)
