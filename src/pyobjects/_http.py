@@ -188,6 +188,18 @@ def _body_bytes(body: BodyInit) -> bytes:
     )
 
 
+def _checked_method(method: str) -> str:
+    """*method* checked, in upper case."""
+    if not isinstance(cast("object", method), str) or not method.isalpha():
+        raise ValueError(f"invalid HTTP method: {method!r}")
+    return method.upper()
+
+
+def _check_body(method: str, body: bytes) -> None:
+    if body and method in ("GET", "HEAD"):
+        raise ValueError(f"a {method} request cannot have a body")
+
+
 class _Body:
     __slots__ = ()
     _body: bytes
@@ -227,14 +239,11 @@ class Request(_Body):
             raise ValueError(
                 f"Request URL must be absolute (scheme://host/...), got {url!r}"
             )
-        if not isinstance(cast("object", method), str) or not method.isalpha():
-            raise ValueError(f"invalid HTTP method: {method!r}")
         self.url: str = url
-        self.method: str = method.upper()
+        self.method: str = _checked_method(method)
         self.headers: Headers = Headers(headers)
         self._body = _body_bytes(body)
-        if self._body and self.method in ("GET", "HEAD"):
-            raise ValueError(f"a {self.method} request cannot have a body")
+        _check_body(self.method, self._body)
 
     @classmethod
     def _from_edge(cls, url: str, method: str, headers: Headers, body: bytes) -> Self:
@@ -244,11 +253,8 @@ class Request(_Body):
         ``urlsplit()`` per request, for a URL that varies); the method and the
         body get the checks of ``Request()``.
         """
-        if not method.isalpha():
-            raise ValueError(f"invalid HTTP method: {method!r}")
-        method = method.upper()
-        if body and method in ("GET", "HEAD"):
-            raise ValueError(f"a {method} request cannot have a body")
+        method = _checked_method(method)
+        _check_body(method, body)
         new = object.__new__(cls)
         new.url = url
         new.method = method
@@ -418,20 +424,12 @@ class Response(_Body):
         self.status: int = status
         self.status_text: str = status_text
         self.websocket: object | None = websocket
-        if type(body) is str:
-            self._body = body.encode()
-            if headers is None:  # the common case, without the header checks
-                self.headers: Headers = Headers()
-                self.headers._items.append(_TEXT_PLAIN)
-                return
-            self.headers = Headers(headers)
-            if "content-type" not in self.headers:
-                self.headers._items.append(_TEXT_PLAIN)
-            return
-        self.headers = Headers(headers)
+        self.headers: Headers = Headers(headers)
         self._body = _body_bytes(body)
-        if isinstance(body, str) and "content-type" not in self.headers:
-            self.headers._items.append(_TEXT_PLAIN)  # a subclass of str
+        if isinstance(body, str) and (
+            headers is None or "content-type" not in self.headers
+        ):
+            self.headers._items.append(_TEXT_PLAIN)
 
     @classmethod
     def from_json(
