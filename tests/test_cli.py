@@ -6,6 +6,7 @@ import json
 import signal
 import socket
 import sys
+import time
 import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -197,6 +198,34 @@ def test_inspect_runs_read_only_sql(tmp_path: Path) -> None:
     usage = CliRunner().invoke(cli, [*base, "--sql", "SELECT 1"])
     assert usage.exit_code == 2
     assert "--sql needs NAMESPACE and OBJECT" in usage.output
+
+
+def test_inspect_sql_timeout_interrupts_an_endless_query(tmp_path: Path) -> None:
+    storage = str(tmp_path / "data")
+    _shelves(tmp_path / "data", 1)
+    base = ["inspect", "--storage", storage, "SHELF", "shelf0", "--sql"]
+    endless = (
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n)"
+        " SELECT count(*) FROM n"
+    )
+    started = time.monotonic()
+    stopped = CliRunner().invoke(cli, [*base, endless, "--timeout", "0.2"])
+    assert stopped.exit_code == 1, stopped.output
+    assert "cannot run that query: interrupted" in stopped.output
+    assert time.monotonic() - started < 30
+    quick = CliRunner().invoke(
+        cli, [*base, "SELECT count(*) FROM books", "--timeout", "5"]
+    )
+    assert quick.exit_code == 0, quick.output
+    assert quick.output.split()[-1] == "3"
+    for bad in ("0", "-1", "soon"):
+        refused = CliRunner().invoke(cli, [*base, "SELECT 1", "--timeout", bad])
+        assert refused.exit_code == 2, refused.output
+    alone = CliRunner().invoke(
+        cli, ["inspect", "--storage", storage, "SHELF", "shelf0", "--timeout", "1"]
+    )
+    assert alone.exit_code == 2
+    assert "--timeout needs --sql" in alone.output
 
 
 def test_inspect_refuses_an_ambiguous_id_prefix(tmp_path: Path) -> None:

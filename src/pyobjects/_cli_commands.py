@@ -544,6 +544,13 @@ def _print_summaries(summaries: list[ObjectSummary], namespaces: list[str]) -> N
     help="Run this read-only statement in OBJECT's database and print the rows.",
 )
 @click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="Interrupt the --sql statement after this long.  [default: no limit]",
+)
+@click.option(
     "--web",
     is_flag=True,
     help="Serve the inspector in the browser, at http://127.0.0.1 (with a token).",
@@ -573,6 +580,7 @@ def inspect(
     storage: str,
     as_json: bool,
     query: str | None,
+    timeout: float | None,
     web: bool,
     port: int | None,
     postgres_dsn: str | None,
@@ -613,6 +621,8 @@ def inspect(
         return
     if query is not None and object_ref is None:
         raise click.UsageError("--sql needs NAMESPACE and OBJECT")
+    if timeout is not None and query is None:
+        raise click.UsageError("--timeout needs --sql")
 
     async def run() -> None:
         # One event loop for the reads and the close: a PostgreSQL pool
@@ -620,7 +630,7 @@ def inspect(
         try:
             if object_ref is not None:
                 assert namespace is not None
-                await _dump(backend, namespace, object_ref, as_json, query)
+                await _dump(backend, namespace, object_ref, as_json, query, timeout)
             else:
                 await _list(backend, namespace, as_json)
         finally:
@@ -693,6 +703,7 @@ async def _dump(
     ref: str,
     as_json: bool,
     query: str | None = None,
+    query_timeout: float | None = None,
 ) -> None:
     try:
         object_id = await find_object(backend, namespace, ref)
@@ -705,7 +716,9 @@ async def _dump(
         )
     await prepare(backend, namespace, object_id)
     if query is not None:
-        columns, rows = run_query(backend, namespace, object_id, query)
+        columns, rows = run_query(
+            backend, namespace, object_id, query, timeout=query_timeout
+        )
         if as_json:
             records = [dict(zip(columns, map(jsonable, r), strict=True)) for r in rows]
             click.echo(json.dumps(records, indent=2))
