@@ -102,6 +102,7 @@ __all__ = [
     "WalState",
     "bookmark",
     "check_bookmark_time",
+    "compress",
     "fsync_directory",
     "parse_bookmark",
     "read_wal_commits",
@@ -137,16 +138,26 @@ _ROWS_PER_INSERT: Final = 256
 _MAX_QUEUED: Final = 64 << 20
 
 
-def _compress(page: Page) -> bytes:
-    # A 4 KiB window (a page is 4 KiB) and zlib's smallest useful hash table
-    # (memLevel 2: 512 entries instead of 32,768): setting up the default
-    # tables clears 64 KiB per call, which cost more than compressing the page
-    # (about half of an archive's instructions) and ran holding the GIL. The
-    # output is a plain zlib stream (zlib.decompress() reads the window size
-    # from its header), a few percent larger. One stream per page: each page
-    # version is read back on its own.
-    compressor = zlib.compressobj(1, zlib.DEFLATED, 12, 2)
-    return compressor.compress(page) + compressor.flush()
+# Inputs up to this size (a page, or a commit of a few pages) compress with
+# zlib's small hash table; see compress().
+_SMALL_INPUT: Final = 16 << 10
+
+
+def compress(data: Page) -> bytes:
+    """*data* as a zlib stream, level 1 (what the history and PostgreSQL store).
+
+    For a small input, zlib's default hash table (32,768 entries, whose 64 KiB
+    are cleared at every set-up, holding the GIL) costs more than compressing:
+    about half the instructions of archiving a page. A small input gets the
+    smallest useful table (memLevel 2: 512 entries), for output a few percent
+    larger; a large one (a snapshot) keeps the default, which is faster and
+    smaller there. Either is a plain zlib stream: ``zlib.decompress()`` reads
+    its header.
+    """
+    if len(data) > _SMALL_INPUT:
+        return zlib.compress(data, 1)
+    compressor = zlib.compressobj(1, zlib.DEFLATED, 15, 2)
+    return compressor.compress(data) + compressor.flush()
 
 
 def _insert(
@@ -345,7 +356,7 @@ class History:
                 seq += 1
                 commit_rows.append((seq, time_ms, db_pages))
                 page_rows += [
-                    (pgno, seq, _compress(page))
+                    (pgno, seq, compress(page))
                     for pgno, page in pages.items()
                     if pgno <= db_pages
                 ]

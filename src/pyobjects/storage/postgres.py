@@ -68,6 +68,7 @@ from ._history import (
     UNDO,
     bookmark,
     check_bookmark_time,
+    compress,
     parse_bookmark,
     read_pages,
     read_wal_commits,
@@ -142,7 +143,7 @@ def _pack(pages: Mapping[int, Page]) -> bytes:
     for pgno in sorted(pages):
         parts.append(_PGNO.pack(pgno))
         parts.append(pages[pgno])
-    return zlib.compress(b"".join(parts), 1)
+    return compress(b"".join(parts))
 
 
 def _unpack(data: bytes, page_size: int, into: dict[int, bytes]) -> None:
