@@ -6,6 +6,7 @@ import os
 import shutil
 import sqlite3
 import threading
+import zlib
 from collections.abc import Callable
 from contextlib import closing
 from datetime import timedelta
@@ -23,7 +24,7 @@ from pyobjects.storage import (
     WriteBatch,
     sqlite,
 )
-from pyobjects.storage._history import History, parse_bookmark
+from pyobjects.storage._history import History, compress, parse_bookmark
 from pyobjects.testing import ManualClock
 from tests.postgres import drop_schema, new_schema, require_postgres
 
@@ -602,3 +603,13 @@ async def test_big_commits_are_archived_sooner(
     backend._archiver.wait()
     assert recorded_commits(tmp_path) == 2 + sqlite._ARCHIVE_FIRST
     await backend.aclose()
+
+
+@pytest.mark.parametrize("size", [0, 1, 4096, 16 << 10, (16 << 10) + 1, 1 << 20])
+def test_compressed_pages_and_commits_read_back_at_every_size(size: int) -> None:
+    # Small inputs take zlib's small hash table, large ones the default: both
+    # are plain zlib streams, from bytes and from memoryviews (WAL pages are).
+    data = (bytes(range(256)) * (size // 256 + 1))[:size]
+    data = data[: size // 2] + os.urandom(size - size // 2)
+    for given in (data, memoryview(data)):
+        assert zlib.decompress(compress(given)) == data
