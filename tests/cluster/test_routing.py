@@ -303,3 +303,70 @@ async def test_ids_and_stubs_cross_nodes(database: tuple[str, str]) -> None:
                 assert result["name"] == "target"
         final = await a.env.C.get_by_name("target").incr(0)
         assert final["n"] == 120  # 12 relays of 10, each once
+
+
+class Slow(DurableObject):
+    release: ClassVar[anyio.Event]
+    running: ClassVar[anyio.Event]
+
+    async def wait(self) -> str:
+        type(self).running.set()
+        await type(self).release.wait()
+        return str(self.env.NODE)
+
+
+async def test_a_membership_answer_older_than_a_call_does_not_cancel_it(
+    database: tuple[str, str],
+) -> None:
+    # The watcher gives up on calls to nodes missing from the live list. A
+    # list asked for before a call started may predate the node the call
+    # goes to (it joined meanwhile): such a call must go on.
+    dsn, name = database
+    Slow.release, Slow.running = anyio.Event(), anyio.Event()
+
+    def slow_node(label: str) -> Runtime:
+        return Runtime(
+            bindings={"S": Slow},
+            storage=PostgresBackend(dsn, schema=name, lease_ttl=2),
+            vars={"NODE": label},
+            node=Node(),
+        )
+
+    async with slow_node("a") as a, slow_node("b") as b:
+        Slow.release.set()
+        held_by = await a.env.S.get_by_name("x").wait()  # placed by hashing
+        caller, holder = (a, b) if held_by == "b" else (b, a)
+        cluster = caller._cluster
+        assert cluster is not None
+        assert holder._cluster is not None
+        holder_url = holder._cluster.url
+        Slow.release, Slow.running = anyio.Event(), anyio.Event()
+        backend: Any = cluster._backend
+        real = backend.live_nodes
+        asked, answer = anyio.Event(), anyio.Event()
+
+        async def stale_live_nodes() -> list[str]:
+            current = await real()
+            asked.set()
+            await answer.wait()
+            return [url for url in current if url != holder_url]
+
+        backend.live_nodes = stale_live_nodes
+        try:
+            with anyio.fail_after(10):
+                await asked.wait()  # the watcher's question is out
+                async with anyio.create_task_group() as tg:
+                    results: list[str] = []
+
+                    async def call() -> None:
+                        results.append(await caller.env.S.get_by_name("x").wait())
+
+                    tg.start_soon(call)
+                    await Slow.running.wait()  # forwarded to the holder, running
+                    assert holder_url in cluster._calls  # in flight from caller
+                    answer.set()  # the old answer arrives: the holder is missing
+                    await anyio.sleep(0.2)
+                    Slow.release.set()
+            assert results == [held_by]
+        finally:
+            backend.live_nodes = real

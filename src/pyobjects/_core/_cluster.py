@@ -106,7 +106,8 @@ class Cluster:
         self._node = node
         self._backend = storage
         self._routes: dict[tuple[str, str], str] = {}
-        self._calls: dict[str, set[anyio.CancelScope]] = {}  # in flight, by node
+        # Calls in flight, by node: their cancel scopes and when they started.
+        self._calls: dict[str, dict[anyio.CancelScope, float]] = {}
         self._client: Any = None
         self._server: Any = None
         self._stopped = anyio.Event()
@@ -340,14 +341,18 @@ class Cluster:
         """Keep the list of live nodes fresh (every third of the lease TTL)."""
         while True:
             with contextlib.suppress(Exception):
+                asked = anyio.current_time()
                 self._members = members = await self._backend.live_nodes()
                 # A paused or cut-off node still accepts connections (the
                 # kernel does) but never answers: give up on the calls sent
                 # to it once its heartbeat is stale, as its leases then are.
+                # Only on calls older than the question: a call started
+                # since may go to a node that joined after it was asked.
                 for url, calls in self._calls.items():
                     if url not in members:
-                        for scope in calls:
-                            scope.cancel()
+                        for scope, started in calls.items():
+                            if started < asked:
+                                scope.cancel()
             await anyio.sleep(self._backend.lease_ttl / 3)
 
     async def _fence(self, stub: DurableObjectStub[Any], key: tuple[str, str]) -> None:
@@ -375,8 +380,8 @@ class Cluster:
         # Watched by _watch_members, not by a task per call (spawning and
         # cancelling one cost about 90 us, a sixth of a forwarded call).
         scope = anyio.CancelScope()
-        calls = self._calls.setdefault(url, set())
-        calls.add(scope)
+        calls = self._calls.setdefault(url, {})
+        calls[scope] = anyio.current_time()
         try:
             with scope:
                 response = await client.post(url, path, body, _CONTENT_TYPE)
@@ -384,7 +389,7 @@ class Cluster:
             # Nothing was sent: the call may run elsewhere.
             raise _Gone from exc
         finally:
-            calls.discard(scope)
+            calls.pop(scope, None)
             if not calls and self._calls.get(url) is calls:
                 del self._calls[url]
         if response is None:
