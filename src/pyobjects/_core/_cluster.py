@@ -350,9 +350,17 @@ class Cluster:
                 # since may go to a node that joined after it was asked.
                 for url, calls in self._calls.items():
                     if url not in members:
-                        for scope, started in calls.items():
-                            if started < asked:
-                                scope.cancel()
+                        stale = [s for s, started in calls.items() if started < asked]
+                        if stale:
+                            logger.warning(
+                                "giving up on %d call(s) forwarded to node %s: its "
+                                "heartbeat is older than the lease TTL (%s s)",
+                                len(stale),
+                                url,
+                                self._backend.lease_ttl,
+                            )
+                        for scope in stale:
+                            scope.cancel()
             await anyio.sleep(self._backend.lease_ttl / 3)
 
     async def _fence(self, stub: DurableObjectStub[Any], key: tuple[str, str]) -> None:
