@@ -52,26 +52,19 @@ class NodeConnectError(OSError):
 
 @final
 class _Connection:
-    __slots__ = ("buffer", "raw", "stream", "used")
+    __slots__ = ("buffer", "fd", "stream", "used")
 
     def __init__(self, stream: anyio.abc.SocketStream) -> None:
         self.stream = stream
-        self.raw = stream.extra(SocketAttribute.raw_socket)
+        raw = stream.extra(SocketAttribute.raw_socket)
+        self.fd: int = raw.fileno()
         self.buffer = bytearray()
         self.used = time.monotonic()
 
     def closed_by_peer(self) -> bool:
-        """True if the idle connection is gone or has something to read.
-
-        An idle connection has nothing to read but an end of stream (or a
-        reset); a socket the event loop closed already (after a reset) has
-        no descriptor any more.
-        """
-        fd = self.raw.fileno()
-        if fd < 0:
-            return True
+        """True if the idle connection has something to read: an end of stream."""
         poller = select.poll()
-        poller.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)
+        poller.register(self.fd, select.POLLIN | select.POLLERR | select.POLLHUP)
         return bool(poller.poll(0))
 
 
