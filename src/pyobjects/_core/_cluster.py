@@ -43,8 +43,6 @@ from pyobjects._serialization import _default, _ext_hook, _pack, _unpack, decode
 from pyobjects._websocket import WebSocketClose
 from pyobjects._ws_bridge import Bridge, call
 
-from ._node_http import IDLE_EXPIRY, NodeClient, NodeConnectError
-
 if TYPE_CHECKING:
     from collections.abc import (
         Awaitable,
@@ -76,10 +74,6 @@ _REQUEST_HEADER = "x-pyobjects-request"
 _MAX_SOCKET_MESSAGE = 32 * 1024 * 1024
 _MAX_REDIRECTS = 2
 _CONTENT_TYPE = b"application/x-pyobjects"
-# Seconds a node endpoint keeps an idle connection from another node open:
-# well past the callers' own expiry, so that it is they who close it and a
-# call never meets a connection the endpoint has just closed.
-KEEP_ALIVE = int(4 * IDLE_EXPIRY)
 
 
 class _Moved(Exception):
@@ -122,6 +116,7 @@ class Cluster:
     ) -> None:
         """Listen, register this node, serve in the background (*spawn*)."""
         try:
+            import httpx
             import uvicorn
         except ModuleNotFoundError as exc:  # pragma: no cover - the extra is missing
             raise RuntimeError(
@@ -158,11 +153,9 @@ class Cluster:
             log_level="warning",
             access_log=False,
             server_header=False,
-            # Longer than the callers keep an idle connection (see _node_http).
-            timeout_keep_alive=KEEP_ALIVE,
         )
         server = self._server = _Server(config)
-        self._client = NodeClient(connect_timeout=2.0, read_timeout=30.0)
+        self._client = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=2.0))
         await self._backend.register_node(self.url)
 
         stopped = self._stopped = anyio.Event()
@@ -380,11 +373,13 @@ class Cluster:
         stub._actor = None  # this stub did not see that instance fail
 
     async def _send(self, url: str, path: str, message: dict[str, Any]) -> Any:
+        import httpx
+
         client = self._client
         if client is None:
             raise NodeUnreachableError("this node has left the cluster")
         body = self._encode(message)
-        response: bytes | None = None
+        response: Any = None
         # Watched by _watch_members, not by a task per call (spawning and
         # cancelling one cost about 90 us, a sixth of a forwarded call).
         scope = anyio.CancelScope()
@@ -392,17 +387,23 @@ class Cluster:
         calls[scope] = anyio.current_time()
         try:
             with scope:
-                response = await client.post(url, path, body, _CONTENT_TYPE)
-        except NodeConnectError as exc:
+                response = await client.post(
+                    url + path,
+                    content=body,
+                    headers={"content-type": _CONTENT_TYPE.decode()},
+                )
+        except httpx.ConnectError as exc:
             # Nothing was sent: the call may run elsewhere.
             raise _Gone from exc
+        except (httpx.TransportError, OSError) as exc:
+            raise OSError(str(exc)) from exc
         finally:
             calls.pop(scope, None)
             if not calls and self._calls.get(url) is calls:
                 del self._calls[url]
         if response is None:
             raise OSError(f"node {url} stopped renewing its leases")
-        answer = self._decode(response)
+        answer = self._decode(response.content)
         _raise_for(answer)
         return answer["ok"]
 
@@ -664,10 +665,7 @@ async def _reply(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [
-                (b"content-type", _CONTENT_TYPE),
-                (b"content-length", str(len(body)).encode()),
-            ],
+            "headers": [(b"content-type", _CONTENT_TYPE)],
         }
     )
     await send({"type": "http.response.body", "body": body})
