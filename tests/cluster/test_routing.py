@@ -43,12 +43,20 @@ class Counter(DurableObject):
         )
 
 
-def node(dsn: str, schema: str, name: str) -> Runtime:
+def node(
+    dsn: str,
+    schema: str,
+    name: str,
+    *,
+    bindings: dict[str, type[DurableObject]] | None = None,
+    **options: Any,
+) -> Runtime:
     return Runtime(
-        bindings={"C": Counter},
+        bindings={"C": Counter} if bindings is None else bindings,
         storage=PostgresBackend(dsn, schema=schema, lease_ttl=2),
         vars={"NODE": name},
         node=Node(),
+        **options,
     )
 
 
@@ -258,13 +266,7 @@ async def test_traces_follow_a_call_to_another_node(database: tuple[str, str]) -
     telemetry = pyobjects.OpenTelemetry(tracer_provider=provider)
 
     def traced(node_name: str) -> Runtime:
-        return Runtime(
-            bindings={"C": Counter},
-            storage=PostgresBackend(dsn, schema=name, lease_ttl=2),
-            vars={"NODE": node_name},
-            node=Node(),
-            opentelemetry=telemetry,
-        )
+        return node(dsn, name, node_name, opentelemetry=telemetry)
 
     async with traced("a") as a, traced("b") as b:
         home = (await a.env.C.get_by_name("t").incr())["node"]
@@ -325,12 +327,7 @@ async def test_a_membership_answer_older_than_a_call_does_not_cancel_it(
     Slow.release, Slow.running = anyio.Event(), anyio.Event()
 
     def slow_node(label: str) -> Runtime:
-        return Runtime(
-            bindings={"S": Slow},
-            storage=PostgresBackend(dsn, schema=name, lease_ttl=2),
-            vars={"NODE": label},
-            node=Node(),
-        )
+        return node(dsn, name, label, bindings={"S": Slow})
 
     async with slow_node("a") as a, slow_node("b") as b:
         Slow.release.set()
