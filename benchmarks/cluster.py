@@ -82,7 +82,7 @@ from run import (
     write_json,
 )
 
-from postgres import DEFAULT_DSN, server_info
+from postgres import add_dsn_argument, bench_connection, server_info
 
 if TYPE_CHECKING:
     import cProfile
@@ -683,8 +683,7 @@ async def run_all(
         server = await server_info(ctx.dsn)
         results: list[Result] = []
         profiles: list[tuple[str, cProfile.Profile]] = []
-        conn = await asyncpg.connect(ctx.dsn)
-        try:
+        async with bench_connection(ctx.dsn, ctx.schema) as conn:
             await conn.execute(ctx.q("CREATE SCHEMA IF NOT EXISTS {s}"))
             for name, bench in BENCHMARKS.items():
                 if args.only and name not in args.only:
@@ -695,10 +694,6 @@ async def run_all(
                 ):
                     r.bench = name
                     results.append(r)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await conn.execute(ctx.q("DROP SCHEMA IF EXISTS {s} CASCADE"))
-                await conn.close()
     return server, results, profiles
 
 
@@ -706,11 +701,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Cluster calls and fenced commits (see benchmarks/README.md)."
     )
-    parser.add_argument(
-        "--dsn",
-        default=os.environ.get("PYOBJECTS_TEST_POSTGRES", DEFAULT_DSN),
-        help="PostgreSQL to use (default: $PYOBJECTS_TEST_POSTGRES or %(default)s)",
-    )
+    add_dsn_argument(parser)
     parser.add_argument("--quick", action="store_true", help="short run (about 20 s)")
     parser.add_argument(
         "--callers",

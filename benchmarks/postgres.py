@@ -47,6 +47,7 @@ details. Needs the ``postgres`` extra (asyncpg); runs on asyncio only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import hashlib
 import os
@@ -84,12 +85,37 @@ from run import (
 
 if TYPE_CHECKING:
     import cProfile
-    from collections.abc import Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
     # A connection of its own or one from a pool.
     Conn = asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any]
 
 DEFAULT_DSN = "postgresql://127.0.0.1:5432/test"
+
+
+def add_dsn_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``--dsn`` (default: ``$PYOBJECTS_TEST_POSTGRES``, else the local server)."""
+    parser.add_argument(
+        "--dsn",
+        default=os.environ.get("PYOBJECTS_TEST_POSTGRES", DEFAULT_DSN),
+        help="PostgreSQL to use (default: $PYOBJECTS_TEST_POSTGRES or %(default)s)",
+    )
+
+
+@contextlib.asynccontextmanager
+async def bench_connection(
+    dsn: str, schema: str
+) -> AsyncIterator[asyncpg.Connection[Any]]:
+    """A connection to *dsn*; the benchmark's *schema* is dropped at the end."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        yield conn
+    finally:
+        with anyio.CancelScope(shield=True):
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            await conn.close()
+
+
 SEQ_TARGET = 0.7  # object increments / raw transactions, one caller
 CONC_TARGET = 5.0  # the same with --callers concurrent callers
 COMMITS = 16  # the cold-open state is written in this many commits
@@ -596,8 +622,7 @@ async def run_in(
     server = await server_info(ctx.dsn)
     results: list[Result] = []
     profiles: list[tuple[str, cProfile.Profile]] = []
-    conn = await asyncpg.connect(ctx.dsn)
-    try:
+    async with bench_connection(ctx.dsn, ctx.schema) as conn:
         await raw_setup(conn, ctx)
         for name, bench in BENCHMARKS.items():
             if args.only and name not in args.only:
@@ -607,10 +632,6 @@ async def run_in(
                 functools.partial(bench, sizes, ctx),
                 profiles if args.profile else None,
             )
-    finally:
-        with anyio.CancelScope(shield=True):
-            await conn.execute(ctx.q("DROP SCHEMA IF EXISTS {s} CASCADE"))
-            await conn.close()
     return server, results, profiles
 
 
@@ -618,11 +639,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="PostgresBackend against raw asyncpg (see benchmarks/README.md)."
     )
-    parser.add_argument(
-        "--dsn",
-        default=os.environ.get("PYOBJECTS_TEST_POSTGRES", DEFAULT_DSN),
-        help="PostgreSQL to use (default: $PYOBJECTS_TEST_POSTGRES or %(default)s)",
-    )
+    add_dsn_argument(parser)
     parser.add_argument("--quick", action="store_true", help="short run (about 20 s)")
     parser.add_argument(
         "--callers",
